@@ -1,0 +1,4 @@
+from s2mts2.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""The ``s2mts2`` command: one subcommand per stage. Parses, loads config, calls the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from s2mts2 import __version__
+from s2mts2.errors import S2MTS2Error
+
+DATASETS = ("chestxray14", "chexpert", "isic2018", "csv", "synthetic")
+
+
+def _parse_kv(items: list[str], flag: str) -> dict[str, object]:
+    """``["view=PA", "frontal_only=true"]`` -> dict with YAML-parsed values."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise S2MTS2Error(f"{flag} expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    return out
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML preset (configs/*.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set pretrain.epochs=5 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s2mts2",
+        description="Self-supervised Mean Teacher (S2MTS2) for semi-supervised medical image "
+        "classification: prepare -> pretrain (stage 1, JCL) -> finetune (stage 2) -> evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"s2mts2 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="dataset -> table, split, labelled subset, uint8 cache")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
+    p.add_argument("--out", type=Path, required=True, help="prepared-data folder")
+    p.add_argument("--size", type=int, default=256, help="cache resolution in pixels")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labelled", type=float, help="labelled fraction of train, in (0, 1]")
+    g.add_argument("--labelled-count", type=int, help="number of labelled train images")
+    p.add_argument("--by-patient", action="store_true", help="sample labelled patients/lesions")
+    p.add_argument("--seed", type=int, default=0, help="seed of the labelled subset")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (default: all)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, e.g. view=PA, uncertain=ones, split=lesion, csv=labels.csv",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+    for name, text in (
+        ("pretrain", "stage 1: self-supervised mean-teacher pre-training (JCL or MoCo)"),
+        ("finetune", "stage 2: semi-supervised mean-teacher fine-tuning"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_training_flags(p)
+        if name == "finetune":
+            p.add_argument("--labelled", type=float, help="shortcut for --set data.labelled=X")
+
+    p = sub.add_parser("evaluate", help="metrics, report and ROC plot of a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--model", default="teacher", choices=("teacher", "student"))
+    p.add_argument("--data", type=Path, help="prepared-data folder (default: from the checkpoint)")
+    p.add_argument("--out", type=Path, help="output folder (default: next to the checkpoint)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the CI")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser(
+        "predict", help="class probabilities (and Grad-CAM heatmaps) for PNG/JPEG/DICOM files"
+    )
+    p.add_argument(
+        "model", type=Path, help="stage-2 checkpoint (best.pt) or model.onnx (with its model.json)"
+    )
+    p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"), help=".csv or .json")
+    p.add_argument("--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--classes", nargs="+", metavar="CLASS", help="Grad-CAM for these classes")
+    g.add_argument("--top-k", type=int, default=1, help="Grad-CAM for the K most probable classes")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="ONNX model + safetensors weights + JSON model card")
+    p.add_argument("checkpoint", type=Path, help="stage-2 checkpoint (best.pt)")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        required=True,
+        help="ONNX file to write; NAME.safetensors and NAME.json are written next to it",
+    )
+
+    p = sub.add_parser("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--quick", action="store_true", help="fewer epochs (under 5 minutes)")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    command = "s2mts2 " + shlex.join(argv)
+    if args.command == "prepare":
+        from s2mts2.data.prepared import prepare_dataset
+
+        if args.root is None and args.dataset != "synthetic":
+            raise S2MTS2Error(f"prepare {args.dataset}: --root is required")
+        summary = prepare_dataset(
+            args.dataset,
+            args.root if args.root is not None else args.out,
+            args.out,
+            size=args.size,
+            labelled=args.labelled,
+            labelled_count=args.labelled_count,
+            seed=args.seed,
+            by_group=args.by_patient,
+            workers=args.workers,
+            progress=not args.no_progress,
+            options=_parse_kv(args.option, "--option"),
+        )
+        print(json.dumps(summary, indent=2))
+        print(f"wrote {args.out / 'summary.json'}")
+        return 0
+    if args.command in ("pretrain", "finetune"):
+        from s2mts2.config import load_config
+
+        overrides = list(args.overrides)
+        if getattr(args, "labelled", None) is not None:
+            overrides.append(f"data.labelled={args.labelled}")
+        cfg = load_config(args.config, overrides, stage=args.command)
+        if args.command == "pretrain":
+            from s2mts2.engine.pretrain import pretrain
+
+            ckpt = pretrain(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                            command=command)
+        else:
+            from s2mts2.engine.finetune import finetune
+
+            ckpt = finetune(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                            command=command)
+        print(f"checkpoint: {ckpt}")
+        return 0
+    if args.command == "evaluate":
+        from s2mts2.engine.evaluate import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(
+            args.checkpoint,
+            split=args.split,
+            model=args.model,
+            data_dir=args.data,
+            out_dir=args.out,
+            n_boot=args.bootstrap,
+            device=args.device,
+        )
+        print(metrics["report_markdown"])
+        return 0
+    if args.command == "predict":
+        from s2mts2.infer.predict import run_predict
+
+        result = run_predict(
+            args.model,
+            args.inputs,
+            out=args.out,
+            cam_dir=args.cam,
+            cam_classes=args.classes,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        print(result.summary())
+        return 0
+    if args.command == "export":
+        from s2mts2.infer.export import export_model
+
+        print(export_model(args.checkpoint, args.onnx).summary())
+        return 0
+    if args.command == "demo":
+        from s2mts2.engine.demo import run_demo
+
+        run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(message)s",
+    )
+    try:
+        return _run(args, argv)
+    except S2MTS2Error as e:
+        print(f"s2mts2 {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,258 @@
+"""Typed run configuration: dataclasses, YAML presets, ``--set key=value`` overrides.
+
+A run's configuration is one ``RunConfig``. Presets in ``configs/*.yaml`` hold the same tree.
+Overrides use dotted keys (``pretrain.epochs=3``); inside a stage subcommand an undotted key that
+is not a top-level field is looked up in that stage's section (``s2mts2 pretrain --set epochs=3``).
+Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from s2mts2.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which prepared dataset to train on and how its labelled subset is drawn."""
+
+    dir: str = "runs/data"  # output folder of `s2mts2 prepare`
+    size: int = 64  # cache resolution in pixels (the cache `DIR/cache-<size>px` must exist)
+    labelled: float = 0.2  # fraction of train per class (METHOD.md sampling)
+    labelled_count: int = 0  # absolute number of labelled images instead of a fraction (0 = off)
+    labelled_by_group: bool = False  # sample whole patients/lesions
+    split_seed: int = 0  # seed of the labelled-subset draw (files are reused per seed)
+
+
+@dataclass
+class ModelConfig:
+    """Network family shared by both stages."""
+
+    backbone: str = "densenet121"  # densenet121 | resnet18 | resnet50 | resnet18_small
+    init: Literal["random", "imagenet"] = "random"
+    weights: str = ""  # local ImageNet weights file (else the torch hub cache is searched)
+    proj_dim: int = 128  # stage-1 embedding size
+    proj_hidden: int = 0  # hidden width of the projection head (0 = backbone feature width)
+    head_hidden: int = 0  # hidden width of the classifier head (0 = backbone feature width)
+
+
+@dataclass
+class AugmentOverrides:
+    """Optional overrides of an augmentation preset (``null`` keeps the preset's value)."""
+
+    crop_scale_min: float | None = None
+    rotate_deg: float | None = None
+    hflip_p: float | None = None
+    jitter_p: float | None = None
+    blur_p: float | None = None
+    erase_p: float | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 1: self-supervised mean teacher with JCL (METHOD.md defaults are the released ones)."""
+
+    loss: Literal["jcl", "moco"] = "jcl"
+    epochs: int = 100
+    batch_size: int = 256
+    views: int = 2  # M key views per image
+    queue_size: int = 65536  # K negatives (capped at the number of training images)
+    temperature: float = 0.07
+    lam_max: float = 2.0  # λ ramps linearly to this value: λ_t = λ_max·(epoch+1)/epochs
+    ema: float = 0.999  # teacher momentum m
+    ema_buffers: Literal["own", "copy", "ema"] = "own"
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    monitor_every: int = 5  # kNN representation check every N epochs (and at the end); 0 = end only
+    knn_k: int = 20
+    augment: AugmentOverrides = field(default_factory=AugmentOverrides)
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage 2: semi-supervised mean teacher (or its baselines)."""
+
+    method: Literal["supervised", "mean-teacher", "s2mts2"] = "s2mts2"
+    pretrained: str = ""  # stage-1 checkpoint for method s2mts2
+    epochs: int = 30
+    steps_per_epoch: int = 0  # 0 = one pass over the labelled images
+    batch_size: int = 32  # labelled images per step
+    unlabelled_ratio: float = 1.0  # unlabelled images per step = ratio * batch_size
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 1e-4
+    backbone_lr_scale: float = 1.0  # LR multiplier of the (pre-trained) backbone
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    consistency: float = 1.0  # maximum weight of the consistency term
+    consistency_ramp: Literal["linear", "sigmoid"] = "linear"
+    consistency_ramp_epochs: float = 10.0
+    ema: float = 0.999  # teacher EMA α per step
+    ema_buffers: Literal["own", "copy", "ema"] = "own"
+    independent_views: bool = True  # student and teacher see independently augmented views
+    augment: Literal["weak", "strong"] = "weak"
+    augment_overrides: AugmentOverrides = field(default_factory=AugmentOverrides)
+    pos_weight: bool = False  # per-class positive weights in the BCE (multi-label)
+    select: Literal["val", "last"] = "val"  # model selection: best validation mean AUC, or last
+    eval_every: int = 1  # validate every N epochs
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; written resolved into every run folder."""
+
+    seed: int = 0  # initialisation, sampling and augmentation
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0 = all cores)
+    log_every: int = 10  # steps between progress-bar metric refreshes (no per-step host sync)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def preset_path(name: str) -> Path:
+    """Path of a built-in preset (``demo``, ``ham10000-cpu``, ...), also at ``configs/`` in git."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"--config: no preset named {name!r}; built-in presets: {known}")
+    return path
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp in (float, str) and not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}': expected a {tp.__name__}, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise ConfigError(
+                f"unknown config key '{key}'; valid keys here: {', '.join(sorted(names))}"
+            )
+        current = getattr(obj, k)
+        if is_dataclass(current):
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{key}' is a section; expected a mapping, got {v!r}")
+            _apply(current, v, prefix=f"{key}.")
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key))
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _resolve_key(key: str, stage: str | None) -> str:
+    """An undotted key unknown at top level is taken from the current stage's section."""
+    top = {f.name for f in fields(RunConfig)}
+    if "." in key or key in top or stage is None:
+        return key
+    stage_fields = {f.name for f in fields(getattr(RunConfig(), stage))}
+    return f"{stage}.{key}" if key in stage_fields else key
+
+
+def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:
+    """``"pretrain.epochs=3"`` -> ``{"pretrain": {"epochs": 3}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+    return _nest(_resolve_key(key, stage), value)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    stage: str | None = None,
+) -> RunConfig:
+    """Defaults <- YAML ``path`` (a file or a built-in preset name) <- ``overrides`` (key=value)."""
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            if p.suffix or len(p.parts) > 1:
+                raise ConfigError(f"--config: file not found: {p}")
+            p = preset_path(str(p))
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
+        try:
+            _apply(cfg, values)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from e
+    for text in overrides:
+        _apply(cfg, parse_override(text, stage))
+    return cfg
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, values)
+    return cfg

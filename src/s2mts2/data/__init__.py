@@ -1,0 +1,1 @@
+"""Datasets: adapters (files -> table), splits, uint8 cache, augmentation, batch loading."""

@@ -1,0 +1,126 @@
+"""NIH ChestX-ray14: ``Data_Entry_2017*.csv`` + official ``train_val_list.txt``/``test_list.txt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from s2mts2.data.adapters.common import (
+    CsvTable,
+    check_choice,
+    find_file,
+    index_files,
+    report_missing,
+    require_images,
+)
+from s2mts2.data.table import DatasetTable
+from s2mts2.errors import DataError
+
+FINDINGS = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+]
+CLASSES = [*FINDINGS, "No Finding"]
+CSV_NAMES = (
+    "Data_Entry_2017_v2020.csv",
+    "Data_Entry_2017_v2020.csv.gz",
+    "Data_Entry_2017.csv",
+    "Data_Entry_2017.csv.gz",
+)
+
+
+def _image_dirs(root: Path) -> list[Path]:
+    """root, root/images and the official archive folders root/images_001/images ... (sorted)."""
+    parts = sorted(p / "images" for p in root.glob("images_[0-9][0-9][0-9]"))
+    return [root, root / "images", *parts]
+
+
+def _read_list(path: Path) -> set[str]:
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def load_chestxray14(root: str | Path, *, view: str | None = None) -> DatasetTable:
+    """Read ChestX-ray14 from ``root``.
+
+    Labels: (N, 15) multi-hot over the 14 findings + ``No Finding``; the mean AUC is taken over
+    the 14 findings (``eval_classes``). Split: ``train_val_list.txt`` -> train,
+    ``test_list.txt`` -> test. Groups: ``Patient ID``. Images may lie flat in ``root``, in
+    ``root/images`` or in the archive folders ``root/images_001/images`` ... ; listed images
+    that are not there are counted in ``missing`` and left out.
+
+    Args:
+        root: dataset folder with ``Data_Entry_2017.csv`` or ``Data_Entry_2017_v2020.csv``
+            (or ``.csv.gz``) and the two split lists.
+        view: keep only ``PA`` or ``AP`` images (``View Position``); None keeps both.
+    """
+    check_choice("view", view, (None, "PA", "AP"))
+    root = Path(root).expanduser().absolute()
+    csv_path = find_file(root, CSV_NAMES)
+    if csv_path is None:
+        raise DataError(f"chestxray14: none of {list(CSV_NAMES)} found in {root}")
+    lists = {s: root / f"{s}_list.txt" for s in ("train_val", "test")}
+    for p in lists.values():
+        if not p.is_file():
+            raise DataError(f"chestxray14: official split list {p.name} not found in {root}")
+    test_names = _read_list(lists["test"])
+    train_names = _read_list(lists["train_val"])
+
+    table = CsvTable(csv_path)
+    names = table.values("Image Index")
+    findings = table.values("Finding Labels")
+    patients = table.values("Patient ID")
+    keep = np.ones(len(names), dtype=bool)
+    if view is not None:
+        keep &= np.asarray(table.values("View Position")) == view
+    files = index_files(_image_dirs(root))
+    found = keep & np.fromiter((n in files for n in names), dtype=bool, count=len(names))
+    rows = np.flatnonzero(found)
+    report_missing("chestxray14", int(keep.sum() - len(rows)), int(keep.sum()), root)
+    require_images("chestxray14", len(rows), root)
+
+    col = {c: j for j, c in enumerate(CLASSES)}
+    labels = np.zeros((len(rows), len(CLASSES)), dtype=np.float32)
+    split = np.empty(len(rows), dtype=object)
+    for k, i in enumerate(rows):
+        for label in findings[i].split("|"):
+            j = col.get(label.strip())
+            if j is None:
+                raise DataError(
+                    f"{csv_path}, line {table.lines[i]}: unknown finding {label!r} "
+                    f"(expected {' | '.join(CLASSES)})"
+                )
+            labels[k, j] = 1.0
+        if names[i] in test_names:
+            split[k] = "test"
+        elif names[i] in train_names:
+            split[k] = "train"
+        else:
+            raise DataError(
+                f"{csv_path}, line {table.lines[i]}: image {names[i]} is in neither "
+                f"{lists['train_val'].name} nor {lists['test'].name}"
+            )
+    return DatasetTable(
+        name="chestxray14",
+        paths=[files[names[i]] for i in rows],
+        labels=labels,
+        classes=list(CLASSES),
+        task="multilabel",
+        groups=np.asarray([patients[i] for i in rows]),
+        split=split,
+        channels=1,
+        eval_classes=list(FINDINGS),
+        missing=int(keep.sum() - len(rows)),
+    )

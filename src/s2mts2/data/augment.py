@@ -1,0 +1,450 @@
+"""Batched augmentation on the training device: uint8 (B, C, H, W) -> normalised float32.
+
+Per-sample random parameters for the whole batch are drawn in one go (``sample_params``) and
+applied with a fixed number of tensor operations (``apply``); nothing loops over the batch in
+Python, so the same code runs on CPU and CUDA and a batch costs a handful of kernel launches.
+
+Pipeline (the released strong augmentation, in its order):
+
+1. geometry, one ``affine_grid`` + ``grid_sample`` per batch with a per-sample (2, 3) matrix
+   covering RandomResizedCrop, resize to ``out_size``, rotation (RandomAffine degrees) and
+   flips. Bilinear, ``align_corners=False`` (identity parameters hit pixel centres exactly),
+   no antialiasing (cache the images near the training resolution). Points outside the image
+   use ``padding_mode`` (default ``reflection``: no black corners after rotation, unlike the
+   zero fill of the released code). The crop aspect ratio is relative to the input's aspect
+   ratio (the same as torchvision for square caches); a crop that does not fit after 10 tries
+   falls back to the whole image.
+2. colour jitter in a fixed order (brightness, contrast, saturation, hue) with torchvision's
+   formulas (contrast and saturation blend with the ITU-R 601 grey, hue shifts in HSV); grey
+   images (C = 1) ignore saturation and hue. The released code used hue 0.4 (a shift of up to
+   +-144 degrees, which turns skin lesions blue or green); the default here is 0.1.
+3. Gaussian blur with per-sample sigma in output pixels (the released code blurs with PIL at the
+   training resolution), separable kernel of radius ``ceil(3 * sigma_max)``, reflect padding,
+   grouped convolutions; samples with the blur off get a delta kernel.
+4. normalisation ``(x - mean) / std``.
+5. random erasing of a per-sample box with 0 (the mean colour after normalisation), as
+   torchvision's ``RandomErasing(value=0)``.
+
+All randomness comes from ``generator`` (a ``torch.Generator`` on the images' device).
+
+Example:
+    >>> import torch
+    >>> augment = BatchAugment(strong_augment(channels=1, out_size=32))
+    >>> images = torch.randint(0, 256, (4, 1, 40, 40), dtype=torch.uint8)
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> augment(images, generator).shape
+    torch.Size([4, 1, 32, 32])
+    >>> multi_view(images, 3, augment, generator).shape
+    torch.Size([3, 4, 1, 32, 32])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from s2mts2.errors import ConfigError, DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GREY_MEAN = (0.449,)  # channel average of the ImageNet statistics
+GREY_STD = (0.226,)
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
+PADDING_MODES = ("zeros", "border", "reflection")
+BOX_TRIES = 10
+
+
+def _unit(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"augment.{name} = {value}: expected a probability in [0, 1]")
+    return float(value)
+
+
+def _range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    if len(value) != 2 or not low <= value[0] <= value[1] <= high:
+        raise ConfigError(
+            f"augment.{name} = {value}: expected [min, max] with {low} <= min <= max <= {high}"
+        )
+    return float(value[0]), float(value[1])
+
+
+def _non_negative(name: str, value: float, high: float = math.inf) -> float:
+    if not 0.0 <= value <= high:
+        raise ConfigError(f"augment.{name} = {value}: expected a number in [0, {high}]")
+    return float(value)
+
+
+@dataclass
+class AugmentConfig:
+    """Parameters of the batched augmentation; the defaults are the released strong augmentation.
+
+    Ranges are ``(min, max)``. ``crop_scale``: crop area as a fraction of the image;
+    ``crop_ratio`` and ``erase_ratio``: width/height relative to the image's aspect ratio
+    (sampled log-uniformly); ``erase_scale``: erased area as a fraction of the output.
+    ``brightness``, ``contrast``, ``saturation``: factors uniform in ``[max(0, 1 - v), 1 + v]``;
+    ``hue``: shift uniform in ``[-hue, hue]`` turns (at most 0.5). ``rotate_deg``: angle uniform in
+    ``[-rotate_deg, rotate_deg]`` (counter-clockwise). ``blur_sigma`` is in output pixels.
+    ``mean``/``std``: per-channel normalisation; None = ImageNet statistics for 3 channels and
+    their channel average (0.449 / 0.226) for grey images.
+    """
+
+    out_size: int | None = None
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotate_deg: float = 10.0
+    rotate_p: float = 0.5
+    hflip_p: float = 0.5
+    vflip_p: float = 0.0
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    erase_p: float = 0.5
+    erase_scale: tuple[float, float] = (0.02, 0.33)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+    padding_mode: str = "reflection"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.out_size is not None and self.out_size < 1:
+            raise ConfigError(f"augment.out_size = {self.out_size}: expected a positive size")
+        self.crop_scale = _range("crop_scale", self.crop_scale, 1e-6, 1.0)
+        self.crop_ratio = _range("crop_ratio", self.crop_ratio, 1e-6, math.inf)
+        self.erase_scale = _range("erase_scale", self.erase_scale, 0.0, 1.0)
+        self.erase_ratio = _range("erase_ratio", self.erase_ratio, 1e-6, math.inf)
+        self.blur_sigma = _range("blur_sigma", self.blur_sigma, 1e-6, math.inf)
+        for name in ("rotate_p", "hflip_p", "vflip_p", "jitter_p", "blur_p", "erase_p"):
+            setattr(self, name, _unit(name, getattr(self, name)))
+        for name in ("rotate_deg", "brightness", "contrast", "saturation"):
+            setattr(self, name, _non_negative(name, getattr(self, name)))
+        self.hue = _non_negative("hue", self.hue, 0.5)
+        if self.padding_mode not in PADDING_MODES:
+            raise ConfigError(
+                f"augment.padding_mode = {self.padding_mode!r}: expected one of {PADDING_MODES}"
+            )
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("augment.mean and augment.std: give both or neither")
+        if self.mean is not None and self.std is not None:
+            self.mean, self.std = tuple(map(float, self.mean)), tuple(map(float, self.std))
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ConfigError(
+                    f"augment.mean {self.mean} / augment.std {self.std}: "
+                    "expected one value per channel (1 or 3 channels) in each"
+                )
+            if min(self.std) <= 0:
+                raise ConfigError(f"augment.std = {self.std}: expected positive values")
+
+    def stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Normalisation (mean, std) for images with ``channels`` channels."""
+        if self.mean is None or self.std is None:
+            if channels not in (1, 3):
+                raise DataError(f"augment: images have {channels} channels, expected 1 or 3")
+            return (GREY_MEAN, GREY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+        if len(self.mean) != channels:
+            raise ConfigError(
+                f"augment.mean has {len(self.mean)} values but the images have {channels} channels"
+            )
+        return self.mean, self.std
+
+
+def strong_augment(channels: int, out_size: int | None = None) -> AugmentConfig:
+    """The released stage-1 strong augmentation (crop 0.2-1, rotation, jitter, blur, erasing)."""
+    config = AugmentConfig(out_size=out_size)
+    mean, std = config.stats(channels)
+    return replace(config, mean=mean, std=std)
+
+
+def weak_augment(channels: int, out_size: int | None = None) -> AugmentConfig:
+    """Fine-tuning augmentation: RandomResizedCrop (scale 0.7-1) and horizontal flip only.
+
+    Stronger variants are a ``dataclasses.replace`` away (e.g. ``rotate_p``, ``jitter_p``).
+    """
+    off = dict(rotate_p=0.0, jitter_p=0.0, blur_p=0.0, erase_p=0.0)
+    return replace(strong_augment(channels, out_size), crop_scale=(0.7, 1.0), **off)
+
+
+def eval_transform(channels: int, out_size: int | None = None) -> AugmentConfig:
+    """Evaluation: the whole image resized to ``out_size`` and normalised, nothing random."""
+    return replace(
+        weak_augment(channels, out_size), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0
+    )
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample parameters of one batch (B samples); all tensors live on the images' device.
+
+    Attributes:
+        crop: (B, 4) float: crop centre x, centre y, width, height as fractions of the input.
+        angle: (B,) float: rotation in degrees, counter-clockwise; 0 where not rotated.
+        hflip: (B,) bool. vflip: (B,) bool.
+        jitter: (B,) bool, or None when no sample of the batch is jittered.
+        jitter_factors: (B, 4) float: brightness, contrast, saturation factors and hue shift.
+        blur: (B,) bool, or None when no sample is blurred. blur_sigma: (B,) float, output pixels.
+        erase: (B,) bool, or None when no sample is erased.
+        erase_box: (B, 4) float: centre x, centre y, width, height as fractions of the output.
+    """
+
+    crop: Tensor
+    angle: Tensor
+    hflip: Tensor
+    vflip: Tensor
+    jitter: Tensor | None
+    jitter_factors: Tensor
+    blur: Tensor | None
+    blur_sigma: Tensor
+    erase: Tensor | None
+    erase_box: Tensor
+
+
+def identity_params(batch: int, device: torch.device | str = "cpu") -> AugmentParams:
+    """Parameters under which ``apply`` only resizes to ``out_size`` and normalises."""
+    crop = torch.tensor([0.5, 0.5, 1.0, 1.0], device=device).repeat(batch, 1)
+    no = torch.zeros(batch, dtype=torch.bool, device=device)
+    return AugmentParams(
+        crop=crop,
+        angle=torch.zeros(batch, device=device),
+        hflip=no,
+        vflip=no.clone(),
+        jitter=None,
+        jitter_factors=torch.tensor([1.0, 1.0, 1.0, 0.0], device=device).repeat(batch, 1),
+        blur=None,
+        blur_sigma=torch.ones(batch, device=device),
+        erase=None,
+        erase_box=crop.clone(),
+    )
+
+
+def _uniform(
+    shape: tuple[int, ...],
+    bounds: tuple[float, float],
+    device: torch.device | str,
+    gen: torch.Generator | None,
+) -> Tensor:
+    low, high = bounds
+    return low + (high - low) * torch.rand(shape, generator=gen, device=device)
+
+
+def _sample_boxes(
+    batch: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    device: torch.device | str,
+    gen: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Boxes inside the unit square with area in ``scale`` and log-uniform relative aspect ratio.
+
+    Draws ``BOX_TRIES`` candidates per sample and keeps the first that fits, as torchvision.
+    Returns (B, 4) boxes (centre x, centre y, width, height) and (B,) bool ``found``; where no
+    candidate fits the box is the whole square.
+    """
+    area = _uniform((batch, BOX_TRIES), scale, device, gen)
+    aspect = torch.exp(
+        _uniform((batch, BOX_TRIES), (math.log(ratio[0]), math.log(ratio[1])), device, gen)
+    )
+    width, height = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
+    fits = (width <= 1.0) & (height <= 1.0)
+    first = fits.int().argmax(dim=1, keepdim=True)
+    found = fits.any(dim=1)
+    width = torch.where(found, width.gather(1, first).squeeze(1), 1.0)
+    height = torch.where(found, height.gather(1, first).squeeze(1), 1.0)
+    centre = torch.rand((batch, 2), generator=gen, device=device)
+    centre_x = width / 2 + centre[:, 0] * (1.0 - width)
+    centre_y = height / 2 + centre[:, 1] * (1.0 - height)
+    return torch.stack([centre_x, centre_y, width, height], dim=1), found
+
+
+def _affine_theta(params: AugmentParams, out_hw: tuple[int, int]) -> Tensor:
+    """(B, 2, 3) map from output to input normalised coordinates: flip, rotate, crop."""
+    out_h, out_w = out_hw
+    radians = torch.deg2rad(params.angle)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    flip_x = 1.0 - 2.0 * params.hflip.to(cos.dtype)
+    flip_y = 1.0 - 2.0 * params.vflip.to(cos.dtype)
+    # Rotation acts in output pixels; in normalised coordinates it is rescaled by the aspect.
+    centre_x, centre_y, width, height = params.crop.unbind(1)
+    row_x = torch.stack(
+        [width * cos * flip_x, -width * sin * (out_h / out_w) * flip_y, 2.0 * centre_x - 1.0], 1
+    )
+    row_y = torch.stack(
+        [height * sin * (out_w / out_h) * flip_x, height * cos * flip_y, 2.0 * centre_y - 1.0], 1
+    )
+    return torch.stack([row_x, row_y], dim=1)
+
+
+def _grey(x: Tensor) -> Tensor:
+    """(B, C, H, W) in [0, 1] -> (B, 1, H, W) luma (C = 3) or the image itself (C = 1)."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    return (factor * x + (1.0 - factor) * other).clamp(0.0, 1.0)
+
+
+def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1], (B,) shift in turns -> RGB with the HSV hue rotated."""
+    red, green, blue = x.unbind(1)
+    value, _ = x.max(dim=1)
+    delta = value - x.min(dim=1).values
+    safe_delta = torch.where(delta > 0, delta, 1.0)
+    rc, gc, bc = ((value - c) / safe_delta for c in (red, green, blue))
+    hue = torch.where(
+        value == red, bc - gc, torch.where(value == green, 2.0 + rc - bc, 4.0 + gc - rc)
+    )
+    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
+    chroma = value * (delta / torch.where(value > 0, value, 1.0))  # value * saturation
+    sector = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(sector + 6.0 * hue.unsqueeze(1), 6.0)
+    return value.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+def _colour_jitter(x: Tensor, factors: Tensor) -> Tensor:
+    """(B, C, H, W) in [0, 1], (B, 4) factors -> brightness, contrast, saturation, hue applied."""
+    brightness, contrast, saturation, hue = factors.view(-1, 4, 1, 1, 1).unbind(1)
+    x = (x * brightness).clamp(0.0, 1.0)
+    x = _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), contrast)
+    if x.shape[1] == 3:
+        x = _blend(x, _grey(x), saturation)
+        x = _shift_hue(x, hue.view(-1))
+    return x
+
+
+def _gaussian_blur(x: Tensor, sigma: Tensor, on: Tensor, radius: int) -> Tensor:
+    """(B, C, H, W), (B,) sigma, (B,) bool -> separable Gaussian blur, reflect padding."""
+    batch, channels, height, width = x.shape
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma.unsqueeze(1)) ** 2)
+    kernel = torch.where(
+        on.unsqueeze(1), kernel / kernel.sum(1, keepdim=True), (offsets == 0).to(x.dtype)
+    )
+    weight = kernel.repeat_interleave(channels, dim=0)  # (B*C, k)
+    groups = batch * channels
+    y = F.pad(x.reshape(1, groups, height, width), (radius,) * 4, mode="reflect")
+    y = F.conv2d(y, weight.view(groups, 1, 1, -1), groups=groups)
+    y = F.conv2d(y, weight.view(groups, 1, -1, 1), groups=groups)
+    return y.view(batch, channels, height, width)
+
+
+def _box_mask(boxes: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """(B, 4) boxes in output fractions -> (B, 1, H, W) bool: pixel centres inside the box."""
+    height, width = out_hw
+    ys = (torch.arange(height, device=boxes.device) + 0.5) / height
+    xs = (torch.arange(width, device=boxes.device) + 0.5) / width
+    inside_x = (xs - boxes[:, 0:1]).abs() < boxes[:, 2:3] / 2
+    inside_y = (ys - boxes[:, 1:2]).abs() < boxes[:, 3:4] / 2
+    return (inside_y.unsqueeze(2) & inside_x.unsqueeze(1)).unsqueeze(1)
+
+
+class BatchAugment:
+    """Augments a uint8 batch (B, C, H, W) on its device into float32 (B, C, S, S), normalised.
+
+    ``S`` is ``config.out_size`` (or the input size when None). Call it with a generator for
+    reproducible output, or use ``sample_params`` + ``apply`` to control the parameters.
+    """
+
+    def __init__(self, config: AugmentConfig) -> None:
+        self.config = config
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, C, H, W) uint8 -> (B, C, S, S) float32 with fresh random parameters per sample."""
+        return self.apply(images, self.sample_params(len(images), images.device, generator))
+
+    def sample_params(
+        self,
+        batch: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> AugmentParams:
+        """Draw per-sample parameters for ``batch`` images (generator on ``device``)."""
+        cfg, gen = self.config, generator
+
+        def coin(p: float) -> Tensor:
+            return torch.rand(batch, generator=gen, device=device) < p
+
+        def around_one(v: float) -> tuple[float, float]:
+            return max(0.0, 1.0 - v), 1.0 + v
+
+        crop, _ = _sample_boxes(batch, cfg.crop_scale, cfg.crop_ratio, device, gen)
+        rotate = coin(cfg.rotate_p)
+        angle = _uniform((batch,), (-cfg.rotate_deg, cfg.rotate_deg), device, gen)
+        hflip, vflip = coin(cfg.hflip_p), coin(cfg.vflip_p)
+        jitter = coin(cfg.jitter_p)
+        factors = torch.stack(
+            [
+                _uniform((batch,), around_one(cfg.brightness), device, gen),
+                _uniform((batch,), around_one(cfg.contrast), device, gen),
+                _uniform((batch,), around_one(cfg.saturation), device, gen),
+                _uniform((batch,), (-cfg.hue, cfg.hue), device, gen),
+            ],
+            dim=1,
+        )
+        blur = coin(cfg.blur_p)
+        sigma = _uniform((batch,), cfg.blur_sigma, device, gen)
+        erase = coin(cfg.erase_p)
+        erase_box, found = _sample_boxes(batch, cfg.erase_scale, cfg.erase_ratio, device, gen)
+        return AugmentParams(
+            crop=crop,
+            angle=torch.where(rotate, angle, 0.0),
+            hflip=hflip,
+            vflip=vflip,
+            jitter=jitter if cfg.jitter_p > 0 else None,
+            jitter_factors=factors,
+            blur=blur if cfg.blur_p > 0 else None,
+            blur_sigma=sigma,
+            erase=erase & found if cfg.erase_p > 0 else None,
+            erase_box=erase_box,
+        )
+
+    def apply(self, images: Tensor, params: AugmentParams) -> Tensor:
+        """(B, C, H, W) uint8 + parameters -> (B, C, S, S) float32, augmented and normalised."""
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(
+                f"augment: expected uint8 images (B, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        batch, channels, height, width = images.shape
+        mean, std = self.config.stats(channels)
+        size = self.config.out_size
+        out_hw = (height, width) if size is None else (size, size)
+        x = images.float().div_(255.0)
+        theta = _affine_theta(params, out_hw)
+        grid = F.affine_grid(theta, [batch, channels, *out_hw], align_corners=False)
+        x = F.grid_sample(
+            x, grid, mode="bilinear", padding_mode=self.config.padding_mode, align_corners=False
+        )
+        if params.jitter is not None:
+            on = params.jitter.view(-1, 1, 1, 1)
+            x = torch.where(on, _colour_jitter(x, params.jitter_factors), x)
+        if params.blur is not None:
+            radius = min(math.ceil(3.0 * self.config.blur_sigma[1]), min(out_hw) - 1)
+            x = _gaussian_blur(x, params.blur_sigma, params.blur, radius)
+        mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean_t) / std_t
+        if params.erase is not None:
+            mask = _box_mask(params.erase_box, out_hw) & params.erase.view(-1, 1, 1, 1)
+            x = x.masked_fill(mask, 0.0)
+        return x
+
+
+def multi_view(
+    images: Tensor,
+    n_views: int,
+    augment: BatchAugment,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """(B, C, H, W) uint8 -> (n_views, B, C, S, S): independent views in one batched call."""
+    views = augment(images.repeat(n_views, 1, 1, 1), generator)
+    return views.view(n_views, len(images), *views.shape[1:])

@@ -1,0 +1,158 @@
+"""A prepared dataset folder: ``table.csv``/``table.json``, ``cache-<size>px/``, ``labelled/``.
+
+``prepare_dataset`` builds it (adapter -> table -> uint8 cache -> labelled subset -> summary);
+``PreparedData.open`` reads it back for training and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s2mts2.data.adapters import load_dataset
+from s2mts2.data.cache import ImageCache, build_cache
+from s2mts2.data.splits import labelled_file_name, labelled_subset, load_labelled, save_labelled
+from s2mts2.data.table import DatasetTable
+from s2mts2.errors import DataError
+
+log = logging.getLogger("s2mts2")
+
+
+def cache_dir(data_dir: Path, size: int) -> Path:
+    return data_dir / f"cache-{size}px"
+
+
+@dataclass
+class PreparedData:
+    """Table + cache of one prepared folder. ``rows[i]`` is the cache row of table row ``i``."""
+
+    dir: Path
+    table: DatasetTable
+    cache: ImageCache
+    rows: np.ndarray
+
+    @classmethod
+    def open(cls, data_dir: str | Path, size: int) -> PreparedData:
+        d = Path(data_dir)
+        table = DatasetTable.load(d)
+        cdir = cache_dir(d, size)
+        if not cdir.is_dir():
+            built = sorted(p.name for p in d.glob("cache-*px"))
+            raise DataError(
+                f"{d}: no image cache at {size} px (data.size={size}); found {built or 'none'}. "
+                f"Run `s2mts2 prepare ... --out {d} --size {size}`"
+            )
+        cache = ImageCache.open(cdir)
+        return cls(d, table, cache, cache.rows_for(table.paths))
+
+    def labelled(
+        self,
+        fraction: float | None,
+        count: int | None = None,
+        seed: int = 0,
+        by_group: bool = False,
+    ) -> np.ndarray:
+        """Sorted table rows of the labelled subset; drawn once per setting and reused from disk."""
+        path = self.dir / "labelled" / labelled_file_name(fraction, count, seed, by_group)
+        if path.exists():
+            return load_labelled(path, self.table)
+        idx = labelled_subset(
+            self.table.labels,
+            self.table.indices("train"),
+            fraction=fraction,
+            count=count,
+            seed=seed,
+            groups=self.table.groups if by_group else None,
+        )
+        save_labelled(path, self.table, idx)
+        return idx
+
+    def images(self) -> np.ndarray:
+        """(N_cache, C, H, W) uint8 store."""
+        return self.cache.images
+
+
+def prepare_dataset(
+    name: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    size: int,
+    labelled: float | None = None,
+    labelled_count: int | None = None,
+    seed: int = 0,
+    by_group: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Adapter -> table -> cache -> labelled subset; writes and returns ``summary.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if name == "synthetic":
+        root = out / "synthetic"
+    table = load_dataset(name, root, **(options or {}))
+    if len(table) == 0:
+        raise DataError(f"{name}: no images found under {root}")
+    cache, failures = build_cache(
+        table.paths,
+        cache_dir(out, size),
+        size=size,
+        channels=table.channels,
+        workers=workers,
+        progress=progress,
+    )
+    if failures:
+        keep = np.array([p not in failures for p in table.paths])
+        log.warning("%d image(s) could not be decoded and were left out", int((~keep).sum()))
+        table = DatasetTable(
+            name=table.name,
+            paths=[p for p, k in zip(table.paths, keep) if k],
+            labels=table.labels[keep],
+            classes=table.classes,
+            task=table.task,
+            groups=table.groups[keep],
+            split=table.split[keep],
+            channels=table.channels,
+            eval_classes=table.eval_classes,
+            missing=table.missing,
+        )
+    table.save(out)
+    data = PreparedData(out, table, cache, cache.rows_for(table.paths))
+    summary: dict[str, Any] = {
+        "dataset": name,
+        "root": str(root),
+        "images": table.counts(),
+        "classes": table.classes,
+        "eval_classes": table.eval_classes,
+        "task": table.task,
+        "channels": table.channels,
+        "size": size,
+        "missing_files": table.missing,
+        "unreadable_images": len(failures),
+        "positives_train": {
+            c: int(np.nansum(table.labels[table.indices("train"), j]))
+            for j, c in enumerate(table.classes)
+        },
+    }
+    n_train = len(table.indices("train"))
+    if labelled is not None or labelled_count is not None:
+        idx = data.labelled(labelled, labelled_count, seed, by_group)
+        summary.update(
+            labelled=len(idx),
+            unlabelled=n_train - len(idx),
+            labelled_file=str(
+                Path("labelled") / labelled_file_name(labelled, labelled_count, seed, by_group)
+            ),
+            labelled_fraction=labelled,
+            seed=seed,
+        )
+    else:
+        summary.update(labelled=n_train, unlabelled=0)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,1 @@
+"""Training loops (stage 1 and 2), batch loading, checkpoints, run folders."""

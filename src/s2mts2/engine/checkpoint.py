@@ -1,0 +1,94 @@
+"""Checkpoints: atomic writes, safe loading, RNG state capture.
+
+A checkpoint is a dict of tensors and plain Python values (no pickled classes), saved with
+``torch.save`` to a temporary file in the same folder, fsync'ed, then renamed over the target,
+so an interrupted write never leaves a half file. Loading uses ``weights_only=True``: a file that
+would need to run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2mts2.errors import DataError
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); refuse files that would execute code."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataError(
+            f"{path}: refused to load: the file contains objects other than tensors and plain "
+            f"values (it could execute code when unpickled). Only load checkpoints you trust "
+            f"from s2mts2. Detail: {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise DataError(f"{path}: not a readable PyTorch checkpoint: {e}") from e
+    if not isinstance(state, dict) or "kind" not in state:
+        raise DataError(f"{path}: not an s2mts2 checkpoint (no 'kind' entry)")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG states (Python, NumPy, torch CPU, CUDA) as tensors/plain values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

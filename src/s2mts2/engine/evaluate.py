@@ -1,0 +1,87 @@
+"""``s2mts2 evaluate``: metrics, markdown report and ROC plot of a fine-tuned checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from s2mts2.data.prepared import PreparedData
+from s2mts2.engine.builders import classifier_network
+from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.engine.finetune import predict
+from s2mts2.engine.runtime import resolve_device, to_device
+from s2mts2.config import config_from_dict
+from s2mts2.errors import ConfigError, DataError
+from s2mts2.eval.metrics import evaluate_predictions
+from s2mts2.eval.report import markdown_table, plot_roc
+from s2mts2.models.heads import Network
+
+
+def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
+    """Rebuild the stage-2 network of a checkpoint and load the teacher's or student's weights."""
+    if state["kind"] != "finetune":
+        raise ConfigError(
+            f"expected a fine-tuned (stage-2) checkpoint, got a {state['kind']} checkpoint"
+        )
+    cfg = config_from_dict(state["config"])
+    meta = state["meta"]
+    net = classifier_network(cfg.model, meta["channels"], len(meta["classes"]), init="random")
+    if model == "teacher":
+        weights = {k.removeprefix("module."): v for k, v in state["teacher"].items()}
+        weights.pop("_extra_state", None)
+    else:
+        weights = state["student"]
+    net.load_state_dict(weights)
+    return net.eval()
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    model: str = "teacher",
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    n_boot: int = 1000,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate on a split of the prepared data; writes metrics.json, report.md, roc.png."""
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    meta = state["meta"]
+    dev = resolve_device(device)
+    net = to_device(load_classifier(state, model), dev)
+    data = PreparedData.open(data_dir or meta["data_dir"], meta["size"])
+    if data.table.classes != meta["classes"]:
+        raise DataError(
+            f"{data.dir}: classes {data.table.classes} differ from the checkpoint's "
+            f"{meta['classes']}"
+        )
+    idx = data.table.indices(split)
+    if len(idx) == 0:
+        raise DataError(f"{data.dir}: the {split} split has no images")
+    probs = predict(net, data, idx, meta["size"], dev, meta["task"])
+    t = data.table
+    metrics = evaluate_predictions(
+        probs,
+        t.labels[idx],
+        classes=t.classes,
+        eval_classes=t.eval_classes,
+        task=t.task,
+        groups=t.groups[idx],
+        n_boot=n_boot,
+    )
+    metrics.update(
+        checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method")
+    )
+    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{meta.get('method', '')} {model}, {t.name} {split}".strip()
+    report = f"# Evaluation: {title}\n\n" + markdown_table(metrics, t.classes)
+    plot_roc(probs, t.labels[idx], t.classes, out / "roc.png", title=title,
+             eval_classes=t.eval_classes)
+    (out / "report.md").write_text(report)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["report_markdown"] = report + f"\nwrote {out / 'metrics.json'}, report.md, roc.png"
+    return metrics

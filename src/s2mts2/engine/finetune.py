@@ -1,0 +1,348 @@
+"""Stage 2: semi-supervised mean-teacher fine-tuning (and its supervised baseline).
+
+Per step: a labelled batch (x, y) and, for ``mean-teacher``/``s2mts2``, an unlabelled batch u:
+
+    L = ℓ_sup(y, f_θ(x)) + w(t) · mean ‖σ(f_θ(u)) − σ(f_θ'(u'))‖²
+
+with u' = u (same view) or an independent view, θ' the EMA teacher (α per step), w(t) ramped.
+``s2mts2`` starts student and teacher from a stage-1 student backbone with a new classifier head.
+Validation (teacher) picks ``best.pt``; ``last.pt`` holds the full state for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from s2mts2.config import FinetuneConfig, RunConfig, config_to_dict
+from s2mts2.data.augment import BatchAugment
+from s2mts2.data.loader import BatchLoader, IndexStream
+from s2mts2.data.prepared import PreparedData
+from s2mts2.engine.builders import build_augment, build_eval_transform, classifier_network
+from s2mts2.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from s2mts2.engine.distributed import is_main
+from s2mts2.engine.history import History
+from s2mts2.engine.inference import forward_rows
+from s2mts2.engine.pretrain import epoch_generator
+from s2mts2.engine.runinfo import write_run_info
+from s2mts2.engine.runtime import (
+    autocast,
+    cosine_lr,
+    resolve_device,
+    set_lr,
+    setup_threads,
+    to_device,
+)
+from s2mts2.errors import ConfigError
+from s2mts2.eval.metrics import mean_auc, per_class_auc
+from s2mts2.losses import consistency_loss, supervised_loss
+from s2mts2.losses.consistency import consistency_weight, probabilities
+from s2mts2.losses.supervised import positive_weights
+from s2mts2.models.ema import EmaTeacher
+from s2mts2.models.heads import Network, load_backbone_state
+
+log = logging.getLogger("s2mts2")
+
+
+@dataclass
+class MeanTeacherStep:
+    """One stage-2 step. ``views`` makes the float inputs, ``train`` optimises.
+
+    views(labelled u8 (B, C, H, W), unlabelled u8 (U, C, H, W) | None) -> (x, u_student, u_teacher);
+    train(x, y (B, C), u_student, u_teacher, w) -> (loss, supervised, consistency) 0-d tensors.
+    """
+
+    student: Network
+    teacher: EmaTeacher
+    optimizer: torch.optim.Optimizer
+    augment: BatchAugment
+    task: str
+    pos_weight: torch.Tensor | None
+    independent_views: bool
+    device: torch.device
+
+    def views(
+        self, labelled: torch.Tensor, unlabelled: torch.Tensor | None, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        x = self.augment(labelled, gen)
+        if unlabelled is None:
+            return x, None, None
+        u = self.augment(unlabelled, gen)
+        return x, u, self.augment(unlabelled, gen) if self.independent_views else u
+
+    def train(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        u_student: torch.Tensor | None,
+        u_teacher: torch.Tensor | None,
+        weight: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs = x if u_student is None else torch.cat([x, u_student])
+        if self.device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            logits = self.student(inputs).float()
+            teacher_logits = None
+            if u_teacher is not None:
+                with torch.no_grad():
+                    teacher_in = u_teacher
+                    if self.device.type == "cuda":
+                        teacher_in = teacher_in.contiguous(memory_format=torch.channels_last)
+                    teacher_logits = self.teacher(teacher_in).float()
+        sup = supervised_loss(logits[: len(x)], y, self.task, self.pos_weight)
+        if teacher_logits is None:
+            cons = torch.zeros((), device=self.device)
+        else:
+            cons = consistency_loss(logits[len(x) :], teacher_logits, self.task)
+        loss = sup + weight * cons
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.teacher.update(self.student)
+        return loss.detach(), sup.detach(), cons.detach()
+
+
+def build_optimizer(net: Network, fc: FinetuneConfig) -> torch.optim.Optimizer:
+    """Two groups: backbone (LR × ``backbone_lr_scale``) and head."""
+    groups = [
+        {"params": list(net.backbone.parameters()), "lr_scale": fc.backbone_lr_scale},
+        {"params": list(net.head.parameters()), "lr_scale": 1.0},
+    ]
+    if fc.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=fc.lr, momentum=fc.momentum, weight_decay=fc.weight_decay, foreach=True
+        )
+    return torch.optim.Adam(groups, lr=fc.lr, weight_decay=fc.weight_decay, foreach=True)
+
+
+def init_from_pretrained(net: Network, path: str, channels: int) -> None:
+    """Load the stage-1 *student* backbone into ``net`` (its head stays new)."""
+    if not path:
+        raise ConfigError(
+            "finetune.method=s2mts2 needs finetune.pretrained = a stage-1 checkpoint "
+            "(e.g. --set finetune.pretrained=runs/pre/last.pt)"
+        )
+    state = load_checkpoint(path)
+    if state["kind"] != "pretrain":
+        raise ConfigError(f"finetune.pretrained: {path} is a {state['kind']} checkpoint")
+    if state["meta"]["channels"] != channels:
+        raise ConfigError(
+            f"finetune.pretrained: {path} was trained on {state['meta']['channels']}-channel "
+            f"images, this dataset has {channels}"
+        )
+    ignored = load_backbone_state(net, state["student"])
+    log.info("loaded the stage-1 backbone of %s (%d head tensors left out)", path, len(ignored))
+
+
+def predict(
+    net: torch.nn.Module, data: PreparedData, idx: np.ndarray, size: int, device: torch.device,
+    task: str,
+) -> np.ndarray:
+    """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode)."""
+    was_training = net.training
+    net.eval()
+    transform = build_eval_transform(data.table.channels, size)
+    logits = forward_rows(net, data.images(), data.rows[idx], transform, device)
+    net.train(was_training)
+    return probabilities(logits, task).numpy()
+
+
+def validation_score(
+    net: torch.nn.Module, data: PreparedData, idx: np.ndarray, size: int, device: torch.device
+) -> float | None:
+    """Mean AUC over the eval classes on table rows ``idx``."""
+    t = data.table
+    probs = predict(net, data, idx, size, device, t.task)
+    return mean_auc(per_class_auc(probs, t.labels[idx]), t.classes, t.eval_classes)
+
+
+def checkpoint_meta(cfg: RunConfig, data: PreparedData, n_labelled: int) -> dict[str, Any]:
+    """What inference needs to rebuild and feed the network, with no config file at hand."""
+    t = data.table
+    transform = build_eval_transform(t.channels, cfg.data.size).config
+    return {
+        "classes": t.classes,
+        "eval_classes": t.eval_classes,
+        "task": t.task,
+        "channels": t.channels,
+        "size": cfg.data.size,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "backbone": cfg.model.backbone,
+        "head_hidden": cfg.model.head_hidden,
+        "method": cfg.finetune.method,
+        "dataset": t.name,
+        "data_dir": str(Path(cfg.data.dir).resolve()),
+        "labelled_images": n_labelled,
+        "train_images": int(len(t.indices("train"))),
+    }
+
+
+def finetune(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    command: str = "",
+) -> Path:
+    """Run stage 2; returns the path of the selected checkpoint (``OUT/best.pt``)."""
+    out = Path(out_dir)
+    fc = cfg.finetune
+    setup_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = PreparedData.open(cfg.data.dir, cfg.data.size)
+    t = data.table
+    labelled = data.labelled(
+        cfg.data.labelled,
+        cfg.data.labelled_count or None,
+        cfg.data.split_seed,
+        cfg.data.labelled_by_group,
+    )
+    unlabelled = np.setdiff1d(t.indices("train"), labelled)
+    if len(unlabelled) == 0:
+        unlabelled = t.indices("train")
+    val = t.indices("val")
+    semi = fc.method != "supervised"
+
+    net = classifier_network(
+        cfg.model, t.channels, len(t.classes), init="random" if fc.method == "s2mts2" else None
+    )
+    if fc.method == "s2mts2":
+        init_from_pretrained(net, fc.pretrained, t.channels)
+    student = to_device(net, device)
+    teacher = EmaTeacher(student, decay=fc.ema, buffers=fc.ema_buffers)
+    optimizer = build_optimizer(student, fc)
+    pos_weight = None
+    if fc.pos_weight and t.task == "multilabel":
+        pos_weight = positive_weights(t.labels[labelled]).to(device)
+    augment = build_augment(fc.augment, t.channels, cfg.data.size, fc.augment_overrides)
+    step_fn = MeanTeacherStep(
+        student, teacher, optimizer, augment, t.task, pos_weight, fc.independent_views, device
+    )
+
+    batch = min(fc.batch_size, len(labelled))
+    l_stream = IndexStream(labelled, batch, cfg.seed)
+    l_loader = BatchLoader(data.images(), l_stream, device, data.rows)
+    u_batch = max(1, round(fc.batch_size * fc.unlabelled_ratio))
+    u_stream = IndexStream(unlabelled, u_batch, cfg.seed + 1)
+    u_loader = BatchLoader(data.images(), u_stream, device, data.rows)
+    steps_per_epoch = fc.steps_per_epoch or l_stream.passes_to_steps(1.0)
+    total_steps = steps_per_epoch * fc.epochs
+    warmup_steps = steps_per_epoch * fc.warmup_epochs
+    labels = torch.from_numpy(t.labels)
+    select_on_val = fc.select == "val" and len(val) > 0
+
+    start_epoch, rows, best = 0, [], None
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume:
+        if not last_path.exists():
+            raise ConfigError(f"--resume: no checkpoint at {last_path}")
+        state = load_checkpoint(last_path, map_location=device)
+        if state["kind"] != "finetune":
+            raise ConfigError(f"--resume: {last_path} is a {state['kind']} checkpoint")
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
+        log.info("resumed %s at epoch %d", last_path, start_epoch)
+    history = History(out, rows) if is_main() else None
+    if is_main():
+        write_run_info(out, cfg, command)
+    meta = checkpoint_meta(cfg, data, len(labelled))
+    log.info(
+        "finetune %s: %d labelled, %d unlabelled, %d val images; %d steps/epoch",
+        fc.method, len(labelled), len(unlabelled) if semi else 0, len(val), steps_per_epoch,
+    )
+
+    for epoch in range(start_epoch, fc.epochs):
+        gen = epoch_generator(device, cfg.seed, epoch, stream=1)
+        first = epoch * steps_per_epoch
+        t0 = time.perf_counter()
+        u_iter = u_loader.steps(first, first + steps_per_epoch) if semi else None
+        bar = tqdm(
+            l_loader.steps(first, first + steps_per_epoch),
+            total=steps_per_epoch,
+            desc=f"finetune {epoch + 1}/{fc.epochs}",
+            disable=not (progress and is_main()),
+            leave=False,
+        )
+        sums = torch.zeros(3, device=device)
+        for i, b in enumerate(bar):
+            s = first + i
+            set_lr(optimizer, cosine_lr(fc.lr, s, total_steps, warmup_steps))
+            w = consistency_weight(
+                s / steps_per_epoch,
+                max_weight=fc.consistency,
+                ramp_epochs=fc.consistency_ramp_epochs,
+                kind=fc.consistency_ramp,
+            )
+            u_images = next(u_iter).images if u_iter is not None else None
+            x, us, ut = step_fn.views(b.images, u_images, gen)
+            y = labels[b.rows].to(device, non_blocking=True)
+            sums += torch.stack(step_fn.train(x, y, us, ut, w))
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
+                avg = (sums / (i + 1)).tolist()
+                bar.set_postfix(loss=f"{avg[0]:.3f}", sup=f"{avg[1]:.3f}", cons=f"{avg[2]:.4f}",
+                                w=f"{w:.2f}")
+        if u_iter is not None:
+            u_iter.close()
+        avg = (sums / steps_per_epoch).tolist()
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": avg[0],
+            "supervised": avg[1],
+            "consistency": avg[2],
+            "weight": w,
+            "lr": cosine_lr(fc.lr, first + steps_per_epoch - 1, total_steps, warmup_steps),
+            "seconds": time.perf_counter() - t0,
+        }
+        last = epoch + 1 == fc.epochs
+        improved = False
+        if len(val) and (last or (epoch + 1) % max(1, fc.eval_every) == 0):
+            score = validation_score(teacher.module, data, val, cfg.data.size, device)
+            row["val_mean_auc"] = score
+            if score is not None and (best is None or score > best):
+                best, improved = score, True
+        if history is not None:
+            history.add(row)
+            log.info(
+                "finetune epoch %d/%d loss %.4f (sup %.4f, cons %.5f, w %.2f)%s",
+                epoch + 1, fc.epochs, avg[0], avg[1], avg[2], w,
+                f" val mean AUC {row['val_mean_auc']:.4f}" if row.get("val_mean_auc") else "",
+            )
+            state = {
+                "kind": "finetune",
+                "epoch": epoch + 1,
+                "step": first + steps_per_epoch,
+                "student": student.state_dict(),
+                "teacher": teacher.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "history": history.rows,
+                "best_val": best,
+                "config": config_to_dict(cfg),
+                "meta": meta,
+            }
+            save_checkpoint(state, last_path)
+            if (improved and select_on_val) or (last and not select_on_val) or (
+                last and not best_path.exists()
+            ):
+                save_checkpoint(state, best_path)
+    return best_path

@@ -1,0 +1,298 @@
+"""Stage 1: self-supervised mean-teacher pre-training with JCL (or MoCo's InfoNCE).
+
+Per step (METHOD.md): 1 query view + M key views of every image, made on the device from the
+uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> keys (B, M, D);
+loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue normalise(mean key).
+Every epoch ends with an atomic full-state checkpoint ``OUT/last.pt``; ``resume=True`` continues
+from it and reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from s2mts2.config import PretrainConfig, RunConfig, config_to_dict
+from s2mts2.data.augment import BatchAugment, multi_view
+from s2mts2.data.loader import BatchLoader, IndexStream
+from s2mts2.data.prepared import PreparedData
+from s2mts2.engine.builders import build_augment, build_eval_transform, pretrain_network
+from s2mts2.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from s2mts2.engine.distributed import is_main
+from s2mts2.engine.history import History
+from s2mts2.engine.inference import forward_rows
+from s2mts2.engine.runinfo import write_run_info
+from s2mts2.engine.runtime import (
+    autocast,
+    cosine_lr,
+    resolve_device,
+    set_lr,
+    setup_threads,
+    to_device,
+)
+from s2mts2.errors import ConfigError
+from s2mts2.eval.knn import knn_scores
+from s2mts2.eval.metrics import mean_auc, per_class_auc
+from s2mts2.losses import jcl_loss
+from s2mts2.models.ema import EmaTeacher
+from s2mts2.models.heads import Network
+from s2mts2.models.queue import NegativeQueue
+
+log = logging.getLogger("s2mts2")
+
+
+def lambda_at(cfg: PretrainConfig, epoch: int) -> float:
+    """λ_t = λ_max·(epoch+1)/epochs for JCL; 0 for MoCo (InfoNCE with the mean key)."""
+    if cfg.loss == "moco":
+        return 0.0
+    return cfg.lam_max * (epoch + 1) / cfg.epochs
+
+
+def epoch_generator(device: torch.device, seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """Augmentation RNG of one epoch: a pure function of (seed, epoch), so resume is exact."""
+    return torch.Generator(device=device).manual_seed(
+        (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % 2**63
+    )
+
+
+@dataclass
+class ContrastiveStep:
+    """One stage-1 optimisation step; ``views`` and ``train`` are separate so speed can be split.
+
+    views(images_u8 (B, C, H, W)) -> (1+M, B, C, S, S) float; train(views, λ) -> loss (0-d tensor,
+    not synchronised to the host).
+    """
+
+    student: Network
+    teacher: EmaTeacher
+    queue: NegativeQueue
+    optimizer: torch.optim.Optimizer
+    augment: BatchAugment
+    cfg: PretrainConfig
+    device: torch.device
+
+    def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return multi_view(images, 1 + self.cfg.views, self.augment, generator)
+
+    def train(self, views: torch.Tensor, lam: float) -> torch.Tensor:
+        m, b = self.cfg.views, views.shape[1]
+        query, keys_in = views[0], views[1:].flatten(0, 1)
+        if self.device.type == "cuda":
+            query = query.contiguous(memory_format=torch.channels_last)
+            keys_in = keys_in.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            q = self.student(query)
+            with torch.no_grad():
+                k = self.teacher(keys_in)
+        keys = k.float().view(m, b, -1).transpose(0, 1)  # (B, M, D)
+        loss = jcl_loss(
+            q.float(), keys, self.queue.negatives(), temperature=self.cfg.temperature, lam=lam
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.teacher.update(self.student)
+        self.queue.enqueue(F.normalize(keys.mean(dim=1), dim=1))
+        return loss.detach()
+
+
+def monitor_rows(data: PreparedData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Table rows to fit (labelled train) and score (val, else ≤2,000 unlabelled train) the kNN."""
+    fit = data.labelled(
+        cfg.data.labelled,
+        cfg.data.labelled_count or None,
+        cfg.data.split_seed,
+        cfg.data.labelled_by_group,
+    )
+    score = data.table.indices("val")
+    if len(score) == 0:
+        rest = np.setdiff1d(data.table.indices("train"), fit)
+        score = np.random.default_rng(0).permutation(rest)[:2000]
+    return fit[:5000], np.sort(score)
+
+
+def knn_monitor(
+    backbone: torch.nn.Module,
+    data: PreparedData,
+    fit: np.ndarray,
+    score: np.ndarray,
+    size: int,
+    device: torch.device,
+    k: int,
+) -> float | None:
+    """Mean AUC (eval classes) of a kNN classifier on the backbone's pooled features."""
+    was_training = backbone.training
+    backbone.eval()
+    transform = build_eval_transform(data.table.channels, size)
+    images = data.images()
+    f_fit = forward_rows(backbone, images, data.rows[fit], transform, device)
+    f_score = forward_rows(backbone, images, data.rows[score], transform, device)
+    backbone.train(was_training)
+    probs = knn_scores(f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k)
+    per_class = per_class_auc(probs.numpy(), data.table.labels[score])
+    return mean_auc(per_class, data.table.classes, data.table.eval_classes)
+
+
+def pretrain(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    command: str = "",
+) -> Path:
+    """Run stage 1 and return the path of the final checkpoint (``OUT/last.pt``)."""
+    out = Path(out_dir)
+    pc = cfg.pretrain
+    setup_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = PreparedData.open(cfg.data.dir, cfg.data.size)
+    table = data.table
+    train_idx = table.indices("train")
+    if len(train_idx) < 2:
+        raise ConfigError(f"{cfg.data.dir}: stage 1 needs training images, found {len(train_idx)}")
+    if pc.views < 1:
+        raise ConfigError(f"pretrain.views must be ≥ 1, got {pc.views}")
+    queue_size = pc.queue_size
+    if queue_size > len(train_idx):
+        log.warning(
+            "pretrain.queue_size=%d exceeds the %d training images; using K=%d",
+            queue_size,
+            len(train_idx),
+            len(train_idx),
+        )
+        queue_size = len(train_idx)
+    batch = min(pc.batch_size, len(train_idx))
+
+    student = to_device(pretrain_network(cfg.model, table.channels), device)
+    teacher = EmaTeacher(student, decay=pc.ema, buffers=pc.ema_buffers)
+    queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=pc.lr,
+        momentum=pc.momentum,
+        weight_decay=pc.weight_decay,
+        foreach=True,
+    )
+    augment = build_augment("strong", table.channels, cfg.data.size, pc.augment)
+    step_fn = ContrastiveStep(student, teacher, queue, optimizer, augment, pc, device)
+
+    stream = IndexStream(train_idx, batch, cfg.seed)
+    loader = BatchLoader(data.images(), stream, device, data.rows)
+    steps_per_epoch = stream.passes_to_steps(1.0)
+    total_steps = steps_per_epoch * pc.epochs
+    warmup_steps = steps_per_epoch * pc.warmup_epochs
+    fit_rows, score_rows = monitor_rows(data, cfg)
+
+    start_epoch, rows = 0, []
+    ckpt_path = out / "last.pt"
+    if resume:
+        if not ckpt_path.exists():
+            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+        state = load_checkpoint(ckpt_path, map_location=device)
+        if state["kind"] != "pretrain":
+            raise ConfigError(f"--resume: {ckpt_path} is a {state['kind']} checkpoint")
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        queue.load_state_dict(state["queue"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_epoch, rows = state["epoch"], state["history"]
+        log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
+    history = History(out, rows) if is_main() else None
+    if is_main():
+        write_run_info(out, cfg, command)
+    if start_epoch == 0:
+        random_score = knn_monitor(
+            teacher.module.backbone, data, fit_rows, score_rows, cfg.data.size, device, pc.knn_k
+        )
+        log.info("kNN mean AUC of the randomly initialised network: %s", _fmt(random_score))
+        if history is not None:
+            history.add({"epoch": 0, "knn_mean_auc": random_score})
+
+    for epoch in range(start_epoch, pc.epochs):
+        lam = lambda_at(pc, epoch)
+        gen = epoch_generator(device, cfg.seed, epoch)
+        t0 = time.perf_counter()
+        first = epoch * steps_per_epoch
+        bar = tqdm(
+            loader.steps(first, first + steps_per_epoch),
+            total=steps_per_epoch,
+            desc=f"pretrain {epoch + 1}/{pc.epochs}",
+            disable=not (progress and is_main()),
+            leave=False,
+        )
+        loss_sum = torch.zeros((), device=device)
+        for i, b in enumerate(bar):
+            set_lr(optimizer, cosine_lr(pc.lr, first + i, total_steps, warmup_steps))
+            loss_sum += step_fn.train(step_fn.views(b.images, gen), lam)
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
+                rate = (i + 1) * batch / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", lam=f"{lam:.2f}",
+                                img_s=f"{rate:.0f}")
+        seconds = time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1,
+            "loss": loss_sum.item() / steps_per_epoch,
+            "lambda": lam,
+            "lr": optimizer.param_groups[0]["lr"],
+            "img_s": steps_per_epoch * batch / seconds,
+            "seconds": seconds,
+        }
+        last = epoch + 1 == pc.epochs
+        if last or (pc.monitor_every > 0 and (epoch + 1) % pc.monitor_every == 0):
+            row["knn_mean_auc"] = knn_monitor(
+                teacher.module.backbone, data, fit_rows, score_rows, cfg.data.size, device,
+                pc.knn_k,
+            )
+        if history is not None:
+            history.add(row)
+            log.info(
+                "pretrain epoch %d/%d loss %.4f λ %.2f %.0f img/s%s",
+                epoch + 1,
+                pc.epochs,
+                row["loss"],
+                lam,
+                row["img_s"],
+                f" kNN mean AUC {_fmt(row['knn_mean_auc'])}" if "knn_mean_auc" in row else "",
+            )
+            save_checkpoint(
+                {
+                    "kind": "pretrain",
+                    "epoch": epoch + 1,
+                    "step": (epoch + 1) * steps_per_epoch,
+                    "student": student.state_dict(),
+                    "teacher": teacher.state_dict(),
+                    "queue": queue.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(),
+                    "history": history.rows,
+                    "config": config_to_dict(cfg),
+                    "meta": {
+                        "channels": table.channels,
+                        "size": cfg.data.size,
+                        "classes": table.classes,
+                        "task": table.task,
+                    },
+                },
+                ckpt_path,
+            )
+    return ckpt_path
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -1,0 +1,26 @@
+"""Evaluation: metrics (rank AUC, ISIC2018 / SRC-MT metrics, bootstrap CIs) and reports."""
+
+from s2mts2.eval.metrics import (
+    MetricAccumulator,
+    auc,
+    bootstrap_ci,
+    evaluate_predictions,
+    mean_auc,
+    multiclass_metrics,
+    per_class_auc,
+)
+from s2mts2.eval.report import comparison_table, markdown_table, plot_comparison_bars, plot_roc
+
+__all__ = [
+    "MetricAccumulator",
+    "auc",
+    "bootstrap_ci",
+    "comparison_table",
+    "evaluate_predictions",
+    "markdown_table",
+    "mean_auc",
+    "multiclass_metrics",
+    "per_class_auc",
+    "plot_comparison_bars",
+    "plot_roc",
+]

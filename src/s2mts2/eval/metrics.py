@@ -1,0 +1,406 @@
+"""Classification metrics: rank-based AUC, SRC-MT / ISIC2018 multi-class metrics, bootstrap CIs.
+
+Inputs are numpy arrays (the accumulator also takes torch tensors); outputs are plain Python
+floats, ints and lists, with ``None`` wherever a metric is undefined (e.g. the AUC of a class that
+has no positives), so every result is JSON-ready and nothing crashes on a degenerate class.
+
+Label conventions: multi-label targets are ``(N, C)`` floats in {0, 1} with NaN = unknown (that
+image is ignored for that class only); multi-class targets are one-hot ``(N, C)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2mts2.errors import ConfigError, DataError
+
+TASKS = ("multilabel", "multiclass")
+
+Statistic = Callable[[np.ndarray, np.ndarray], float | None]
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _ratio(num: int, den: int) -> float | None:
+    """num / den as a float, None when den is 0."""
+    return float(num / den) if den else None
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"task: expected one of {TASKS}, got {task!r}")
+
+
+def _check_pair(probs: Any, labels: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert probs (N, C) and labels (N, C) to float64 arrays."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if p.ndim != 2 or p.shape != y.shape:
+        raise DataError(
+            f"{where}: expected probs and labels of the same shape (N, C), "
+            f"got {p.shape} and {y.shape}"
+        )
+    if not np.isfinite(p).all():
+        rows = np.flatnonzero(~np.isfinite(p).all(axis=1))
+        raise DataError(f"{where}: probs contain NaN or inf (first bad row {rows[0]})")
+    return p, y
+
+
+def class_indices(classes: Sequence[str], names: Sequence[str] | None) -> list[int]:
+    """Column indices of ``names`` within ``classes`` (all columns when names is None)."""
+    if names is None:
+        return list(range(len(classes)))
+    position = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in names if name not in position]
+    if unknown:
+        raise ConfigError(f"eval_classes: {unknown} are not among the classes {list(classes)}")
+    return [position[name] for name in names]
+
+
+def _average_ranks_sorted(sorted_scores: np.ndarray) -> np.ndarray:
+    """1-based ranks of an ascending (N,) array, tied values sharing the mean of their ranks."""
+    n = sorted_scores.size
+    starts_group = np.empty(n, dtype=bool)
+    starts_group[0] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=starts_group[1:])
+    starts = np.flatnonzero(starts_group)
+    ends = np.append(starts[1:], n)
+    return np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+
+
+def auc(scores: Any, targets: Any) -> float | None:
+    """ROC AUC as the Mann–Whitney U statistic (average ranks for tied scores).
+
+    scores: (N,) finite reals; targets: (N,) in {0, 1}. Returns
+    P(score_pos > score_neg) + ½ P(score_pos = score_neg), or None when the targets have no
+    positives or no negatives.
+
+    >>> auc([0.1, 0.4, 0.4, 0.9], [0, 0, 1, 1])
+    0.875
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    if s.ndim != 1 or s.shape != t.shape:
+        raise DataError(f"auc: expected scores and targets of shape (N,), got {s.shape}, {t.shape}")
+    positive = t == 1
+    if not (positive | (t == 0)).all():
+        raise DataError("auc: targets must be 0 or 1 (mask unknown labels before calling auc)")
+    if not np.isfinite(s).all():
+        raise DataError("auc: scores contain NaN or inf")
+    n_pos = int(positive.sum())
+    n_neg = s.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s)
+    ranks = _average_ranks_sorted(s[order])
+    u = ranks[positive[order]].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def per_class_auc(probs: Any, labels: Any) -> list[float | None]:
+    """AUC of every column. probs (N, C); labels (N, C) in {0, 1} with NaN = unknown.
+
+    Images with an unknown label are left out for that class only; a class whose known labels
+    are all 0 or all 1 gets None.
+    """
+    p, y = _check_pair(probs, labels, "per_class_auc")
+    bad = ~(np.isnan(y) | (y == 0) | (y == 1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"per_class_auc: labels must be 0, 1 or NaN (unknown); row {row}, "
+            f"column {col} holds {y[row, col]}"
+        )
+    out: list[float | None] = []
+    for c in range(p.shape[1]):
+        known = ~np.isnan(y[:, c])
+        out.append(auc(p[known, c], y[known, c]))
+    return out
+
+
+def mean_auc(
+    per_class: Sequence[float | None],
+    classes: Sequence[str],
+    eval_classes: Sequence[str] | None = None,
+) -> float | None:
+    """Mean of the per-class AUCs of ``eval_classes`` (all when None), skipping undefined ones."""
+    if len(per_class) != len(classes):
+        raise DataError(f"mean_auc: {len(per_class)} AUCs for {len(classes)} classes")
+    return _mean_or_none([per_class[i] for i in class_indices(classes, eval_classes)])
+
+
+def multiclass_metrics(probs: Any, labels_onehot: Any) -> dict[str, Any]:
+    """SRC-MT / ISIC2018 metrics of a single-label task. probs (N, C) softmax; labels (N, C) one-hot.
+
+    Predictions are ``argmax(probs)``. Per class (one-vs-rest): AUC, sensitivity (recall),
+    specificity, precision and F1. Undefined values are None and are left out of the macro means:
+    sensitivity without positives, specificity without negatives, F1 of a class that is neither
+    present nor predicted, precision of such a class (a present class that is never predicted has
+    precision 0). So ``sensitivity`` (macro) equals the balanced accuracy (ISIC2018 challenge
+    metric), and macro F1 / precision equal scikit-learn's with ``zero_division=0``.
+
+    Returns macro_auc, accuracy, balanced_accuracy, sensitivity, specificity, precision, f1 (floats
+    or None) and per_class_auc, per_class_sensitivity, per_class_specificity, per_class_precision,
+    per_class_f1 (lists of length C).
+    """
+    p, y = _check_pair(probs, labels_onehot, "multiclass_metrics")
+    n, c = p.shape
+    if n == 0:
+        raise DataError("multiclass_metrics: no predictions to evaluate (N = 0)")
+    if not (((y == 0) | (y == 1)).all() and (y.sum(axis=1) == 1).all()):
+        rows = np.flatnonzero(~(((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)))
+        raise DataError(
+            f"multiclass_metrics: labels must be one-hot rows; row {rows[0]} is {y[rows[0]]}"
+        )
+    truth = y.argmax(axis=1)
+    pred = p.argmax(axis=1)
+    confusion = np.bincount(truth * c + pred, minlength=c * c).reshape(c, c)
+    tp = np.diag(confusion)
+    positives = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    fn = positives - tp
+    fp = predicted - tp
+    tn = n - tp - fn - fp
+
+    sensitivity = [_ratio(tp[k], positives[k]) for k in range(c)]
+    specificity = [_ratio(tn[k], tn[k] + fp[k]) for k in range(c)]
+    precision = [
+        _ratio(tp[k], predicted[k]) if predicted[k] else (0.0 if positives[k] else None)
+        for k in range(c)
+    ]
+    f1 = [_ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]) for k in range(c)]
+    aucs = per_class_auc(p, y)
+    return {
+        "macro_auc": _mean_or_none(aucs),
+        "accuracy": float(np.mean(pred == truth)),
+        "balanced_accuracy": _mean_or_none(sensitivity),
+        "sensitivity": _mean_or_none(sensitivity),
+        "specificity": _mean_or_none(specificity),
+        "precision": _mean_or_none(precision),
+        "f1": _mean_or_none(f1),
+        "per_class_auc": aucs,
+        "per_class_sensitivity": sensitivity,
+        "per_class_specificity": specificity,
+        "per_class_precision": precision,
+        "per_class_f1": f1,
+    }
+
+
+def _index_sampler(n: int, groups: Any | None) -> Callable[[np.random.Generator], np.ndarray]:
+    """A function drawing one bootstrap sample of row indices: n rows, or all the groups once each
+    with replacement (each chosen group contributing all its rows) when groups (N,) are given."""
+    if groups is None:
+        return lambda rng: rng.integers(0, n, size=n)
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise DataError(f"bootstrap_ci: expected groups of shape ({n},), got {g.shape}")
+    _, group_of_row = np.unique(g, return_inverse=True)
+    rows_by_group = np.argsort(group_of_row, kind="stable")
+    sizes = np.bincount(group_of_row)
+    starts = np.cumsum(sizes) - sizes
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        chosen = rng.integers(0, sizes.size, size=sizes.size)
+        lengths = sizes[chosen]
+        block_begin = np.cumsum(lengths) - lengths
+        shift = np.repeat(starts[chosen] - block_begin, lengths)
+        return rows_by_group[shift + np.arange(lengths.sum())]
+
+    return draw
+
+
+def bootstrap_ci(
+    probs: Any,
+    labels: Any,
+    statistic: Statistic,
+    *,
+    groups: Any | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
+    """Percentile bootstrap (1 − alpha) confidence interval of ``statistic(probs, labels)``.
+
+    probs, labels: arrays with N rows. groups: (N,) ids (e.g. patients); when given, whole groups
+    are resampled so that images of one patient stay together. Replicates where the statistic is
+    None (e.g. a class without positives) are skipped; (None, None) when all are.
+    """
+    if n_boot < 1:
+        raise ConfigError(f"n_boot: expected at least 1 bootstrap replicate, got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha: expected a value in (0, 1), got {alpha}")
+    p = np.asarray(probs)
+    y = np.asarray(labels)
+    if len(p) != len(y):
+        raise DataError(f"bootstrap_ci: {len(p)} rows of probs but {len(y)} rows of labels")
+    draw = _index_sampler(len(p), groups)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        rows = draw(rng)
+        value = statistic(p[rows], y[rows])
+        if value is not None:
+            values.append(value)
+    if not values:
+        return None, None
+    low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def evaluate_predictions(
+    probs: Any,
+    labels: Any,
+    *,
+    classes: Sequence[str],
+    eval_classes: Sequence[str] | None = None,
+    task: str = "multilabel",
+    groups: Any | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All metrics of one evaluation as a JSON-ready dict.
+
+    probs (N, C); labels (N, C): {0, 1, NaN} for "multilabel", one-hot for "multiclass".
+    eval_classes: the classes averaged into ``mean_auc`` (all when None; ChestX-ray14 leaves out
+    "No Finding"). groups (N,): patient ids for a grouped bootstrap. n_boot = 0 skips the CI.
+
+    Keys: task, n_images, classes, eval_classes, positives {class: n}, per_class_auc
+    {class: float|None}, mean_auc, mean_auc_ci95 ([lo, hi] or None); for "multiclass" also
+    macro_auc (= mean_auc), accuracy, balanced_accuracy, sensitivity, specificity, precision, f1
+    and per_class {class: {auc, sensitivity, specificity, precision, f1}}.
+    """
+    _check_task(task)
+    p, y = _check_pair(probs, labels, "evaluate_predictions")
+    if len(p) == 0:
+        raise DataError("evaluate_predictions: no predictions to evaluate (N = 0)")
+    if p.shape[1] != len(classes):
+        raise DataError(
+            f"evaluate_predictions: probs have {p.shape[1]} columns for {len(classes)} classes"
+        )
+    names = list(classes)
+    columns = class_indices(names, eval_classes)
+    aucs = per_class_auc(p, y)
+    result: dict[str, Any] = {
+        "task": task,
+        "n_images": int(len(p)),
+        "classes": names,
+        "eval_classes": [names[i] for i in columns],
+        "positives": {name: int(np.sum(y[:, i] == 1)) for i, name in enumerate(names)},
+        "per_class_auc": dict(zip(names, aucs)),
+        "mean_auc": mean_auc(aucs, names, [names[i] for i in columns]),
+        "mean_auc_ci95": None,
+    }
+    if n_boot > 0:
+        low, high = bootstrap_ci(
+            p[:, columns],
+            y[:, columns],
+            lambda ps, ys: _mean_or_none(per_class_auc(ps, ys)),
+            groups=groups,
+            n_boot=n_boot,
+            seed=seed,
+        )
+        result["mean_auc_ci95"] = None if low is None else [low, high]
+    if task == "multiclass":
+        mc = multiclass_metrics(p, y)
+        result["macro_auc"] = result["mean_auc"]
+        for key in (
+            "accuracy",
+            "balanced_accuracy",
+            "sensitivity",
+            "specificity",
+            "precision",
+            "f1",
+        ):
+            result[key] = mc[key]
+        result["per_class"] = {
+            name: {
+                "auc": aucs[i],
+                "sensitivity": mc["per_class_sensitivity"][i],
+                "specificity": mc["per_class_specificity"][i],
+                "precision": mc["per_class_precision"][i],
+                "f1": mc["per_class_f1"][i],
+            }
+            for i, name in enumerate(names)
+        }
+    return result
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """A tensor (any device / dtype) or array-like as a float64 numpy array."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device="cpu", dtype=torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+class MetricAccumulator:
+    """Collects predictions batch by batch; ``aggregate()`` evaluates them all (MONAI style).
+
+    >>> acc = MetricAccumulator(["a", "b"], task="multilabel")
+    >>> acc.update(torch.tensor([[0.9, 0.2], [0.1, 0.7]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    >>> acc.aggregate()["mean_auc"]
+    1.0
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        eval_classes: Sequence[str] | None = None,
+        task: str = "multilabel",
+    ) -> None:
+        _check_task(task)
+        class_indices(classes, eval_classes)
+        self.classes = list(classes)
+        self.eval_classes = None if eval_classes is None else list(eval_classes)
+        self.task = task
+        self._probs: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        """Number of images collected so far."""
+        return sum(len(p) for p in self._probs)
+
+    def update(self, probs: Any, labels: Any) -> None:
+        """Add a batch. probs (B, C); labels (B, C) as in evaluate_predictions, or for
+        "multiclass" also (B,) integer class indices."""
+        p = _to_numpy(probs)
+        y = _to_numpy(labels)
+        c = len(self.classes)
+        if self.task == "multiclass" and y.ndim == 1:
+            if not np.isin(y, np.arange(c)).all():
+                raise DataError(f"MetricAccumulator.update: class indices must be in 0..{c - 1}")
+            y = np.eye(c)[y.astype(np.int64)]
+        if p.ndim != 2 or p.shape[1] != c or p.shape != y.shape:
+            raise DataError(
+                f"MetricAccumulator.update: expected probs and labels of shape (B, {c}), "
+                f"got {p.shape} and {y.shape}"
+            )
+        self._probs.append(p)
+        self._labels.append(y)
+
+    def reset(self) -> None:
+        """Forget everything collected."""
+        self._probs.clear()
+        self._labels.clear()
+
+    def aggregate(self, *, groups: Any | None = None, n_boot: int = 0, seed: int = 0) -> dict:
+        """evaluate_predictions on everything collected (no bootstrap CI unless n_boot > 0)."""
+        if not self._probs:
+            raise DataError("MetricAccumulator.aggregate: no predictions were added")
+        return evaluate_predictions(
+            np.concatenate(self._probs),
+            np.concatenate(self._labels),
+            classes=self.classes,
+            eval_classes=self.eval_classes,
+            task=self.task,
+            groups=groups,
+            n_boot=n_boot,
+            seed=seed,
+        )

@@ -1,0 +1,16 @@
+"""Using a trained model: ``predict`` (PNG/JPEG/DICOM files and folders), Grad-CAM, ONNX export."""
+
+from s2mts2.infer.export import ExportResult, export_model
+from s2mts2.infer.gradcam import CamResult, grad_cam
+from s2mts2.infer.predict import ModelInfo, PredictResult, load_model, run_predict
+
+__all__ = [
+    "CamResult",
+    "ExportResult",
+    "ModelInfo",
+    "PredictResult",
+    "export_model",
+    "grad_cam",
+    "load_model",
+    "run_predict",
+]

@@ -1,0 +1,455 @@
+"""``s2mts2 predict``: class probabilities (and Grad-CAM overlays) for image files.
+
+The model is either a stage-2 checkpoint (``best.pt``, the teacher's weights, read with
+``weights_only=True``) or an ONNX file written by ``s2mts2 export`` with its model card next to it
+(``model.onnx`` + ``model.json``). Both give the same probabilities: the ONNX graph ends with the
+sigmoid (multi-label) or softmax (multi-class) that is applied to the checkpoint's logits here.
+
+Inputs are files, folders (searched recursively for ``.png``, ``.jpg``, ``.jpeg``, ``.dcm`` files
+and DICOM files of any other name, such as ``1.2.840.5`` or ``IM0001``, recognised by their
+``DICM`` magic; hidden files skipped) and glob patterns (``**`` recursive). Every image is decoded
+and squashed to the training size exactly as the training cache
+(:func:`s2mts2.data.imageio.read_image` + :func:`~s2mts2.data.imageio.resize_square`), then
+normalised with the mean/std stored in the checkpoint or model card: the user never re-specifies
+preprocessing. Inference runs in float32. A file that cannot be read gets a row with its error;
+the others are processed.
+
+Results: one row per input, ``.csv`` (columns ``path``, one probability column per class,
+``top_class`` for multi-class tasks, ``cam`` when overlays are written, ``error``) or ``.json``
+(``{"model", "task", "classes", "predictions": [{"path", "probabilities": {class: p} | null,
+"top_class", "cams", "error"}]}``), chosen by the file extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from s2mts2.data.augment import BatchAugment
+from s2mts2.data.imageio import _is_dicom, read_image, resize_square
+from s2mts2.engine.builders import build_eval_transform
+from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.engine.evaluate import load_classifier
+from s2mts2.engine.runtime import resolve_device, to_device
+from s2mts2.errors import ConfigError, DataError
+from s2mts2.infer.gradcam import grad_cam, save_overlay
+from s2mts2.losses.consistency import probabilities
+from s2mts2.models.heads import Network
+
+log = logging.getLogger("s2mts2")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+CARD_FORMAT = "s2mts2-model-card/1"
+RESULT_SUFFIXES = (".csv", ".json")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What inference needs besides the weights: class names, task and preprocessing.
+
+    ``task``: ``multilabel`` (sigmoid per class) or ``multiclass`` (softmax). The network input is
+    float32 (B, channels, size, size): the image squashed to ``size`` (bilinear), scaled to [0, 1],
+    then ``(x - mean) / std`` per channel.
+    """
+
+    classes: list[str]
+    task: str
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str | Path) -> ModelInfo:
+        """Read the fields from a checkpoint's ``meta`` or a model card; ``source`` names it."""
+        missing = [
+            name
+            for name in ("classes", "task", "channels", "size", "mean", "std")
+            if name not in values
+        ]
+        if missing:
+            raise DataError(f"{source}: no {', '.join(missing)} entry: not an s2mts2 model")
+        info = cls(
+            classes=[str(c) for c in values["classes"]],
+            task=str(values["task"]),
+            channels=int(values["channels"]),
+            size=int(values["size"]),
+            mean=tuple(float(v) for v in values["mean"]),
+            std=tuple(float(v) for v in values["std"]),
+        )
+        if info.task not in ("multilabel", "multiclass"):
+            raise DataError(f"{source}: task {info.task!r} is not multilabel or multiclass")
+        return info
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    def transform(self) -> BatchAugment:
+        """uint8 (B, channels, size, size) -> normalised float32 (B, channels, size, size)."""
+        config = build_eval_transform(self.channels, self.size).config
+        return BatchAugment(replace(config, mean=self.mean, std=self.std))
+
+
+class TorchModel:
+    """A stage-2 network: normalised float (B, C, S, S) -> probabilities (B, K) on the CPU."""
+
+    def __init__(self, net: Network, info: ModelInfo, device: torch.device) -> None:
+        self.net = to_device(net.eval(), device)
+        self.info = info
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return probabilities(self.net(x.to(self.device)).float(), self.info.task).cpu()
+
+
+class OnnxModel:
+    """An ONNX export (input ``image``, output ``probabilities``) run by onnxruntime."""
+
+    def __init__(self, path: Path, info: ModelInfo, device: torch.device) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+            raise DataError(f"{path}: not a readable ONNX model: {e}") from e
+        names = [o.name for o in self.session.get_outputs()]
+        if "probabilities" not in names:
+            raise DataError(f"{path}: no output named 'probabilities' (outputs: {names})")
+        self.info = info
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.session.run(["probabilities"], {"image": x.cpu().numpy()})
+        return torch.from_numpy(out)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], Network, ModelInfo]:
+    """Load a stage-2 checkpoint safely: (its state, the teacher network in eval mode, its info)."""
+    state = load_checkpoint(path)
+    if state["kind"] != "finetune":
+        raise ConfigError(
+            f"{path} is a {state['kind']} checkpoint; a fine-tuned (stage-2) one is needed, "
+            "e.g. runs/<run>/best.pt from s2mts2 finetune"
+        )
+    missing = [key for key in ("meta", "config", "teacher") if key not in state]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)} entry: not a complete stage-2 checkpoint")
+    info = ModelInfo.from_mapping(state["meta"], path)
+    return state, load_classifier(state), info
+
+
+def load_model(path: str | Path, device: str = "auto") -> TorchModel | OnnxModel:
+    """A checkpoint (teacher weights) or an ONNX file with its model card (same name, .json)."""
+    path = Path(path)
+    dev = resolve_device(device)
+    if path.suffix.lower() != ".onnx":
+        _, net, info = read_checkpoint(path)
+        return TorchModel(net, info, dev)
+    if not path.is_file():
+        raise DataError(f"ONNX model not found: {path}")
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        raise DataError(
+            f"{path}: its model card {card_path} is missing (s2mts2 export writes both); "
+            "preprocessing and class names come from it"
+        )
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{card_path}: not a JSON model card: {e}") from e
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise DataError(f"{card_path}: not an s2mts2 model card (format {CARD_FORMAT!r})")
+    return OnnxModel(path, ModelInfo.from_mapping(card, card_path), dev)
+
+
+def _is_image_file(path: Path) -> bool:
+    """An image extension, or DICOM content (``DICM`` magic) under any other name."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or _is_dicom(path)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, hidden files and folders skipped), sorted."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and _is_image_file(p)
+    )
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively, glob patterns expanded; duplicates dropped.
+
+    A path that does not exist and is no pattern is kept: its row reports the error.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images = _images_in(path)
+            if not images:
+                log.warning(
+                    "%s: no %s or DICOM files in this folder", path, "/".join(IMAGE_SUFFIXES)
+                )
+            found += images
+        elif not path.exists() and _GLOB_CHARS.search(str(item)):
+            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
+            if not matches:
+                log.warning("%s: no file matches this pattern", item)
+            for m in matches:
+                found += _images_in(m) if m.is_dir() else [m]
+        else:
+            found.append(path)
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    if not unique:
+        raise DataError(f"no input images found in: {', '.join(map(str, inputs))}")
+    return list(unique.values())
+
+
+@dataclass
+class Prediction:
+    """One input's result: probabilities (K,) or the error that stopped it; CAM files written."""
+
+    path: str
+    probabilities: np.ndarray | None = None
+    error: str | None = None
+    cams: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CamRequest:
+    """Grad-CAM overlays into ``out_dir`` for ``classes`` (indices) or the ``top_k`` most likely."""
+
+    out_dir: Path
+    classes: tuple[int, ...] | None = None
+    top_k: int = 1
+
+    def targets(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits -> (B, T) class indices (σ and softmax keep the order of the logits)."""
+        if self.classes is not None:
+            return torch.tensor(self.classes, device=logits.device).expand(len(logits), -1)
+        return logits.topk(self.top_k, dim=1).indices
+
+
+def _display_stem(path: Path) -> str:
+    name = path.name
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        name = name[: -len(path.suffix)]
+    return _UNSAFE_NAME.sub("_", name) or "image"
+
+
+def _decode(path: Path, channels: int) -> np.ndarray | str:
+    """uint8 (H, W, channels) pixels, or the reason the file cannot be read."""
+    try:
+        return read_image(path, channels)
+    except DataError as e:
+        return getattr(e, "reason", str(e))
+
+
+class _CamWriter:
+    """Runs Grad-CAM on batches and writes ``<image name>_<class>.png`` overlays (unique names)."""
+
+    def __init__(self, model: TorchModel | OnnxModel, request: CamRequest) -> None:
+        if not isinstance(model, TorchModel):
+            raise ConfigError(
+                "--cam needs the PyTorch checkpoint: Grad-CAM uses gradients, which the ONNX "
+                "file cannot give"
+            )
+        self.model = model
+        self.request = request
+        self.used: set[str] = set()
+        request.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def _stem(self, path: Path) -> str:
+        base, n = _display_stem(path), 1
+        stem = base
+        while stem in self.used:
+            n += 1
+            stem = f"{base}-{n}"
+        self.used.add(stem)
+        return stem
+
+    def __call__(
+        self, x: torch.Tensor, items: Sequence[tuple[Prediction, Path, np.ndarray]]
+    ) -> torch.Tensor:
+        """Probabilities (B, K) of ``x``; writes the overlays of each item and records them."""
+        model = self.model
+        result = grad_cam(model.net, x.to(model.device), self.request.targets)
+        for (row, path, pixels), targets, maps in zip(items, result.targets, result.maps):
+            stem = self._stem(path)
+            for c, cam_map in zip(targets.tolist(), maps):
+                name = _UNSAFE_NAME.sub("_", model.info.classes[c])
+                out = self.request.out_dir / f"{stem}_{name}.png"
+                save_overlay(out, pixels, cam_map.cpu().numpy())
+                row.cams.append(str(out))
+        return probabilities(result.logits, model.info.task).cpu()
+
+
+def predict_files(
+    model: TorchModel | OnnxModel,
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 32,
+    cam: CamRequest | None = None,
+    progress: bool = True,
+) -> list[Prediction]:
+    """Probabilities for every file of ``paths`` (an error row for each unreadable one).
+
+    With ``cam`` (PyTorch models only) Grad-CAM overlays are written on the original images.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    info = model.info
+    transform = info.transform()
+    cam_writer = None if cam is None else _CamWriter(model, cam)
+    results: list[Prediction] = []
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            items, inputs = [], []
+            for path in chunk:
+                row = Prediction(str(path))
+                results.append(row)
+                pixels = _decode(path, info.channels)
+                if isinstance(pixels, str):
+                    row.error = pixels
+                    continue
+                inputs.append(resize_square(pixels, info.size))
+                items.append((row, path, pixels if cam_writer is not None else None))
+            if items:
+                batch = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).contiguous()
+                x = transform(batch)
+                probs = model(x) if cam_writer is None else cam_writer(x, items)
+                for (row, _, _), p in zip(items, probs.numpy()):
+                    row.probabilities = p
+            bar.update(len(chunk))
+    return results
+
+
+def _top_class(pred: Prediction, info: ModelInfo) -> str:
+    if info.task != "multiclass" or pred.probabilities is None:
+        return ""
+    return info.classes[int(np.argmax(pred.probabilities))]
+
+
+def write_predictions(
+    predictions: Sequence[Prediction], info: ModelInfo, out: Path, model: str | Path
+) -> None:
+    """Write the rows to ``out`` (.csv or .json; see the module docstring for the layout)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with_cams = any(p.cams for p in predictions)
+    if out.suffix.lower() == ".json":
+        rows = [
+            {
+                "path": p.path,
+                "probabilities": None
+                if p.probabilities is None
+                else dict(zip(info.classes, map(float, p.probabilities))),
+                **({"top_class": _top_class(p, info) or None} if info.task == "multiclass" else {}),
+                **({"cams": p.cams} if with_cams else {}),
+                "error": p.error,
+            }
+            for p in predictions
+        ]
+        doc = {"model": str(model), "task": info.task, "classes": info.classes, "predictions": rows}
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        return
+    header = ["path", *info.classes]
+    header += ["top_class"] if info.task == "multiclass" else []
+    header += ["cam"] if with_cams else []
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*header, "error"])
+        for p in predictions:
+            probs = (
+                [""] * len(info.classes)
+                if p.probabilities is None
+                else [f"{v:.6g}" for v in p.probabilities]
+            )
+            row = [p.path, *probs]
+            row += [_top_class(p, info)] if info.task == "multiclass" else []
+            row += [";".join(p.cams)] if with_cams else []
+            writer.writerow([*row, p.error or ""])
+
+
+@dataclass
+class PredictResult:
+    """What ``run_predict`` did: the rows, the results file and the overlay folder."""
+
+    predictions: list[Prediction]
+    out: Path
+    cam_dir: Path | None = None
+
+    def summary(self) -> str:
+        errors = sum(p.error is not None for p in self.predictions)
+        cams = sum(len(p.cams) for p in self.predictions)
+        text = f"wrote {len(self.predictions)} rows to {self.out}"
+        if errors:
+            text += f"; {errors} file(s) could not be read (see the error column)"
+        if self.cam_dir is not None:
+            text += f"; {cams} Grad-CAM overlay(s) in {self.cam_dir}"
+        return text
+
+
+def _cam_request(
+    info: ModelInfo, out_dir: Path, classes: Sequence[str] | None, top_k: int
+) -> CamRequest:
+    if classes:
+        unknown = [c for c in classes if c not in info.classes]
+        if unknown:
+            raise ConfigError(
+                f"--classes: {', '.join(unknown)} not among the model's classes {info.classes}"
+            )
+        return CamRequest(out_dir, classes=tuple(info.classes.index(c) for c in classes))
+    if not 1 <= top_k <= len(info.classes):
+        raise ConfigError(f"--top-k must lie in 1..{len(info.classes)}, got {top_k}")
+    return CamRequest(out_dir, top_k=top_k)
+
+
+def run_predict(
+    model_path: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    out: str | Path = "predictions.csv",
+    cam_dir: str | Path | None = None,
+    cam_classes: Sequence[str] | None = None,
+    top_k: int = 1,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> PredictResult:
+    """``s2mts2 predict``: load the model, expand ``inputs``, predict, write ``out``.
+
+    ``cam_dir``: Grad-CAM overlays (PNG, the original image's size) for ``cam_classes`` or else
+    the ``top_k`` most probable classes of each image.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in RESULT_SUFFIXES:
+        raise ConfigError(f"--out {out}: expected a file name ending in .csv or .json")
+    if cam_classes and cam_dir is None:
+        raise ConfigError("--classes chooses the Grad-CAM classes: add --cam DIR")
+    model = load_model(model_path, device)
+    cam = None if cam_dir is None else _cam_request(model.info, Path(cam_dir), cam_classes, top_k)
+    paths = expand_inputs(inputs)
+    predictions = predict_files(model, paths, batch_size=batch_size, cam=cam, progress=progress)
+    write_predictions(predictions, model.info, out, model_path)
+    return PredictResult(predictions, out, None if cam is None else cam.out_dir)

@@ -1,0 +1,119 @@
+"""Generic CSV-folder adapter and the adapter registry."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from s2mts2.data.adapters import ADAPTERS, load_dataset
+from s2mts2.data.adapters.csvfolder import load_csv
+from s2mts2.errors import ConfigError, DataError
+
+
+def _folder(root: Path, rows: list[str], header: str, images: list[str]) -> None:
+    for name in images:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / name)
+    (root / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+@pytest.fixture
+def multilabel(tmp_path) -> Path:
+    rows = [f"img/{k}.png,{k % 2},{'' if k == 3 else (k // 2) % 2},p{k // 2}" for k in range(12)]
+    _folder(tmp_path, rows, "path,a,b,patient", [f"img/{k}.png" for k in range(11)])
+    return tmp_path
+
+
+def test_multilabel_columns_blank_is_nan(multilabel, caplog):
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        t = load_csv(multilabel, csv="labels.csv", label_columns=["a", "b"], group_column="patient")
+    assert len(t) == 11 and t.missing == 1 and "not found" in caplog.text
+    assert t.task == "multilabel" and t.classes == ["a", "b"] and t.channels == 3
+    assert t.paths[0] == str(multilabel / "img" / "0.png")
+    expected = np.array([[k % 2, (k // 2) % 2] for k in range(11)], np.float32)
+    expected[3, 1] = np.nan
+    np.testing.assert_array_equal(t.labels, expected)
+    for g in np.unique(t.groups):
+        assert len(set(t.split[t.groups == g])) == 1
+    assert np.array_equal(
+        t.split,
+        load_csv(
+            multilabel, csv="labels.csv", label_columns=["a", "b"], group_column="patient"
+        ).split,
+    )
+
+
+def test_class_column_and_split_column(tmp_path):
+    names = ["nv", "mel", "", "bcc", "nv", "mel"]
+    splits = ["train", "train", "train", "val", "test", "test"]
+    rows = [f"{k}.png,{c},{s}" for k, (c, s) in enumerate(zip(names, splits))]
+    _folder(tmp_path, rows, "file,dx,fold", [f"{k}.png" for k in range(6)])
+    t = load_csv(
+        tmp_path,
+        csv="labels.csv",
+        path_column="file",
+        class_column="dx",
+        split_column="fold",
+        channels=1,
+    )
+    assert t.classes == ["bcc", "mel", "nv"] and t.task == "multiclass" and t.channels == 1
+    np.testing.assert_array_equal(t.labels[[0, 1, 3]], np.eye(3, dtype=np.float32)[[2, 1, 0]])
+    assert np.isnan(t.labels[2]).all()
+    assert list(t.split) == splits
+    assert list(t.groups) == t.paths  # no group column: one group per image
+
+
+def test_missing_column_names_column_file_and_columns(multilabel):
+    with pytest.raises(
+        DataError, match=r"labels\.csv: column 'c' not found; columns are: path, a, b"
+    ):
+        load_csv(multilabel, csv="labels.csv", label_columns=["a", "c"])
+    with pytest.raises(DataError, match="'subject'"):
+        load_csv(multilabel, csv="labels.csv", label_columns=["a"], group_column="subject")
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "img/../../outside.png", "/etc/passwd"])
+def test_path_escaping_the_root_names_the_row(tmp_path, bad):
+    root = tmp_path / "data"
+    root.mkdir()
+    _folder(root, ["ok.png,1", f"{bad},0"], "path,a", ["ok.png"])
+    (tmp_path / "outside.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"labels\.csv, line 3: image path .* not inside"):
+        load_csv(root, csv="labels.csv", label_columns=["a"])
+
+
+def test_absolute_path_inside_root_is_accepted(tmp_path):
+    _folder(tmp_path, [f"{tmp_path / 'x.png'},1"], "path,a", ["x.png"])
+    assert load_csv(tmp_path, csv=str(tmp_path / "labels.csv"), label_columns=["a"]).paths == [
+        str(tmp_path / "x.png")
+    ]
+
+
+def test_bad_values(tmp_path):
+    _folder(tmp_path, ["x.png,2,train"], "path,a,fold", ["x.png"])
+    with pytest.raises(DataError, match=r"line 2: column 'a' has '2'"):
+        load_csv(tmp_path, csv="labels.csv", label_columns=["a"])
+    _folder(tmp_path, ["x.png,1,training"], "path,a,fold", [])
+    with pytest.raises(DataError, match=r"line 2: split 'training'"):
+        load_csv(tmp_path, csv="labels.csv", label_columns=["a"], split_column="fold")
+    _folder(tmp_path, ["x.png,1,1"], "path,a,b", [])
+    with pytest.raises(DataError, match="exactly one 1"):
+        load_csv(tmp_path, csv="labels.csv", label_columns=["a", "b"], task="multiclass")
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_csv(tmp_path, csv="labels.csv")
+    with pytest.raises(ConfigError, match="channels"):
+        load_csv(tmp_path, csv="labels.csv", label_columns=["a"], channels=2)
+
+
+def test_registry(multilabel):
+    assert set(ADAPTERS) == {"chestxray14", "chexpert", "isic2018", "csv", "synthetic"}
+    t = load_dataset("csv", multilabel, csv="labels.csv", label_columns=["a", "b"])
+    assert len(t) == 11
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; valid names: chestxray14"):
+        load_dataset("mnist", multilabel)
+    with pytest.raises(ConfigError, match="unknown option 'label_column'"):
+        load_dataset("csv", multilabel, csv="labels.csv", label_column=["a"])
+    with pytest.raises(ConfigError, match="option 'csv' is required"):
+        load_dataset("csv", multilabel, label_columns=["a"])

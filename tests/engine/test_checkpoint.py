@@ -1,0 +1,64 @@
+import os
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2mts2.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from s2mts2.errors import DataError
+
+
+def test_save_is_atomic_and_round_trips(tmp_path: Path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"kind": "pretrain", "w": torch.arange(3), "epoch": 2}, path)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 2 and torch.equal(state["w"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path: Path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"kind": "pretrain", "epoch": 1}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"kind": "pretrain", "bad": Boom()}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert len(os.listdir(tmp_path)) == 1
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path: Path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"kind": "finetune", "x": _Exploit()}, f)
+    torch.save({"kind": "finetune", "x": _Exploit()}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(DataError, match="refused|not a readable"):
+            load_checkpoint(p)
+
+
+def test_not_a_checkpoint(tmp_path: Path):
+    with pytest.raises(DataError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(DataError, match="not an s2mts2 checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+
+
+def test_rng_state_round_trip_through_a_file(tmp_path: Path):
+    state = rng_state()
+    save_checkpoint({"kind": "pretrain", "rng": state}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

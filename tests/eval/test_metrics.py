@@ -1,0 +1,302 @@
+"""Metrics against scikit-learn and against hand-counted examples."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from s2mts2.errors import ConfigError, DataError
+from s2mts2.eval.metrics import (
+    MetricAccumulator,
+    auc,
+    bootstrap_ci,
+    evaluate_predictions,
+    mean_auc,
+    multiclass_metrics,
+    per_class_auc,
+)
+
+CLASSES7 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+
+
+def multiclass_data(n: int, c: int, seed: int, signal: float = 1.5):
+    """Softmax probs (n, c) and one-hot labels (n, c) with some signal and every class present."""
+    rng = np.random.default_rng(seed)
+    truth = np.concatenate([np.arange(c), rng.integers(0, c, n - c)])
+    onehot = np.eye(c)[truth]
+    logits = rng.normal(size=(n, c)) + signal * onehot
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probs, onehot
+
+
+# --- auc -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_matches_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + 0.7 * targets, 1)  # many ties
+    assert len(np.unique(scores)) < 100
+    assert auc(scores, targets) == pytest.approx(roc_auc_score(targets, scores), abs=1e-12)
+
+
+def test_auc_hand_counted_ties():
+    # pairs (pos, neg): (0.4,0.1)=1, (0.4,0.4)=0.5, (0.9,0.1)=1, (0.9,0.4)=1 -> 3.5 / 4
+    assert auc([0.1, 0.4, 0.4, 0.9], [0, 0, 1, 1]) == 0.875
+    assert auc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5
+
+
+def test_auc_perfect_and_inverted():
+    targets = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    assert auc(scores, targets) == 1.0
+    assert auc(-scores, targets) == 0.0
+
+
+def test_auc_single_class_is_none():
+    assert auc([0.1, 0.2, 0.3], [1, 1, 1]) is None
+    assert auc([0.1, 0.2, 0.3], [0, 0, 0]) is None
+    assert auc([], []) is None
+
+
+def test_auc_rejects_bad_input():
+    with pytest.raises(DataError, match="0 or 1"):
+        auc([0.1, 0.2], [0, -1])
+    with pytest.raises(DataError, match="NaN"):
+        auc([0.1, np.nan], [0, 1])
+    with pytest.raises(DataError, match="shape"):
+        auc([0.1, 0.2, 0.3], [0, 1])
+
+
+# --- per-class and mean AUC ---------------------------------------------------------------------
+
+
+def test_per_class_auc_masks_unknown_labels_per_class():
+    rng = np.random.default_rng(1)
+    n, c = 200, 4
+    labels = rng.integers(0, 2, (n, c)).astype(float)
+    probs = np.round(rng.random((n, c)) * 0.6 + 0.4 * labels, 2)
+    labels[rng.random((n, c)) < 0.3] = np.nan
+    labels[:, 3] = np.where(np.isnan(labels[:, 3]), np.nan, 0.0)  # no positives among the known
+    got = per_class_auc(probs, labels)
+    for k in range(3):
+        known = ~np.isnan(labels[:, k])
+        assert got[k] == pytest.approx(roc_auc_score(labels[known, k], probs[known, k]), abs=1e-12)
+        # a wrong implementation that treated NaN as negative would differ
+        assert got[k] != pytest.approx(roc_auc_score(np.nan_to_num(labels[:, k]), probs[:, k]))
+    assert got[3] is None
+
+
+def test_per_class_auc_rejects_uncertain_labels():
+    with pytest.raises(DataError, match=r"row 1, column 0 holds -1"):
+        per_class_auc(np.zeros((2, 1)), np.array([[1.0], [-1.0]]))
+
+
+def test_mean_auc_over_eval_classes_skips_none():
+    classes = ["a", "b", "No Finding", "d"]
+    per_class = [0.6, None, 0.99, 0.8]
+    assert mean_auc(per_class, classes, ["a", "b", "d"]) == pytest.approx(0.7)
+    assert mean_auc(per_class, classes) == pytest.approx((0.6 + 0.99 + 0.8) / 3)
+    assert mean_auc([None, None], ["a", "b"]) is None
+    with pytest.raises(ConfigError, match="Mass"):
+        mean_auc(per_class, classes, ["a", "Mass"])
+
+
+# --- multi-class --------------------------------------------------------------------------------
+
+
+def test_multiclass_metrics_match_sklearn():
+    probs, onehot = multiclass_data(400, 7, seed=2)
+    truth, pred = onehot.argmax(1), probs.argmax(1)
+    m = multiclass_metrics(probs, onehot)
+
+    assert m["accuracy"] == pytest.approx(accuracy_score(truth, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, pred))
+    assert m["f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert m["precision"] == pytest.approx(precision_score(truth, pred, average="macro"))
+    assert m["macro_auc"] == pytest.approx(roc_auc_score(truth, probs, multi_class="ovr"))
+    recall = recall_score(truth, pred, average=None)
+    np.testing.assert_allclose(m["per_class_sensitivity"], recall)
+    np.testing.assert_allclose(m["per_class_f1"], f1_score(truth, pred, average=None))
+
+    cm = confusion_matrix(truth, pred, labels=range(7))
+    for k in range(7):
+        negatives = np.delete(np.arange(7), k)
+        true_negative = cm[np.ix_(negatives, negatives)].sum()
+        false_positive = cm[negatives, k].sum()
+        expected = true_negative / (true_negative + false_positive)
+        assert m["per_class_specificity"][k] == pytest.approx(expected)
+    assert m["specificity"] == pytest.approx(np.mean(m["per_class_specificity"]))
+    assert m["sensitivity"] == pytest.approx(m["balanced_accuracy"])
+
+
+def test_multiclass_absent_and_never_predicted_classes():
+    # class 2 never occurs; class 1 occurs but is never predicted
+    truth = np.array([0, 0, 1, 1, 0, 3, 3, 3])
+    pred = np.array([0, 2, 0, 0, 0, 3, 3, 0])
+    probs = np.eye(4)[pred] * 0.7 + 0.1
+    m = multiclass_metrics(probs, np.eye(4)[truth])
+    assert m["per_class_sensitivity"][2] is None
+    assert m["per_class_precision"][1] == 0.0
+    assert m["per_class_auc"][2] is None
+    assert m["per_class_sensitivity"][1] == 0.0 and m["per_class_sensitivity"][3] == 2 / 3
+    with pytest.warns(UserWarning, match="not in y_true"):
+        balanced = balanced_accuracy_score(truth, pred)
+    assert m["balanced_accuracy"] == pytest.approx(balanced)
+    zero = {"zero_division": 0}
+    assert m["f1"] == pytest.approx(f1_score(truth, pred, average="macro", **zero))
+    assert m["precision"] == pytest.approx(precision_score(truth, pred, average="macro", **zero))
+    assert m["accuracy"] == 4 / 8
+
+
+def test_multiclass_rejects_non_onehot():
+    with pytest.raises(DataError, match="one-hot"):
+        multiclass_metrics(np.full((2, 3), 1 / 3), np.array([[1, 0, 0], [1, 1, 0]]))
+
+
+# --- bootstrap ------------------------------------------------------------------------------------
+
+
+def auc_of_column0(probs, labels):
+    return auc(probs[:, 0], labels[:, 0])
+
+
+def test_bootstrap_ci_contains_estimate_and_is_deterministic():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, (500, 1)).astype(float)
+    probs = rng.normal(size=(500, 1)) + labels
+    point = auc_of_column0(probs, labels)
+    low, high = bootstrap_ci(probs, labels, auc_of_column0, n_boot=300, seed=7)
+    assert low < point < high
+    assert 0.02 < high - low < 0.2  # ~ 4 standard errors of an AUC on 500 samples
+    assert bootstrap_ci(probs, labels, auc_of_column0, n_boot=300, seed=7) == (low, high)
+    assert bootstrap_ci(probs, labels, auc_of_column0, n_boot=300, seed=8) != (low, high)
+    narrow = bootstrap_ci(probs, labels, auc_of_column0, n_boot=300, seed=7, alpha=0.5)
+    assert low < narrow[0] < narrow[1] < high
+
+
+def test_bootstrap_resamples_whole_groups():
+    sizes = np.array([1, 2, 3, 4, 5, 6])
+    groups = np.repeat(np.array(["p1", "p2", "p3", "p4", "p5", "p6"]), sizes)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(groups))  # members of a group are not contiguous
+    groups = groups[order]
+    group_index = np.repeat(np.arange(6), sizes)[order].astype(float)
+    probs = group_index[:, None]
+    seen = []
+
+    def check(p, _labels):
+        counts = np.bincount(p[:, 0].astype(int), minlength=6)
+        assert np.all(counts % sizes == 0), counts  # every chosen patient comes with all images
+        assert (counts // sizes).sum() == 6  # 6 patients drawn per replicate
+        seen.append(len(p))
+        return float(len(p))
+
+    bootstrap_ci(probs, np.zeros_like(probs), check, groups=groups, n_boot=50)
+    assert len(seen) == 50 and len(set(seen)) > 3  # image count varies with the patients drawn
+
+
+def test_bootstrap_skips_undefined_replicates():
+    labels = np.array([[1.0], [0.0], [0.0], [0.0], [0.0]])  # one positive: often absent
+    probs = np.array([[0.9], [0.1], [0.2], [0.3], [0.4]])
+    low, high = bootstrap_ci(probs, labels, auc_of_column0, n_boot=100)
+    assert low == high == 1.0
+    none = bootstrap_ci(probs[1:], labels[1:], auc_of_column0, n_boot=10)
+    assert none == (None, None)
+
+
+def test_bootstrap_rejects_bad_options():
+    x = np.zeros((4, 1))
+    with pytest.raises(ConfigError, match="n_boot"):
+        bootstrap_ci(x, x, auc_of_column0, n_boot=0)
+    with pytest.raises(ConfigError, match="alpha"):
+        bootstrap_ci(x, x, auc_of_column0, alpha=1.5)
+    with pytest.raises(DataError, match="groups"):
+        bootstrap_ci(x, x, auc_of_column0, groups=[1, 2])
+
+
+# --- evaluate_predictions / accumulator --------------------------------------------------------
+
+
+def test_evaluate_multilabel_json_and_null_for_missing_positives():
+    rng = np.random.default_rng(4)
+    classes = ["Atelectasis", "Hernia", "No Finding"]
+    labels = rng.integers(0, 2, (120, 3)).astype(float)
+    labels[:, 1] = 0.0  # Hernia: no positives in this split
+    labels[:5, 0] = np.nan
+    probs = rng.random((120, 3)) * 0.5 + 0.5 * np.nan_to_num(labels)
+    groups = np.repeat(np.arange(40), 3)
+    out = evaluate_predictions(
+        probs,
+        labels,
+        classes=classes,
+        eval_classes=["Atelectasis", "Hernia"],
+        task="multilabel",
+        groups=groups,
+        n_boot=200,
+    )
+    text = json.dumps(out)
+    assert '"Hernia": null' in text
+    assert out["per_class_auc"]["Hernia"] is None
+    assert out["mean_auc"] == pytest.approx(out["per_class_auc"]["Atelectasis"])
+    assert out["positives"] == {
+        name: int(np.sum(labels[:, i] == 1)) for i, name in enumerate(classes)
+    }
+    assert out["n_images"] == 120 and out["task"] == "multilabel"
+    low, high = out["mean_auc_ci95"]
+    assert low <= out["mean_auc"] <= high
+    assert "accuracy" not in out
+    assert evaluate_predictions(probs, labels, classes=classes, n_boot=0)["mean_auc_ci95"] is None
+
+
+def test_evaluate_multiclass_keys_and_values():
+    probs, onehot = multiclass_data(300, 7, seed=5)
+    out = evaluate_predictions(
+        probs, onehot, classes=CLASSES7, eval_classes=CLASSES7, task="multiclass", n_boot=100
+    )
+    json.dumps(out)
+    m = multiclass_metrics(probs, onehot)
+    assert out["macro_auc"] == out["mean_auc"] == pytest.approx(m["macro_auc"])
+    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1"):
+        assert out[key] == m[key]
+    assert out["per_class"]["DF"]["sensitivity"] == m["per_class_sensitivity"][5]
+    assert set(out["per_class"]["MEL"]) == {"auc", "sensitivity", "specificity", "precision", "f1"}
+
+
+def test_evaluate_rejects_bad_arguments():
+    probs, onehot = multiclass_data(20, 3, seed=0)
+    with pytest.raises(ConfigError, match="task"):
+        evaluate_predictions(probs, onehot, classes=["a", "b", "c"], task="segmentation")
+    with pytest.raises(DataError, match="3 columns for 2 classes"):
+        evaluate_predictions(probs, onehot, classes=["a", "b"], n_boot=0)
+
+
+def test_accumulator_matches_one_shot_evaluation():
+    probs, onehot = multiclass_data(90, 3, seed=6)
+    acc = MetricAccumulator(["a", "b", "c"], task="multiclass")
+    for start in range(0, 90, 32):
+        batch = slice(start, start + 32)
+        acc.update(torch.tensor(probs[batch]), torch.tensor(onehot[batch].argmax(1)))
+    assert len(acc) == 90
+    got = acc.aggregate(n_boot=20)
+    expected = evaluate_predictions(
+        probs, onehot, classes=["a", "b", "c"], task="multiclass", n_boot=20
+    )
+    assert got == expected
+    acc.reset()
+    assert len(acc) == 0
+    with pytest.raises(DataError, match="no predictions"):
+        acc.aggregate()
+    with pytest.raises(DataError, match=r"shape \(B, 3\)"):
+        acc.update(np.zeros((2, 4)), np.zeros((2, 4)))

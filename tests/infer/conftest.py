@@ -1,0 +1,97 @@
+"""Small stage-2 checkpoints (random ``resnet18_small`` weights, 32 px, no training), bad files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from s2mts2.config import RunConfig, config_to_dict
+from s2mts2.data.augment import eval_transform
+from s2mts2.engine.builders import classifier_network
+from s2mts2.engine.checkpoint import save_checkpoint
+from s2mts2.models.ema import EmaTeacher
+
+SIZE = 32
+GREY_CLASSES = ("normal", "effusion", "nodule")
+RGB_CLASSES = ("mel", "nv")
+
+
+def write_checkpoint(
+    path: Path, task: str, channels: int, classes: Sequence[str], seed: int = 0
+) -> Path:
+    """A stage-2 checkpoint in ``finetune``'s layout; student and teacher hold the same weights."""
+    cfg = RunConfig()
+    cfg.model.backbone = "resnet18_small"
+    cfg.data.size = SIZE
+    cfg.finetune.method = "supervised"
+    torch.manual_seed(seed)
+    net = classifier_network(cfg.model, channels, len(classes)).eval()
+    stats = eval_transform(channels, SIZE)
+    state = {
+        "kind": "finetune",
+        "epoch": 3,
+        "student": net.state_dict(),
+        "teacher": EmaTeacher(net).state_dict(),
+        "best_val": 0.5,
+        "config": config_to_dict(cfg),
+        "meta": {
+            "classes": list(classes),
+            "eval_classes": list(classes),
+            "task": task,
+            "channels": channels,
+            "size": SIZE,
+            "mean": list(stats.mean),
+            "std": list(stats.std),
+            "backbone": cfg.model.backbone,
+            "head_hidden": cfg.model.head_hidden,
+            "method": cfg.finetune.method,
+            "dataset": "test",
+            "data_dir": str(path.parent),
+            "labelled_images": 10,
+            "train_images": 50,
+        },
+    }
+    save_checkpoint(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grey_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Multi-class, 1 channel, classes GREY_CLASSES."""
+    folder = tmp_path_factory.mktemp("grey_run")
+    return write_checkpoint(folder / "best.pt", "multiclass", 1, GREY_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def rgb_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Multi-label, 3 channels, classes RGB_CLASSES."""
+    folder = tmp_path_factory.mktemp("rgb_run")
+    return write_checkpoint(folder / "best.pt", "multilabel", 3, RGB_CLASSES, seed=1)
+
+
+def png_bytes(height: int = 40, width: int = 48, mode: str = "L") -> bytes:
+    """A random image of ``mode`` encoded as PNG."""
+    rng = np.random.default_rng(height * width)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels.squeeze(2) if channels == 1 else pixels, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> list[Path]:
+    """A truncated PNG and a text file renamed ``.png``."""
+    truncated = tmp_path / "bad" / "truncated.png"
+    truncated.parent.mkdir()
+    data = png_bytes(64, 64)
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "bad" / "notes.png"
+    text.write_text("this is not an image\n")
+    return [truncated, text]

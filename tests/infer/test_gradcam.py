@@ -1,0 +1,127 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from s2mts2.config import ModelConfig
+from s2mts2.data.imageio import read_image
+from s2mts2.engine.builders import classifier_network
+from s2mts2.infer.gradcam import grad_cam, overlay, resize_cam
+from s2mts2.infer.predict import run_predict
+from s2mts2.models.heads import Network
+
+from .conftest import GREY_CLASSES
+
+
+def tiny_network(conv: nn.Conv2d, head: nn.Linear) -> Network:
+    """conv -> ReLU -> global average pool -> linear head; Grad-CAM is taken at the conv output."""
+    backbone = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Network(backbone, head).eval()
+
+
+def test_cam_math_matches_a_manual_computation():
+    torch.manual_seed(0)
+    conv, head = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4, 3)
+    net = tiny_network(conv, head)
+    x = torch.randn(2, 2, 5, 6)
+    result = grad_cam(net, x, lambda logits: logits.topk(2, dim=1).indices, layer=conv)
+
+    with torch.no_grad():
+        a = conv(x)  # (B, F, h, w)
+        logits = head(torch.relu(a).mean(dim=(2, 3)))
+    h, w = a.shape[2:]
+    assert torch.allclose(result.logits, logits, atol=1e-6)
+    assert result.maps.shape == (2, 2, h, w)
+    for b in range(2):
+        order = np.argsort(-logits[b].numpy())[:2]
+        assert result.targets[b].tolist() == order.tolist()
+        for t, c in enumerate(order):
+            # dy_c / dA_k[i, j] = W[c, k] * 1[A_k[i, j] > 0] / (h w)
+            grad = head.weight[c].detach()[:, None, None] * (a[b] > 0).float() / (h * w)
+            alpha = grad.mean(dim=(1, 2))  # spatial mean of the gradients, (F,)
+            expected = torch.relu((alpha[:, None, None] * a[b]).sum(dim=0))
+            assert torch.allclose(result.maps[b, t], expected, atol=1e-6)
+
+
+def test_cam_follows_the_evidence_of_the_chosen_class():
+    # channel 0 responds to bright pixels, channel 1 to dark ones; class 0 = bright, 1 = dark
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    head = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        head.weight.copy_(torch.eye(2))
+    net = tiny_network(conv, head)
+    x = -torch.ones(1, 1, 8, 8)
+    x[..., 1:3, 5:7] = 2.0  # a bright square on a dark background
+    square = torch.zeros(8, 8, dtype=torch.bool)
+    square[1:3, 5:7] = True
+    result = grad_cam(net, x, lambda logits: torch.tensor([[0, 1]]), layer=conv)
+    bright, dark = result.maps[0]
+    assert bright.std() > 0 and dark.std() > 0  # not constant
+    assert torch.all(bright[square] > 0) and torch.all(bright[~square] == 0)
+    assert torch.all(dark[square] == 0) and torch.all(dark[~square] > 0)
+
+
+# densenet121 at 32 px has a 1x1 map (and runs slowly on CPU): batch 1 keeps the test short
+@pytest.mark.parametrize(
+    ("backbone", "batch", "grid"), [("resnet18_small", 2, 4), ("densenet121", 1, 1)]
+)
+def test_default_layer_is_the_last_feature_map(backbone, batch, grid):
+    torch.manual_seed(0)
+    net = classifier_network(ModelConfig(backbone=backbone), 1, 3).eval()
+    x = torch.randn(batch, 1, 32, 32)
+    result = grad_cam(net, x, lambda logits: logits.argmax(dim=1, keepdim=True))
+    assert result.maps.shape == (batch, 1, grid, grid)
+    assert torch.all(result.maps >= 0)
+    with torch.no_grad():
+        assert torch.allclose(result.logits, net(x), atol=1e-5)
+
+
+def test_resize_cam_and_overlay():
+    cam = np.array([[0.0, 1.0], [2.0, 4.0]], dtype=np.float32)
+    heat = resize_cam(cam, 7, 9)
+    assert heat.shape == (7, 9) and heat.max() == pytest.approx(1.0, abs=1e-6)
+    assert heat[0, 0] == pytest.approx(0.0) and heat[-1, -1] == pytest.approx(1.0)
+    assert np.all(resize_cam(np.zeros((2, 2)), 3, 3) == 0)
+    grey = np.full((7, 9, 1), 100, dtype=np.uint8)
+    out = overlay(grey, cam)
+    assert out.shape == (7, 9, 3) and out.dtype == np.uint8
+    assert not np.array_equal(out[0, 0], out[-1, -1])  # cold and hot corners differ
+
+
+def test_predict_writes_overlays_of_the_input_size(shared_data, grey_ckpt, tmp_path):
+    images = sorted((shared_data / "real_samples").iterdir())
+    cams = tmp_path / "cams"
+    out = tmp_path / "r.json"
+    result = run_predict(
+        grey_ckpt,
+        images,
+        out=out,
+        cam_dir=cams,
+        cam_classes=["nodule", "normal"],
+        progress=False,
+    )
+    assert "8 Grad-CAM overlay(s)" in result.summary()
+    doc = json.loads(out.read_text())
+    for row in doc["predictions"]:
+        height, width = read_image(row["path"], 1).shape[:2]
+        assert [Path(c).name for c in row["cams"]] == [
+            f"{Path(row['path']).name.removesuffix(Path(row['path']).suffix)}_{c}.png"
+            for c in ("nodule", "normal")
+        ]
+        for cam in row["cams"]:
+            with Image.open(cam) as img:
+                assert img.size == (width, height) and img.mode == "RGB"
+    # the top class by default; probabilities are the same as without Grad-CAM
+    top = run_predict(grey_ckpt, images[:2], out=tmp_path / "t.json", cam_dir=cams, progress=False)
+    for pred, row in zip(top.predictions, doc["predictions"]):
+        assert pred.path == row["path"]
+        np.testing.assert_allclose(
+            pred.probabilities, list(row["probabilities"].values()), atol=1e-6
+        )
+        top_class = GREY_CLASSES[int(np.argmax(pred.probabilities))]
+        assert len(pred.cams) == 1 and pred.cams[0].endswith(f"_{top_class}.png")

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from s2mts2.config import (
+    PRESET_DIR,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+)
+from s2mts2.errors import ConfigError
+
+
+def test_defaults_are_the_released_settings():
+    cfg = RunConfig()
+    assert cfg.pretrain.temperature == 0.07
+    assert cfg.pretrain.ema == 0.999 and cfg.finetune.ema == 0.999
+    assert cfg.pretrain.queue_size == 65536 and cfg.pretrain.lam_max == 2.0
+    assert (cfg.pretrain.lr, cfg.pretrain.momentum, cfg.pretrain.weight_decay) == (0.03, 0.9, 1e-4)
+
+
+def test_dotted_and_stage_relative_overrides():
+    cfg = load_config(None, ["pretrain.epochs=3", "seed=7", "data.size=48"])
+    assert (cfg.pretrain.epochs, cfg.seed, cfg.data.size) == (3, 7, 48)
+    cfg = load_config(None, ["epochs=2"], stage="pretrain")
+    assert cfg.pretrain.epochs == 2 and cfg.finetune.epochs == RunConfig().finetune.epochs
+    cfg = load_config(None, ["epochs=5", "method=supervised"], stage="finetune")
+    assert cfg.finetune.epochs == 5 and cfg.finetune.method == "supervised"
+
+
+def test_int_accepted_for_float_and_nested_sections():
+    cfg = load_config(None, ["pretrain.lr=1", "pretrain.augment.crop_scale_min=0.5"])
+    assert cfg.pretrain.lr == 1.0 and isinstance(cfg.pretrain.lr, float)
+    assert cfg.pretrain.augment.crop_scale_min == 0.5
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("pretrain.epoch=3", ["pretrain.epoch", "epochs"]),
+        ("pretrain.epochs=three", ["pretrain.epochs", "integer"]),
+        ("pretrain.loss=simclr", ["pretrain.loss", "jcl"]),
+        ("finetune.independent_views=1", ["finetune.independent_views", "true/false"]),
+        ("pretrain=3", ["pretrain", "section"]),
+        ("novalue", ["key=value"]),
+    ],
+)
+def test_bad_overrides_name_the_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_yaml_file_errors_name_the_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*epochz"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="built-in presets"):
+        load_config("no-such-preset")
+
+
+def test_round_trip_and_parse_override():
+    cfg = load_config(None, ["finetune.method=mean-teacher"])
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+def test_every_preset_loads(preset):
+    cfg = load_config(preset)
+    assert isinstance(cfg, RunConfig)
+    raw = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
+    assert raw, "presets are not empty"
+
+
+def test_presets_exist():
+    names = {p.stem for p in PRESET_DIR.glob("*.yaml")}
+    assert {"demo", "ham10000-cpu", "isic2018-paper", "chestxray14-paper", "chexpert-paper"} <= names
