@@ -82,4 +82,10 @@ def test_every_preset_loads(preset):
 
 def test_presets_exist():
     names = {p.stem for p in PRESET_DIR.glob("*.yaml")}
-    assert {"demo", "ham10000-cpu", "isic2018-paper", "chestxray14-paper", "chexpert-paper"} <= names
+    assert {
+        "demo",
+        "ham10000-cpu",
+        "isic2018-paper",
+        "chestxray14-paper",
+        "chexpert-paper",
+    } <= names

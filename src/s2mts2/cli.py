@@ -156,13 +156,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.command == "pretrain":
             from s2mts2.engine.pretrain import pretrain
 
-            ckpt = pretrain(cfg, args.out, resume=args.resume, progress=not args.no_progress,
-                            command=command)
+            ckpt = pretrain(
+                cfg, args.out, resume=args.resume, progress=not args.no_progress, command=command
+            )
         else:
             from s2mts2.engine.finetune import finetune
 
-            ckpt = finetune(cfg, args.out, resume=args.resume, progress=not args.no_progress,
-                            command=command)
+            ckpt = finetune(
+                cfg, args.out, resume=args.resume, progress=not args.no_progress, command=command
+            )
         print(f"checkpoint: {ckpt}")
         return 0
     if args.command == "evaluate":

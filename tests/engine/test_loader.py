@@ -27,8 +27,9 @@ def test_ranks_split_the_global_batch():
     r0 = IndexStream(rows, batch_size=4, seed=1, rank=0, world_size=2)
     r1 = IndexStream(rows, batch_size=4, seed=1, rank=1, world_size=2)
     for step in range(6):
-        assert np.array_equal(np.concatenate([r0.batch_rows(step), r1.batch_rows(step)]),
-                              single.batch_rows(step))
+        assert np.array_equal(
+            np.concatenate([r0.batch_rows(step), r1.batch_rows(step)]), single.batch_rows(step)
+        )
 
 
 def test_loader_fetches_rows_in_order_through_the_row_map():

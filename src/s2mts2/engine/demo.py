@@ -45,8 +45,11 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> 
     )
     log.info(
         "demo: %d train images (%d labelled), %d val, %d test; classes %s",
-        summary["images"]["train"], summary["labelled"], summary["images"].get("val", 0),
-        summary["images"].get("test", 0), ", ".join(summary["classes"]),
+        summary["images"]["train"],
+        summary["labelled"],
+        summary["images"].get("val", 0),
+        summary["images"].get("test", 0),
+        ", ".join(summary["classes"]),
     )
     log.info("demo: stage 1 (self-supervised mean teacher, JCL)")
     pre = pretrain(cfg, out / "pretrain", progress=progress, command="s2mts2 demo")

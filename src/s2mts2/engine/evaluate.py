@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from s2mts2.config import config_from_dict
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.finetune import predict
 from s2mts2.engine.runtime import resolve_device, to_device
-from s2mts2.config import config_from_dict
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval.metrics import evaluate_predictions
 from s2mts2.eval.report import markdown_table, plot_roc
@@ -72,15 +72,14 @@ def evaluate_checkpoint(
         groups=t.groups[idx],
         n_boot=n_boot,
     )
-    metrics.update(
-        checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method")
-    )
+    metrics.update(checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method"))
     out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     title = f"{meta.get('method', '')} {model}, {t.name} {split}".strip()
     report = f"# Evaluation: {title}\n\n" + markdown_table(metrics, t.classes)
-    plot_roc(probs, t.labels[idx], t.classes, out / "roc.png", title=title,
-             eval_classes=t.eval_classes)
+    plot_roc(
+        probs, t.labels[idx], t.classes, out / "roc.png", title=title, eval_classes=t.eval_classes
+    )
     (out / "report.md").write_text(report)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     metrics["report_markdown"] = report + f"\nwrote {out / 'metrics.json'}, report.md, roc.png"

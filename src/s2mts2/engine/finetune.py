@@ -149,7 +149,11 @@ def init_from_pretrained(net: Network, path: str, channels: int) -> None:
 
 
 def predict(
-    net: torch.nn.Module, data: PreparedData, idx: np.ndarray, size: int, device: torch.device,
+    net: torch.nn.Module,
+    data: PreparedData,
+    idx: np.ndarray,
+    size: int,
+    device: torch.device,
     task: str,
 ) -> np.ndarray:
     """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode)."""
@@ -268,7 +272,11 @@ def finetune(
     meta = checkpoint_meta(cfg, data, len(labelled))
     log.info(
         "finetune %s: %d labelled, %d unlabelled, %d val images; %d steps/epoch",
-        fc.method, len(labelled), len(unlabelled) if semi else 0, len(val), steps_per_epoch,
+        fc.method,
+        len(labelled),
+        len(unlabelled) if semi else 0,
+        len(val),
+        steps_per_epoch,
     )
 
     for epoch in range(start_epoch, fc.epochs):
@@ -299,8 +307,9 @@ def finetune(
             sums += torch.stack(step_fn.train(x, y, us, ut, w))
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
                 avg = (sums / (i + 1)).tolist()
-                bar.set_postfix(loss=f"{avg[0]:.3f}", sup=f"{avg[1]:.3f}", cons=f"{avg[2]:.4f}",
-                                w=f"{w:.2f}")
+                bar.set_postfix(
+                    loss=f"{avg[0]:.3f}", sup=f"{avg[1]:.3f}", cons=f"{avg[2]:.4f}", w=f"{w:.2f}"
+                )
         if u_iter is not None:
             u_iter.close()
         avg = (sums / steps_per_epoch).tolist()
@@ -324,7 +333,12 @@ def finetune(
             history.add(row)
             log.info(
                 "finetune epoch %d/%d loss %.4f (sup %.4f, cons %.5f, w %.2f)%s",
-                epoch + 1, fc.epochs, avg[0], avg[1], avg[2], w,
+                epoch + 1,
+                fc.epochs,
+                avg[0],
+                avg[1],
+                avg[2],
+                w,
                 f" val mean AUC {row['val_mean_auc']:.4f}" if row.get("val_mean_auc") else "",
             )
             state = {
@@ -341,8 +355,10 @@ def finetune(
                 "meta": meta,
             }
             save_checkpoint(state, last_path)
-            if (improved and select_on_val) or (last and not select_on_val) or (
-                last and not best_path.exists()
+            if (
+                (improved and select_on_val)
+                or (last and not select_on_val)
+                or (last and not best_path.exists())
             ):
                 save_checkpoint(state, best_path)
     return best_path

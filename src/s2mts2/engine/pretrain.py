@@ -61,7 +61,9 @@ def lambda_at(cfg: PretrainConfig, epoch: int) -> float:
     return cfg.lam_max * (epoch + 1) / cfg.epochs
 
 
-def epoch_generator(device: torch.device, seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+def epoch_generator(
+    device: torch.device, seed: int, epoch: int, stream: int = 0
+) -> torch.Generator:
     """Augmentation RNG of one epoch: a pure function of (seed, epoch), so resume is exact."""
     return torch.Generator(device=device).manual_seed(
         (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % 2**63
@@ -242,8 +244,9 @@ def pretrain(
             loss_sum += step_fn.train(step_fn.views(b.images, gen), lam)
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
                 rate = (i + 1) * batch / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", lam=f"{lam:.2f}",
-                                img_s=f"{rate:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / (i + 1):.3f}", lam=f"{lam:.2f}", img_s=f"{rate:.0f}"
+                )
         seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1,
@@ -256,7 +259,12 @@ def pretrain(
         last = epoch + 1 == pc.epochs
         if last or (pc.monitor_every > 0 and (epoch + 1) % pc.monitor_every == 0):
             row["knn_mean_auc"] = knn_monitor(
-                teacher.module.backbone, data, fit_rows, score_rows, cfg.data.size, device,
+                teacher.module.backbone,
+                data,
+                fit_rows,
+                score_rows,
+                cfg.data.size,
+                device,
                 pc.knn_k,
             )
         if history is not None:

@@ -37,8 +37,9 @@ def environment() -> dict[str, Any]:
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
-        or platform.machine(),
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or platform.machine(),
     }
 
 

@@ -1,0 +1,257 @@
+"""End-to-end runs of both stages on a tiny generated dataset: resume, heads, consistency, CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import s2mts2.engine.finetune as finetune_mod
+import s2mts2.engine.pretrain as pretrain_mod
+from s2mts2.cli import main
+from s2mts2.config import load_config
+from s2mts2.data.prepared import prepare_dataset
+from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.engine.evaluate import evaluate_checkpoint
+from s2mts2.engine.finetune import finetune
+from s2mts2.engine.pretrain import pretrain
+from s2mts2.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "model.backbone=resnet18",
+    "model.proj_hidden=64",
+    "model.head_hidden=32",
+    "data.size=16",
+    "data.labelled=0.15",
+    "pretrain.epochs=2",
+    "pretrain.batch_size=32",
+    "pretrain.queue_size=64",
+    "pretrain.monitor_every=0",
+    "finetune.epochs=2",
+    "finetune.batch_size=8",
+    "finetune.steps_per_epoch=3",
+    "finetune.consistency_ramp_epochs=0",
+    "threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    prepare_dataset(
+        "synthetic",
+        out,
+        out,
+        size=16,
+        labelled=0.15,
+        progress=False,
+        options={"n": 160, "size": 32},
+        workers=1,
+    )
+    return out
+
+
+def cfg_for(data_dir: Path, *extra: str):
+    return load_config(None, [*TINY, f"data.dir={data_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pre")
+    return pretrain(cfg_for(data_dir), out, progress=False)
+
+
+def _interrupt_after_first_checkpoint(monkeypatch, module):
+    real = module.save_checkpoint
+    calls = []
+
+    def save_then_stop(state, path):
+        real(state, path)
+        calls.append(path)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
+    return calls
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(
+        (x.float() - b[k].float()).abs().max().item() if x.numel() else 0.0
+        for k, x in a.items()
+        if isinstance(x, torch.Tensor)
+    )
+
+
+def test_pretrain_writes_full_state(pretrained: Path):
+    state = load_checkpoint(pretrained)
+    assert state["kind"] == "pretrain" and state["epoch"] == 2
+    for key in ("student", "teacher", "queue", "optimizer", "rng", "config", "history"):
+        assert key in state
+    assert state["queue"]["queue"].shape == (64, 128)
+    # the teacher is an EMA, not a copy of the student
+    assert (
+        _max_diff(
+            state["student"],
+            {
+                k.removeprefix("module."): v
+                for k, v in state["teacher"].items()
+                if k != "_extra_state"
+            },
+        )
+        > 0
+    )
+    csv = (pretrained.parent / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("epoch") and len(csv) == 1 + 3  # random-init row + 2 epochs
+    assert (pretrained.parent / "config.yaml").exists() and (
+        pretrained.parent / "run.json"
+    ).exists()
+
+
+def test_pretrain_resume_matches_uninterrupted_run(data_dir, pretrained, tmp_path, monkeypatch):
+    out = tmp_path / "pre"
+    _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg_for(data_dir), out, progress=False)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    monkeypatch.undo()
+    resumed = load_checkpoint(pretrain(cfg_for(data_dir), out, resume=True, progress=False))
+    full = load_checkpoint(pretrained)
+    for key in ("student", "teacher", "queue"):
+        assert _max_diff(resumed[key], full[key]) <= 1e-6, key
+    assert resumed["queue"]["ptr"] == full["queue"]["ptr"]
+    assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2]
+
+
+def test_finetune_s2mts2_starts_from_the_stage1_backbone(data_dir, pretrained, monkeypatch):
+    seen = {}
+    real = finetune_mod.init_from_pretrained
+
+    def spy(net, path, channels):
+        real(net, path, channels)
+        seen["backbone"] = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+        seen["head"] = {k: v.clone() for k, v in net.head.state_dict().items()}
+
+    monkeypatch.setattr(finetune_mod, "init_from_pretrained", spy)
+    cfg = cfg_for(data_dir, "finetune.epochs=1", f"finetune.pretrained={pretrained}")
+    finetune(cfg, data_dir.parent / "ft-init", progress=False)
+    stage1 = load_checkpoint(pretrained)["student"]
+    for k, v in seen["backbone"].items():
+        assert torch.equal(v, stage1[f"backbone.{k}"]), k
+    assert all(not k.startswith("head.") or k not in stage1 for k in seen["head"])
+
+
+def test_s2mts2_needs_a_pretrained_checkpoint(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="finetune.pretrained"):
+        finetune(cfg_for(data_dir, "finetune.epochs=1"), tmp_path, progress=False)
+
+
+def test_mean_teacher_consistency_is_active(data_dir, tmp_path):
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.consistency=5")
+    best = finetune(cfg, tmp_path / "mt", progress=False)
+    rows = load_checkpoint(best)["history"]
+    assert all(r["consistency"] > 0 for r in rows)
+    assert all(r["loss"] > r["supervised"] for r in rows)
+    sup = finetune(
+        cfg_for(data_dir, "finetune.method=supervised"), tmp_path / "sup", progress=False
+    )
+    assert all(r["consistency"] == 0 for r in load_checkpoint(sup)["history"])
+
+
+def test_consistency_compares_student_with_teacher_and_trains_the_student(data_dir, tmp_path):
+    """The consistency term must use the teacher's outputs and give the student gradients."""
+    from s2mts2.data.prepared import PreparedData
+    from s2mts2.engine.builders import build_augment, classifier_network
+    from s2mts2.losses import consistency_loss
+    from s2mts2.models.ema import EmaTeacher
+
+    cfg = cfg_for(data_dir)
+    data = PreparedData.open(data_dir, 16)
+    student = classifier_network(cfg.model, 1, len(data.table.classes))
+    teacher = EmaTeacher(student, decay=0.99)
+    torch.nn.init.normal_(teacher.module.head.mlp[-1].weight)  # make them differ
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)
+    step = finetune_mod.MeanTeacherStep(
+        student,
+        teacher,
+        opt,
+        build_augment("weak", 1, 16),
+        "multilabel",
+        None,
+        True,
+        torch.device("cpu"),
+    )
+    u8 = torch.from_numpy(np.array(data.images()[:12]))
+    x, us, ut = step.views(u8[:4], u8[4:], torch.Generator().manual_seed(0))
+    assert not torch.equal(us, ut)  # independent views
+    student.train()
+    teacher.train()
+    with torch.no_grad():
+        expected = consistency_loss(student(torch.cat([x, us]))[4:], teacher(ut), "multilabel")
+    y = torch.from_numpy(data.table.labels[:4])
+    _, _, cons = step.train(x, y, us, ut, weight=1.0)
+    assert cons.item() > 1e-4
+    assert cons.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert all(p.grad is None for p in teacher.parameters())
+    head_grad = student.head.mlp[0].weight.grad
+    assert head_grad is not None and head_grad.abs().sum() > 0
+
+
+def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.select=last")
+    full = load_checkpoint(finetune(cfg, tmp_path / "full", progress=False))
+    _interrupt_after_first_checkpoint(monkeypatch, finetune_mod)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    finetune(cfg, tmp_path / "cut", resume=True, progress=False)
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    for key in ("student", "teacher"):
+        assert _max_diff(resumed[key], full[key]) <= 1e-6, key
+
+
+def test_cli_stages_end_to_end(data_dir, pretrained, tmp_path, capsys):
+    sets = [a for s in TINY for a in ("--set", s)] + ["--set", f"data.dir={data_dir}"]
+    rc = main(
+        [
+            "finetune",
+            *sets,
+            "--set",
+            f"finetune.pretrained={pretrained}",
+            "--labelled",
+            "0.15",
+            "--out",
+            str(tmp_path / "ft"),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    rc = main(
+        [
+            "evaluate",
+            str(tmp_path / "ft" / "best.pt"),
+            "--split",
+            "test",
+            "--bootstrap",
+            "50",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0
+    metrics = json.loads((tmp_path / "ft" / "eval-test" / "metrics.json").read_text())
+    assert 0.0 <= metrics["mean_auc"] <= 1.0 and len(metrics["per_class_auc"]) == 5
+    assert (tmp_path / "ft" / "eval-test" / "roc.png").stat().st_size > 0
+    assert "Mean AUC" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(data_dir, tmp_path, capsys):
+    rc = main(["pretrain", "--set", "pretrain.epochz=1", "--out", str(tmp_path)])
+    assert rc == 2 and "pretrain.epochz" in capsys.readouterr().err
+    rc = main(["pretrain", "--set", f"data.dir={tmp_path}", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "not a prepared dataset" in capsys.readouterr().err
+    rc = main(["evaluate", str(tmp_path / "none.pt")])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
