@@ -98,11 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         "model", type=Path, help="stage-2 checkpoint (best.pt) or model.onnx (with its model.json)"
     )
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--out", type=Path, default=Path("predictions.csv"), help=".csv or .json")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.csv"),
+        help="results file, .csv or .json (default: predictions.csv)",
+    )
     p.add_argument("--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--classes", nargs="+", metavar="CLASS", help="Grad-CAM for these classes")
-    g.add_argument("--top-k", type=int, default=1, help="Grad-CAM for the K most probable classes")
+    g.add_argument(
+        "--classes", nargs="+", metavar="CLASS", help="Grad-CAM for these classes (after INPUTS)"
+    )
+    g.add_argument(
+        "--top-k", type=int, default=1, metavar="K", help="Grad-CAM for the K most probable classes"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

@@ -136,3 +136,26 @@ def test_missing_files_are_errors(nih, tmp_path):
         (tmp_path / name).symlink_to(nih / name)
     with pytest.raises(DataError, match="none of the listed images"):
         load_chestxray14(tmp_path)
+
+
+@pytest.mark.parametrize("options", [{"split": "grouped"}, {"val_fraction": 0.1}])
+def test_patient_grouped_splits_share_no_patient(nih, options):
+    t = load_chestxray14(nih, **options)
+    parts = {s: set(t.groups[t.split == s]) for s in ("train", "val", "test")}
+    assert all(parts[s] for s in parts)
+    assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"])
+    assert not (parts["val"] & parts["test"])
+    if "val_fraction" in options:  # the official test split is kept
+        assert (t.split == "test").sum() == 310
+        assert 0.05 < (t.split == "val").sum() / 690 < 0.15
+    else:
+        assert 0.6 < (t.split == "train").mean() < 0.8
+    again = load_chestxray14(nih, **options)
+    assert np.array_equal(again.split, t.split)
+
+
+def test_bad_split_options(nih):
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_chestxray14(nih, val_fraction=1.5)
+    with pytest.raises(ConfigError, match="split"):
+        load_chestxray14(nih, split="random")

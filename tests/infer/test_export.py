@@ -18,7 +18,8 @@ from s2mts2.engine.evaluate import load_classifier
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
 from s2mts2.infer import export
 from s2mts2.infer.export import PARITY_TOLERANCE
-from s2mts2.infer.predict import run_predict
+from s2mts2.infer.predict import ModelInfo, run_predict
+from s2mts2.models.heads import Network
 
 from .conftest import GREY_CLASSES, SIZE
 
@@ -138,3 +139,22 @@ def test_failed_parity_stops_the_export(grey_ckpt, tmp_path, monkeypatch):
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "m.safetensors").exists()
     with pytest.raises(ConfigError, match=r"\.onnx"):
         export.export_model(grey_ckpt, tmp_path / "m.bin")
+
+
+def test_multilabel_rgb_export_ends_with_a_sigmoid(tmp_path):
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    net = Network(backbone, torch.nn.Linear(4, 2)).eval()
+    info = ModelInfo(["mel", "nv"], "multilabel", 3, 8, (0.5,) * 3, (0.25,) * 3)
+    model = export.ProbabilityModel(net, info.task)
+    export.export_onnx(model, info, tmp_path / "m.onnx")
+    assert export.onnx_parity(model, info, tmp_path / "m.onnx") < PARITY_TOLERANCE
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 8, 8)
+    (probs,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        expected = torch.sigmoid(net(x)).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert not np.allclose(probs.sum(axis=1), 1.0)  # independent per class, not a softmax

@@ -63,15 +63,14 @@ def test_unreadable_files_get_error_rows_and_the_rest_is_processed(
     shared_data, grey_ckpt, bad_files, tmp_path
 ):
     images = sorted((shared_data / "real_samples").iterdir())
+    inputs = [images[0], *bad_files, *images[1:]]
     out = tmp_path / "results.json"
-    result = run_predict(
-        grey_ckpt, [images[0], *bad_files, *images[1:]], out=out, batch_size=2, progress=False
-    )
+    result = run_predict(grey_ckpt, inputs, out=out, batch_size=2, progress=False)
     assert "2 file(s) could not be read" in result.summary()
     doc = json.loads(out.read_text())
     assert doc["classes"] == list(GREY_CLASSES) and doc["task"] == "multiclass"
+    assert [r["path"] for r in doc["predictions"]] == [str(p) for p in inputs]  # input order
     rows = {Path(r["path"]).name: r for r in doc["predictions"]}
-    assert len(doc["predictions"]) == 6
     for name in ("truncated.png", "notes.png"):
         assert rows[name]["probabilities"] is None and rows[name]["top_class"] is None
         assert rows[name]["error"]

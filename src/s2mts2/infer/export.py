@@ -74,7 +74,8 @@ class ProbabilityModel(nn.Module):
 
 
 def export_onnx(model: ProbabilityModel, info: ModelInfo, path: Path) -> None:
-    """Write ``model`` (CPU, eval mode) as ONNX: input ``image``, output ``probabilities``."""
+    """Write ``model`` (on the CPU) in eval mode as ONNX: input ``image``, output ``probabilities``."""
+    model.eval()
     example = torch.randn(2, info.channels, info.size, info.size)
     with _quiet_exporter():
         torch.onnx.export(
@@ -196,7 +197,7 @@ def export_model(checkpoint: str | Path, onnx_path: str | Path) -> ExportResult:
     if onnx_path.suffix.lower() != ".onnx":
         raise ConfigError(f"--onnx {onnx_path}: expected a file name ending in .onnx")
     state, net, info = read_checkpoint(checkpoint)
-    model = ProbabilityModel(net, info.task).eval()
+    model = ProbabilityModel(net, info.task)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(model, info, onnx_path)
     max_diff = onnx_parity(model, info, onnx_path)

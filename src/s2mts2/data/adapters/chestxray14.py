@@ -14,8 +14,9 @@ from s2mts2.data.adapters.common import (
     report_missing,
     require_images,
 )
+from s2mts2.data.splits import grouped_split
 from s2mts2.data.table import DatasetTable
-from s2mts2.errors import DataError
+from s2mts2.errors import ConfigError, DataError
 
 FINDINGS = [
     "Atelectasis",
@@ -52,7 +53,14 @@ def _read_list(path: Path) -> set[str]:
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
-def load_chestxray14(root: str | Path, *, view: str | None = None) -> DatasetTable:
+def load_chestxray14(
+    root: str | Path,
+    *,
+    view: str | None = None,
+    split: str = "official",
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> DatasetTable:
     """Read ChestX-ray14 from ``root``.
 
     Labels: (N, 15) multi-hot over the 14 findings + ``No Finding``; the mean AUC is taken over
@@ -65,8 +73,17 @@ def load_chestxray14(root: str | Path, *, view: str | None = None) -> DatasetTab
         root: dataset folder with ``Data_Entry_2017.csv`` or ``Data_Entry_2017_v2020.csv``
             (or ``.csv.gz``) and the two split lists.
         view: keep only ``PA`` or ``AP`` images (``View Position``); None keeps both.
+        split: ``official`` (the paper protocol: train_val / test lists) or ``grouped`` (a
+            patient-grouped, class-stratified 70/10/20 split of the images present, e.g. for a
+            partial download such as a 1,000-image sample).
+        val_fraction: with ``official``, hold out this fraction of train_val patients as a
+            validation split (model selection); 0 = none, as in the paper.
+        seed: seed of the grouped split / validation hold-out.
     """
     check_choice("view", view, (None, "PA", "AP"))
+    check_choice("split", split, ("official", "grouped"))
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"chestxray14: option val_fraction={val_fraction} must be in [0, 1)")
     root = Path(root).expanduser().absolute()
     csv_path = find_file(root, CSV_NAMES)
     if csv_path is None:
@@ -93,7 +110,7 @@ def load_chestxray14(root: str | Path, *, view: str | None = None) -> DatasetTab
 
     col = {c: j for j, c in enumerate(CLASSES)}
     labels = np.zeros((len(rows), len(CLASSES)), dtype=np.float32)
-    split = np.empty(len(rows), dtype=object)
+    assigned = np.empty(len(rows), dtype=object)
     for k, i in enumerate(rows):
         for label in findings[i].split("|"):
             j = col.get(label.strip())
@@ -104,22 +121,31 @@ def load_chestxray14(root: str | Path, *, view: str | None = None) -> DatasetTab
                 )
             labels[k, j] = 1.0
         if names[i] in test_names:
-            split[k] = "test"
+            assigned[k] = "test"
         elif names[i] in train_names:
-            split[k] = "train"
+            assigned[k] = "train"
         else:
             raise DataError(
                 f"{csv_path}, line {table.lines[i]}: image {names[i]} is in neither "
                 f"{lists['train_val'].name} nor {lists['test'].name}"
             )
+    groups = np.asarray([patients[i] for i in rows])
+    if split == "grouped":
+        assigned = grouped_split(groups, labels, (0.7, 0.1, 0.2), seed=seed)
+    elif val_fraction > 0:
+        train = np.flatnonzero(assigned == "train")
+        held = grouped_split(
+            groups[train], labels[train], (1 - val_fraction, val_fraction, 0.0), seed=seed
+        )
+        assigned[train] = np.where(held == "val", "val", "train")
     return DatasetTable(
         name="chestxray14",
         paths=[files[names[i]] for i in rows],
         labels=labels,
         classes=list(CLASSES),
         task="multilabel",
-        groups=np.asarray([patients[i] for i in rows]),
-        split=split,
+        groups=groups,
+        split=assigned,
         channels=1,
         eval_classes=list(FINDINGS),
         missing=int(keep.sum() - len(rows)),

@@ -37,7 +37,7 @@ OBSERVATIONS = [
     "Support Devices",
 ]
 COMPETITION = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
-PATIENT = re.compile(r"patient(\d+)")
+PATIENT = re.compile(r"patient\d+")
 TOP_DIRS = ("train", "valid", "test")
 CELL = {"": np.nan, "1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0}
 
@@ -63,7 +63,7 @@ def _dataset_dir(root: Path) -> Path:
 
 def _resolve(dataset: str, rel: str) -> str:
     """Absolute path of a ``Path`` cell (``CheXpert-v1.0-small/train/...``): the first folder
-    names the dataset folder (whatever it is called on disk) unless it is ``train``/``valid``."""
+    names the dataset folder (whatever it is called on disk) unless it is a split folder."""
     first, _, rest = rel.replace("\\", "/").strip("/").partition("/")
     return os.path.join(dataset, f"{first}/{rest}" if first in TOP_DIRS else rest)
 

@@ -101,6 +101,10 @@ def _params(rng: np.random.Generator, patient: np.ndarray) -> dict[str, np.ndarr
     }
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
 def _smooth_noise(rng: np.random.Generator, b: int, size: int, cells: int = 8) -> np.ndarray:
     """(b, size, size) smooth random field: a cells x cells grid, bilinearly upsampled."""
     pos = np.linspace(0, cells - 1, size)
@@ -132,29 +136,26 @@ def _render(
     def ellipse(cx, cy, rx, ry):  # radial coordinate: < 1 inside
         return np.sqrt(((x - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)
 
-    def soft(rho, edge=0.08):
-        return 1.0 / (1.0 + np.exp((rho - 1.0) / edge))
+    def soft(rho, edge=0.08):  # ~1 inside an ellipse, ~0 outside, smooth edge
+        return _sigmoid((1.0 - rho) / edge)
 
     body = soft(ellipse(0.0, 0.05, q["body_w"], q["body_h"]), 0.05)
-    lung_c = {s: (sg * q["lung_x"], q["lung_y"]) for s, sg in ((0, -1.0), (1, 1.0))}
-    rho = {s: ellipse(*lung_c[s], q["lung_rx"], q["lung_ry"]) for s in (0, 1)}
-    lung = {s: soft(rho[s]) for s in (0, 1)}
-    lungs = lung[0] + lung[1]
-    heart_rx = np.where(has["Cardiomegaly"] > 0, q["ctr_big"], q["ctr"]) * (
-        q["lung_x"] + q["lung_rx"]
-    )
+    rho = [ellipse(sign * q["lung_x"], q["lung_y"], q["lung_rx"], q["lung_ry"]) for sign in (-1, 1)]
+    lung = [soft(r) for r in rho]
+    ctr = np.where(has["Cardiomegaly"] > 0, q["ctr_big"], q["ctr"])
+    heart_rx = ctr * (q["lung_x"] + q["lung_rx"])
     heart = soft(ellipse(q["heart_x"], q["heart_y"], heart_rx, q["heart_ry"]), 0.1)
+    lungs = (lung[0] + lung[1]) * (1.0 - 0.85 * heart)  # the heart covers the inner lower lungs
     spine = np.exp(-0.5 * (x / 0.06) ** 2) * body
 
-    def side(key):  # per-pixel lung mask / radial coordinate of the lung named by p[key]
+    def side(key):  # lung mask, lung radial coordinate and side sign (-1/+1) chosen by p[key]
         s = q[key]
-        return (1 - s) * lung[0] + s * lung[1], (1 - s) * rho[0] + s * rho[1], s
+        return (1 - s) * lung[0] + s * lung[1], (1 - s) * rho[0] + s * rho[1], 2 * s - 1
 
     def in_lung(key_side, key_r, key_t):  # a point inside the chosen lung (polar, per image)
-        s = q[key_side]
-        cx = (2 * s - 1) * q["lung_x"]
+        sign = 2 * q[key_side] - 1
         return (
-            cx + q[key_r] * q["lung_rx"] * np.cos(q[key_t]),
+            sign * q["lung_x"] + q[key_r] * q["lung_rx"] * np.cos(q[key_t]),
             q["lung_y"] + q[key_r] * q["lung_ry"] * np.sin(q[key_t]),
         )
 
@@ -163,34 +164,21 @@ def _render(
 
     # Pneumothorax: an upper-lateral rim of one lung, darker and without texture, with a thin
     # bright pleural line at its inner edge.
-    mask, r, s = side("ptx_side")
-    lateral = 1.0 / (1.0 + np.exp(-(2 * s - 1) * (x - (2 * s - 1) * q["lung_x"]) / 0.04))
-    upper = 1.0 / (1.0 + np.exp((yy - q["lung_y"]) / 0.08))
-    rim = (
-        has["Pneumothorax"]
-        * mask
-        * lateral
-        * upper
-        / (1.0 + np.exp(-(r - (1.0 - q["ptx_w"])) / 0.02))
-    )
-    pleura = (
-        has["Pneumothorax"]
-        * mask
-        * lateral
-        * upper
-        * np.exp(-0.5 * ((r - (1.0 - q["ptx_w"])) / 0.015) ** 2)
-    )
-    lungs = lungs * (1.0 - 0.85 * heart)  # the heart shadow covers the inner lower lungs
+    mask, r, sign = side("ptx_side")
+    lateral = _sigmoid(sign * (x - sign * q["lung_x"]) / 0.04)
+    upper = _sigmoid((q["lung_y"] - yy) / 0.08)
+    where = has["Pneumothorax"] * mask * lateral * upper
+    edge = r - (1.0 - q["ptx_w"])
+    rim = where * _sigmoid(edge / 0.02)
+    pleura = where * np.exp(-0.5 * (edge / 0.015) ** 2)
     img = 0.1 + 0.55 * body - 0.33 * lungs + 0.06 * heart + 0.12 * spine
     img = img + lungs * texture * (1.0 - rim) - q["ptx_a"] * rim + 0.06 * pleura
 
     # Effusion: a fluid layer at the base of one lung, meniscus rising laterally.
-    mask, r, s = side("eff_side")
+    mask, _, sign = side("eff_side")
     bottom = q["lung_y"] + q["lung_ry"]
-    level = (
-        bottom - q["eff_h"] * q["lung_ry"] - 0.15 * (2 * s - 1) * (x - (2 * s - 1) * q["lung_x"])
-    )
-    img = img + has["Effusion"] * q["eff_a"] * mask / (1.0 + np.exp(-(yy - level) / 0.03))
+    level = bottom - q["eff_h"] * q["lung_ry"] - 0.15 * sign * (x - sign * q["lung_x"])
+    img = img + has["Effusion"] * q["eff_a"] * mask * _sigmoid((yy - level) / 0.03)
 
     # Nodule: a small bright blob; opacity: a wide, faint haze; both inside a lung.
     nx, ny = in_lung("nod_side", "nod_r", "nod_t")
