@@ -41,6 +41,7 @@ class ModelConfig:
     proj_dim: int = 128  # stage-1 embedding size
     proj_hidden: int = 0  # hidden width of the projection head (0 = backbone feature width)
     head_hidden: int = 0  # hidden width of the classifier head (0 = backbone feature width)
+    sync_bn: bool = False  # several CUDA processes: SyncBatchNorm in student and teacher
 
 
 @dataclass
@@ -68,6 +69,7 @@ class PretrainConfig:
     lam_max: float = 2.0  # λ ramps linearly to this value: λ_t = λ_max·(epoch+1)/epochs
     ema: float = 0.999  # teacher momentum m
     ema_buffers: Literal["own", "copy", "ema"] = "own"
+    shuffle_bn: bool = True  # several processes: batch-shuffle BN for the teacher (MoCo)
     lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 1e-4

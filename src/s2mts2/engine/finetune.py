@@ -7,6 +7,16 @@ Per step: a labelled batch (x, y) and, for ``mean-teacher``/``s2mts2``, an unlab
 with u' = u (same view) or an independent view, θ' the EMA teacher (α per step), w(t) ramped.
 ``s2mts2`` starts student and teacher from a stage-1 student backbone with a new classifier head.
 Validation (teacher) picks ``best.pt``; ``last.pt`` holds the full state for ``--resume``.
+
+Several processes (``torchrun``, see :mod:`s2mts2.engine.distributed`): ``finetune.batch_size``
+and the unlabelled batch (``batch_size × unlabelled_ratio``) are global batches split over the
+ranks, so steps per epoch, the LR schedule and w(t) do not depend on the number of processes
+and a run may be resumed with another one. The student is wrapped in DistributedDataParallel;
+every rank keeps an identical EMA teacher (floating buffers of student and teacher averaged over
+ranks after each step). Losses are per-rank means, averaged through the gradients (with unknown
+labels masked, each rank normalises by its own count of known labels). Validation shards the
+rows over the ranks and all-gathers the predictions before computing the AUC, so every rank
+gets the score of the whole set. Rank 0 alone logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -33,7 +43,21 @@ from s2mts2.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from s2mts2.engine.distributed import is_main
+from s2mts2.engine.distributed import (
+    all_gather_rows,
+    average_buffers,
+    barrier,
+    distributed_session,
+    is_main,
+    main_first,
+    mean_over_ranks,
+    per_rank_batch,
+    rank,
+    shard,
+    sync_batchnorm,
+    world_size,
+    wrap_ddp,
+)
 from s2mts2.engine.history import History
 from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.pretrain import epoch_generator
@@ -41,7 +65,6 @@ from s2mts2.engine.runinfo import write_run_info
 from s2mts2.engine.runtime import (
     autocast,
     cosine_lr,
-    resolve_device,
     set_lr,
     setup_threads,
     to_device,
@@ -63,9 +86,10 @@ class MeanTeacherStep:
 
     views(labelled u8 (B, C, H, W), unlabelled u8 (U, C, H, W) | None) -> (x, u_student, u_teacher);
     train(x, y (B, C), u_student, u_teacher, w) -> (loss, supervised, consistency) 0-d tensors.
+    Under DDP ``student`` is the DDP wrapper and B, U are this rank's batches.
     """
 
-    student: Network
+    student: torch.nn.Module
     teacher: EmaTeacher
     optimizer: torch.optim.Optimizer
     augment: BatchAugment
@@ -113,6 +137,7 @@ class MeanTeacherStep:
         loss.backward()
         self.optimizer.step()
         self.teacher.update(self.student)
+        average_buffers(self.student, self.teacher)
         return loss.detach(), sup.detach(), cons.detach()
 
 
@@ -156,11 +181,16 @@ def predict(
     device: torch.device,
     task: str,
 ) -> np.ndarray:
-    """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode)."""
+    """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode).
+
+    Under DDP every rank must call it: each forwards its shard of ``idx``, all get every row.
+    """
     was_training = net.training
     net.eval()
     transform = build_eval_transform(data.table.channels, size)
-    logits = forward_rows(net, data.images(), data.rows[idx], transform, device)
+    logits = all_gather_rows(
+        forward_rows(net, data.images(), data.rows[shard(idx)], transform, device)
+    )
     net.train(was_training)
     return probabilities(logits, task).numpy()
 
@@ -204,47 +234,59 @@ def finetune(
     progress: bool = True,
     command: str = "",
 ) -> Path:
-    """Run stage 2; returns the path of the selected checkpoint (``OUT/best.pt``)."""
-    out = Path(out_dir)
+    """Run stage 2; returns the path of the selected checkpoint (``OUT/best.pt``).
+
+    One process, or every process of a ``torchrun`` launch (see the module docstring).
+    """
+    with distributed_session(cfg.device) as device:
+        return _finetune(cfg, Path(out_dir), device, resume, progress, command)
+
+
+def _finetune(
+    cfg: RunConfig, out: Path, device: torch.device, resume: bool, progress: bool, command: str
+) -> Path:
     fc = cfg.finetune
     setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data = PreparedData.open(cfg.data.dir, cfg.data.size)
     t = data.table
-    labelled = data.labelled(
-        cfg.data.labelled,
-        cfg.data.labelled_count or None,
-        cfg.data.split_seed,
-        cfg.data.labelled_by_group,
-    )
+    with main_first():  # may write the labelled-subset file into the data folder
+        labelled = data.labelled(
+            cfg.data.labelled,
+            cfg.data.labelled_count or None,
+            cfg.data.split_seed,
+            cfg.data.labelled_by_group,
+        )
     unlabelled = np.setdiff1d(t.indices("train"), labelled)
     if len(unlabelled) == 0:
         unlabelled = t.indices("train")
     val = t.indices("val")
     semi = fc.method != "supervised"
+    world = world_size()
+    batch = min(
+        per_rank_batch(fc.batch_size, "finetune.batch_size"), max(1, len(labelled) // world)
+    )
+    u_global = max(1, round(fc.batch_size * fc.unlabelled_ratio))
+    u_batch = (
+        per_rank_batch(u_global, "finetune.batch_size × finetune.unlabelled_ratio") if semi else 1
+    )
 
     net = classifier_network(
         cfg.model, t.channels, len(t.classes), init="random" if fc.method == "s2mts2" else None
     )
     if fc.method == "s2mts2":
         init_from_pretrained(net, fc.pretrained, t.channels)
-    student = to_device(net, device)
-    teacher = EmaTeacher(student, decay=fc.ema, buffers=fc.ema_buffers)
-    optimizer = build_optimizer(student, fc)
+    net = to_device(sync_batchnorm(net, cfg.model.sync_bn, device), device)
+    teacher = EmaTeacher(net, decay=fc.ema, buffers=fc.ema_buffers)
+    optimizer = build_optimizer(net, fc)
     pos_weight = None
     if fc.pos_weight and t.task == "multilabel":
         pos_weight = positive_weights(t.labels[labelled]).to(device)
     augment = build_augment(fc.augment, t.channels, cfg.data.size, fc.augment_overrides)
-    step_fn = MeanTeacherStep(
-        student, teacher, optimizer, augment, t.task, pos_weight, fc.independent_views, device
-    )
 
-    batch = min(fc.batch_size, len(labelled))
-    l_stream = IndexStream(labelled, batch, cfg.seed)
+    l_stream = IndexStream(labelled, batch, cfg.seed, rank(), world)
     l_loader = BatchLoader(data.images(), l_stream, device, data.rows)
-    u_batch = max(1, round(fc.batch_size * fc.unlabelled_ratio))
-    u_stream = IndexStream(unlabelled, u_batch, cfg.seed + 1)
+    u_stream = IndexStream(unlabelled, u_batch, cfg.seed + 1, rank(), world)
     u_loader = BatchLoader(data.images(), u_stream, device, data.rows)
     steps_per_epoch = fc.steps_per_epoch or l_stream.passes_to_steps(1.0)
     total_steps = steps_per_epoch * fc.epochs
@@ -260,12 +302,22 @@ def finetune(
         state = load_checkpoint(last_path, map_location=device)
         if state["kind"] != "finetune":
             raise ConfigError(f"--resume: {last_path} is a {state['kind']} checkpoint")
-        student.load_state_dict(state["student"])
+        net.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
         log.info("resumed %s at epoch %d", last_path, start_epoch)
+    step_fn = MeanTeacherStep(
+        wrap_ddp(net, device),
+        teacher,
+        optimizer,
+        augment,
+        t.task,
+        pos_weight,
+        fc.independent_views,
+        device,
+    )
     history = History(out, rows) if is_main() else None
     if is_main():
         write_run_info(out, cfg, command)
@@ -280,7 +332,7 @@ def finetune(
     )
 
     for epoch in range(start_epoch, fc.epochs):
-        gen = epoch_generator(device, cfg.seed, epoch, stream=1)
+        gen = epoch_generator(device, cfg.seed, epoch, stream=1, rank=rank())
         first = epoch * steps_per_epoch
         t0 = time.perf_counter()
         u_iter = u_loader.steps(first, first + steps_per_epoch) if semi else None
@@ -312,7 +364,7 @@ def finetune(
                 )
         if u_iter is not None:
             u_iter.close()
-        avg = (sums / steps_per_epoch).tolist()
+        avg = (mean_over_ranks(sums) / steps_per_epoch).tolist()
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": avg[0],
@@ -345,7 +397,7 @@ def finetune(
                 "kind": "finetune",
                 "epoch": epoch + 1,
                 "step": first + steps_per_epoch,
-                "student": student.state_dict(),
+                "student": net.state_dict(),
                 "teacher": teacher.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng": rng_state(),
@@ -361,4 +413,5 @@ def finetune(
                 or (last and not best_path.exists())
             ):
                 save_checkpoint(state, best_path)
+        barrier()
     return best_path

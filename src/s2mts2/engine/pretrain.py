@@ -5,6 +5,28 @@ uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> k
 loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue normalise(mean key).
 Every epoch ends with an atomic full-state checkpoint ``OUT/last.pt``; ``resume=True`` continues
 from it and reproduces the uninterrupted run.
+
+Several processes (``torchrun``, see :mod:`s2mts2.engine.distributed`):
+
+- ``pretrain.batch_size`` is the global batch; rank r trains on slice r of it (batch / world
+  images). Steps per epoch, the LR schedule and λ_t depend on the global batch only, so they are
+  the same for any number of processes and the LR needs no scaling; a run may be resumed with
+  a different number of processes.
+- The student is wrapped in DistributedDataParallel (gradients averaged = gradient of the
+  global batch's mean loss). Every rank keeps its own EMA teacher and queue, updated
+  identically: the teacher's parameters follow identical students, the floating buffers of
+  student and teacher are averaged over ranks after each step (the BatchNorm running mean then
+  follows the mean of the global batch's statistics), and the queue receives the mean keys of
+  the whole global batch (all-gathered in rank order = the single-process order).
+- ``pretrain.shuffle_bn`` (default true): the teacher forwards a random cross-rank permutation of
+  the global batch's key views (MoCo's batch-shuffle BN), so a query and its keys are not
+  normalised with the same per-rank BatchNorm statistics. ``model.sync_bn`` (CUDA only)
+  converts student and teacher to SyncBatchNorm instead (shuffling is then skipped).
+- Each rank draws its own augmentation (generator seeded by seed, epoch, rank); everything else
+  a step does is a pure function of (seed, step). Rank 0 alone logs, shows progress, writes
+  metrics and checkpoints (holding no rank-specific state); the others wait at a barrier.
+  For a network without BatchNorm and with augmentation off, N processes take the same steps
+  as one process, up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -31,14 +53,28 @@ from s2mts2.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from s2mts2.engine.distributed import is_main
+from s2mts2.engine.distributed import (
+    all_gather_rows,
+    average_buffers,
+    barrier,
+    distributed_session,
+    is_main,
+    main_first,
+    mean_over_ranks,
+    per_rank_batch,
+    rank,
+    shard,
+    shuffled_forward,
+    sync_batchnorm,
+    world_size,
+    wrap_ddp,
+)
 from s2mts2.engine.history import History
 from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.runinfo import write_run_info
 from s2mts2.engine.runtime import (
     autocast,
     cosine_lr,
-    resolve_device,
     set_lr,
     setup_threads,
     to_device,
@@ -48,7 +84,6 @@ from s2mts2.eval.knn import knn_scores
 from s2mts2.eval.metrics import mean_auc, per_class_auc
 from s2mts2.losses import jcl_loss
 from s2mts2.models.ema import EmaTeacher
-from s2mts2.models.heads import Network
 from s2mts2.models.queue import NegativeQueue
 
 log = logging.getLogger("s2mts2")
@@ -62,11 +97,12 @@ def lambda_at(cfg: PretrainConfig, epoch: int) -> float:
 
 
 def epoch_generator(
-    device: torch.device, seed: int, epoch: int, stream: int = 0
+    device: torch.device, seed: int, epoch: int, stream: int = 0, rank: int = 0
 ) -> torch.Generator:
-    """Augmentation RNG of one epoch: a pure function of (seed, epoch), so resume is exact."""
+    """Augmentation RNG of one epoch and DDP rank: a pure function of (seed, epoch, stream, rank),
+    so resume is exact and every rank augments its slice of the global batch differently."""
     return torch.Generator(device=device).manual_seed(
-        (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % 2**63
+        (seed * 1_000_003 + epoch * 7919 + stream * 104_729 + rank * 15_485_863) % 2**63
     )
 
 
@@ -75,16 +111,20 @@ class ContrastiveStep:
     """One stage-1 optimisation step; ``views`` and ``train`` are separate so speed can be split.
 
     views(images_u8 (B, C, H, W)) -> (1+M, B, C, S, S) float; train(views, λ) -> loss (0-d tensor,
-    not synchronised to the host).
+    this rank's, not synchronised to the host). Under DDP ``student`` is the DDP wrapper, B the
+    per-rank batch; ``shuffle_bn`` runs the teacher with batch-shuffle BN, its permutation drawn
+    from (``seed``, teacher update count), the same on every rank.
     """
 
-    student: Network
+    student: torch.nn.Module
     teacher: EmaTeacher
     queue: NegativeQueue
     optimizer: torch.optim.Optimizer
     augment: BatchAugment
     cfg: PretrainConfig
     device: torch.device
+    shuffle_bn: bool = False
+    seed: int = 0
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return multi_view(images, 1 + self.cfg.views, self.augment, generator)
@@ -92,13 +132,10 @@ class ContrastiveStep:
     def train(self, views: torch.Tensor, lam: float) -> torch.Tensor:
         m, b = self.cfg.views, views.shape[1]
         query, keys_in = views[0], views[1:].flatten(0, 1)
-        if self.device.type == "cuda":
-            query = query.contiguous(memory_format=torch.channels_last)
-            keys_in = keys_in.contiguous(memory_format=torch.channels_last)
         with autocast(self.device):
-            q = self.student(query)
+            q = self.student(self._layout(query))
             with torch.no_grad():
-                k = self.teacher(keys_in)
+                k = self._teacher_forward(keys_in)
         keys = k.float().view(m, b, -1).transpose(0, 1)  # (B, M, D)
         loss = jcl_loss(
             q.float(), keys, self.queue.negatives(), temperature=self.cfg.temperature, lam=lam
@@ -107,8 +144,24 @@ class ContrastiveStep:
         loss.backward()
         self.optimizer.step()
         self.teacher.update(self.student)
+        average_buffers(self.student, self.teacher)
         self.queue.enqueue(F.normalize(keys.mean(dim=1), dim=1))
         return loss.detach()
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def _teacher_forward(self, keys_in: torch.Tensor) -> torch.Tensor:
+        """Teacher embeddings (M·B, D) of the key views (M·B, C, S, S), shuffled BN if enabled."""
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return self.teacher(self._layout(x))
+
+        if not self.shuffle_bn:
+            return run(keys_in)
+        if self.device.type == "cuda":  # bf16 is what autocast feeds the first conv: half the bytes
+            keys_in = keys_in.to(torch.bfloat16)
+        return shuffled_forward(run, keys_in, self.seed * 1_000_003 + self.teacher.steps)
 
 
 def monitor_rows(data: PreparedData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -135,13 +188,20 @@ def knn_monitor(
     device: torch.device,
     k: int,
 ) -> float | None:
-    """Mean AUC (eval classes) of a kNN classifier on the backbone's pooled features."""
+    """Mean AUC (eval classes) of a kNN classifier on the backbone's pooled features.
+
+    Under DDP each rank embeds its shard of the rows; the features are all-gathered first.
+    """
     was_training = backbone.training
     backbone.eval()
     transform = build_eval_transform(data.table.channels, size)
     images = data.images()
-    f_fit = forward_rows(backbone, images, data.rows[fit], transform, device)
-    f_score = forward_rows(backbone, images, data.rows[score], transform, device)
+    f_fit = all_gather_rows(
+        forward_rows(backbone, images, data.rows[shard(fit)], transform, device)
+    )
+    f_score = all_gather_rows(
+        forward_rows(backbone, images, data.rows[shard(score)], transform, device)
+    )
     backbone.train(was_training)
     probs = knn_scores(f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k)
     per_class = per_class_auc(probs.numpy(), data.table.labels[score])
@@ -156,11 +216,19 @@ def pretrain(
     progress: bool = True,
     command: str = "",
 ) -> Path:
-    """Run stage 1 and return the path of the final checkpoint (``OUT/last.pt``)."""
-    out = Path(out_dir)
+    """Run stage 1 and return the path of the final checkpoint (``OUT/last.pt``).
+
+    One process, or every process of a ``torchrun`` launch (see the module docstring).
+    """
+    with distributed_session(cfg.device) as device:
+        return _pretrain(cfg, Path(out_dir), device, resume, progress, command)
+
+
+def _pretrain(
+    cfg: RunConfig, out: Path, device: torch.device, resume: bool, progress: bool, command: str
+) -> Path:
     pc = cfg.pretrain
     setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     data = PreparedData.open(cfg.data.dir, cfg.data.size)
     table = data.table
@@ -178,27 +246,31 @@ def pretrain(
             len(train_idx),
         )
         queue_size = len(train_idx)
-    batch = min(pc.batch_size, len(train_idx))
+    world = world_size()
+    batch = min(
+        per_rank_batch(pc.batch_size, "pretrain.batch_size"), max(1, len(train_idx) // world)
+    )
 
-    student = to_device(pretrain_network(cfg.model, table.channels), device)
-    teacher = EmaTeacher(student, decay=pc.ema, buffers=pc.ema_buffers)
+    net = pretrain_network(cfg.model, table.channels)
+    net = to_device(sync_batchnorm(net, cfg.model.sync_bn, device), device)
+    teacher = EmaTeacher(net, decay=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
     optimizer = torch.optim.SGD(
-        student.parameters(),
+        net.parameters(),
         lr=pc.lr,
         momentum=pc.momentum,
         weight_decay=pc.weight_decay,
         foreach=True,
     )
     augment = build_augment("strong", table.channels, cfg.data.size, pc.augment)
-    step_fn = ContrastiveStep(student, teacher, queue, optimizer, augment, pc, device)
 
-    stream = IndexStream(train_idx, batch, cfg.seed)
+    stream = IndexStream(train_idx, batch, cfg.seed, rank(), world)
     loader = BatchLoader(data.images(), stream, device, data.rows)
     steps_per_epoch = stream.passes_to_steps(1.0)
     total_steps = steps_per_epoch * pc.epochs
     warmup_steps = steps_per_epoch * pc.warmup_epochs
-    fit_rows, score_rows = monitor_rows(data, cfg)
+    with main_first():  # may write the labelled-subset file into the data folder
+        fit_rows, score_rows = monitor_rows(data, cfg)
 
     start_epoch, rows = 0, []
     ckpt_path = out / "last.pt"
@@ -208,13 +280,24 @@ def pretrain(
         state = load_checkpoint(ckpt_path, map_location=device)
         if state["kind"] != "pretrain":
             raise ConfigError(f"--resume: {ckpt_path} is a {state['kind']} checkpoint")
-        student.load_state_dict(state["student"])
+        net.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         queue.load_state_dict(state["queue"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start_epoch, rows = state["epoch"], state["history"]
         log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
+    step_fn = ContrastiveStep(
+        wrap_ddp(net, device),
+        teacher,
+        queue,
+        optimizer,
+        augment,
+        pc,
+        device,
+        shuffle_bn=pc.shuffle_bn and not cfg.model.sync_bn and world > 1,
+        seed=cfg.seed,
+    )
     history = History(out, rows) if is_main() else None
     if is_main():
         write_run_info(out, cfg, command)
@@ -228,7 +311,7 @@ def pretrain(
 
     for epoch in range(start_epoch, pc.epochs):
         lam = lambda_at(pc, epoch)
-        gen = epoch_generator(device, cfg.seed, epoch)
+        gen = epoch_generator(device, cfg.seed, epoch, rank=rank())
         t0 = time.perf_counter()
         first = epoch * steps_per_epoch
         bar = tqdm(
@@ -243,17 +326,17 @@ def pretrain(
             set_lr(optimizer, cosine_lr(pc.lr, first + i, total_steps, warmup_steps))
             loss_sum += step_fn.train(step_fn.views(b.images, gen), lam)
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-                rate = (i + 1) * batch / (time.perf_counter() - t0)
+                rate = (i + 1) * batch * world / (time.perf_counter() - t0)
                 bar.set_postfix(
                     loss=f"{loss_sum.item() / (i + 1):.3f}", lam=f"{lam:.2f}", img_s=f"{rate:.0f}"
                 )
         seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1,
-            "loss": loss_sum.item() / steps_per_epoch,
+            "loss": mean_over_ranks(loss_sum).item() / steps_per_epoch,
             "lambda": lam,
             "lr": optimizer.param_groups[0]["lr"],
-            "img_s": steps_per_epoch * batch / seconds,
+            "img_s": steps_per_epoch * batch * world / seconds,
             "seconds": seconds,
         }
         last = epoch + 1 == pc.epochs
@@ -283,7 +366,7 @@ def pretrain(
                     "kind": "pretrain",
                     "epoch": epoch + 1,
                     "step": (epoch + 1) * steps_per_epoch,
-                    "student": student.state_dict(),
+                    "student": net.state_dict(),
                     "teacher": teacher.state_dict(),
                     "queue": queue.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -299,6 +382,7 @@ def pretrain(
                 },
                 ckpt_path,
             )
+        barrier()
     return ckpt_path
 
 

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-
-def _gather_from_ranks(keys: torch.Tensor) -> torch.Tensor:
-    """Concatenate (B, D) keys of all ranks in rank order -> (world·B, D); identity without DDP.
-
-    Every rank must pass the same B (use drop_last batches).
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return keys
-    parts = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, keys.contiguous())
-    return torch.cat(parts)
+from s2mts2.engine.distributed import all_gather_cat
 
 
 class NegativeQueue(nn.Module):
@@ -58,12 +47,14 @@ class NegativeQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Append (B, D) keys (gathered from all DDP ranks first), wrapping around the end.
+        """Append (B, D) keys, wrapping around the end; under DDP all ranks' keys, in rank order.
 
-        Equivalent to writing the keys one by one at ``ptr``: when B > K only the last K remain.
-        ``ptr`` becomes (ptr + B) mod K.
+        Every rank passes its slice of the global batch (the same B everywhere); the (world·B, D)
+        gathered keys are the global batch's keys in single-process order, so every rank writes
+        the same rows. Equivalent to writing the keys one by one at ``ptr``: when more than K
+        arrive only the last K remain. ``ptr`` becomes (ptr + world·B) mod K.
         """
-        keys = _gather_from_ranks(keys.detach()).to(self.queue.dtype)
+        keys = all_gather_cat(keys.detach()).to(self.queue.dtype)
         if keys.ndim != 2 or keys.shape[1] != self.queue.shape[1]:
             raise ValueError(f"keys must be (B, {self.queue.shape[1]}), got {tuple(keys.shape)}")
         size, count = self.size, keys.shape[0]

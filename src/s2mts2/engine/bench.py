@@ -1,0 +1,554 @@
+"""``s2mts2 bench``: training speed of both stages, model-only against end-to-end.
+
+Every figure is images per second over ``steps`` timed steps after ``warmup`` untimed ones, with
+one device synchronisation at each end of the timed run and none inside it:
+
+- ``pretrain_model_only_img_s``: :meth:`ContrastiveStep.train` (student forward + backward on
+  the query view, teacher forward on the M key views, EMA update, enqueue) on views made once and
+  kept on the device; ``pretrain_end_to_end_img_s``: the same step fed from the uint8 cache
+  through :class:`IndexStream` + :class:`BatchLoader` and the batched augmentation.
+- ``finetune_model_only_img_s`` / ``finetune_end_to_end_img_s``: the same for
+  :class:`MeanTeacherStep` (labelled + unlabelled images per step are counted).
+- ``reference_pipeline_img_s``: what users run without this package's pipeline: a torch
+  ``DataLoader`` with one worker per core that decodes the source files with PIL and makes every
+  view with torchvision transforms, feeding the stage-1 step in fp32 NCHW.
+- ``pretrain_augment_img_s``: the stage-1 augmentation alone (1 + M views per image).
+- ``prepare_parallel_img_s`` / ``prepare_single_img_s``: :func:`build_cache` decoding with all
+  cores and with one process.
+
+Without a prepared folder the bench writes synthetic X-ray-like PNGs (``source_size`` px) and
+caches them at ``size`` px, the resolution the augmentation outputs (as in training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from s2mts2 import __version__
+from s2mts2.config import FinetuneConfig, ModelConfig, PretrainConfig
+from s2mts2.data.adapters.synthetic import make_synthetic
+from s2mts2.data.augment import AugmentConfig
+from s2mts2.data.cache import build_cache
+from s2mts2.data.imageio import read_image
+from s2mts2.data.loader import BatchLoader, IndexStream
+from s2mts2.data.prepared import PreparedData
+from s2mts2.engine.builders import build_augment, classifier_network, pretrain_network
+from s2mts2.engine.finetune import MeanTeacherStep, build_optimizer
+from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator
+from s2mts2.engine.runtime import resolve_device, setup_threads, to_device
+from s2mts2.errors import ConfigError
+from s2mts2.models.ema import EmaTeacher
+from s2mts2.models.queue import NegativeQueue
+
+RESULT_KEYS = (
+    "pretrain_model_only_img_s",
+    "pretrain_end_to_end_img_s",
+    "finetune_model_only_img_s",
+    "finetune_end_to_end_img_s",
+    "reference_pipeline_img_s",
+)
+QUICK_CPU = {"model": "resnet18", "size": 64, "batch_size": 16, "steps": 4, "warmup": 1}
+QUICK_CUDA = {"steps": 10, "warmup": 3}
+QUICK_DATA = {"images": 128, "prepare_images": 128, "repeats": 1}
+
+
+@dataclass
+class BenchSettings:
+    """What the bench measures; ``None`` fields take their defaults (or ``--quick`` values).
+
+    ``images``: generated source images (ignored with ``data``); ``source_size``: their side
+    (default size * 8 / 7, e.g. 256 for 224); ``prepare_images``: inputs of each prepare
+    measurement, symbolic links to the sources (with ``data``) or to 8 generated images
+    enlarged to ``prepare_source_size`` px (the NIH X-rays are 1024 px); ``repeats``: rounds,
+    the fastest of each kind is kept (other processes on the machine only slow a round down);
+    ``reference_workers``: DataLoader workers of the reference pipeline (default: all cores);
+    ``threads``: torch CPU threads (0 = all cores).
+    """
+
+    device: str = "auto"
+    model: str | None = None
+    size: int | None = None
+    views: int = 2
+    batch_size: int | None = None
+    steps: int | None = None
+    warmup: int | None = None
+    channels: int = 1
+    images: int | None = None
+    source_size: int | None = None
+    prepare_images: int | None = None
+    prepare_source_size: int = 1024
+    repeats: int | None = None
+    data: str | None = None
+    reference_workers: int | None = None
+    threads: int = 0
+    seed: int = 0
+
+
+DEFAULTS = {
+    "model": "densenet121",
+    "size": 224,
+    "batch_size": 32,
+    "steps": 10,
+    "warmup": 2,
+    "images": 256,
+    "prepare_images": 256,
+    "repeats": 2,
+}
+
+
+def resolve_settings(settings: BenchSettings, quick: bool, device: torch.device) -> BenchSettings:
+    """Fill the ``None`` fields: ``--quick`` values first (when asked), then the defaults."""
+    preset = dict(DEFAULTS)
+    if quick:
+        preset.update(QUICK_DATA, **(QUICK_CUDA if device.type == "cuda" else QUICK_CPU))
+    filled = {k: v for k, v in preset.items() if getattr(settings, k) is None}
+    out = replace(settings, device=str(device), **filled)
+    if out.source_size is None:
+        out.source_size = round(out.size * 8 / 7)
+    positive = ("size", "views", "batch_size", "steps", "images", "prepare_images", "repeats")
+    for name in (*positive, "prepare_source_size"):
+        if getattr(out, name) < 1:
+            raise ConfigError(
+                f"bench: --{name.replace('_', '-')} must be ≥ 1, got {getattr(out, name)}"
+            )
+    if out.data is None and out.images < 10:
+        raise ConfigError(f"bench: generated data needs --images ≥ 10, got {out.images}")
+    if out.warmup < 0:
+        raise ConfigError(f"bench: --warmup must be ≥ 0, got {out.warmup}")
+    if out.channels not in (1, 3):
+        raise ConfigError(f"bench: --channels must be 1 or 3, got {out.channels}")
+    return out
+
+
+@dataclass
+class BenchData:
+    """Source files and their uint8 cache.
+
+    paths: (N,) source files; images: (N_cache, C, S, S) uint8 cache; rows: (N,) cache row of
+    each source; train: table rows to sample; labels: (N, K) float32; task and channels.
+    """
+
+    paths: list[str]
+    images: np.ndarray
+    rows: np.ndarray
+    train: np.ndarray
+    labels: np.ndarray
+    task: str
+    channels: int
+
+
+def generated_data(s: BenchSettings, work: Path) -> BenchData:
+    """Synthetic grey PNGs written under ``work`` and cached at ``s.size`` px."""
+    table = make_synthetic(work / "source", n=s.images, size=s.source_size, seed=s.seed)
+    cache, _ = build_cache(
+        table.paths, work / "cache", size=s.size, channels=s.channels, progress=False
+    )
+    return BenchData(
+        paths=table.paths,
+        images=cache.images,
+        rows=cache.rows_for(table.paths),
+        train=np.arange(len(table.paths)),
+        labels=table.labels,
+        task=table.task,
+        channels=s.channels,
+    )
+
+
+def prepared_data(data_dir: str, size: int) -> BenchData:
+    """A prepared folder (``s2mts2 prepare``) with a cache at ``size`` px; its train rows."""
+    data = PreparedData.open(data_dir, size)
+    table = data.table
+    train = table.indices("train")
+    return BenchData(
+        paths=table.paths,
+        images=data.images(),
+        rows=data.rows,
+        train=train if len(train) else np.arange(len(table)),
+        labels=table.labels,
+        task=table.task,
+        channels=table.channels,
+    )
+
+
+def enlarged_sources(paths: list[str], size: int, folder: Path) -> list[str]:
+    """Up to 8 of ``paths`` resized to ``size`` x ``size`` PNGs in ``folder``."""
+    folder.mkdir()
+    out = []
+    for i, path in enumerate(paths[:8]):
+        target = folder / f"large_{i:02d}.png"
+        with Image.open(path) as image:
+            image.resize((size, size), Image.Resampling.BILINEAR).save(target)
+        out.append(str(target))
+    return out
+
+
+def measure_prepare(
+    paths: list[str], count: int, size: int, channels: int, work: Path
+) -> dict[str, float]:
+    """Images/s of :func:`build_cache` over ``count`` inputs, all cores against one process.
+
+    The inputs are symbolic links to ``paths`` (repeated as needed), so every one is decoded.
+    """
+    links = work / "prepare-inputs"
+    links.mkdir()
+    inputs = []
+    for i in range(count):
+        source = Path(paths[i % len(paths)])
+        link = links / f"{i:06d}{source.suffix}"
+        link.symlink_to(source.resolve())
+        inputs.append(str(link))
+    result: dict[str, float] = {}
+    for name, workers in (("parallel", os.cpu_count() or 1), ("single", 1)):
+        out = work / f"prepare-{name}"
+        cache, _ = build_cache(
+            inputs, out, size=size, channels=channels, workers=workers, progress=False
+        )
+        result[f"prepare_{name}_img_s"] = float(cache.manifest["images_per_s"])
+        result[f"prepare_{name}_workers"] = int(cache.manifest["workers"])
+        del cache
+        shutil.rmtree(out)
+    shutil.rmtree(links)
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], object], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds taken by ``steps`` calls of ``step`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def contrastive_step(
+    s: BenchSettings, channels: int, device: torch.device, engine: bool = True
+) -> ContrastiveStep:
+    """A fresh stage-1 step with the default config at the bench's model, batch and M.
+
+    ``engine=False`` gives the step users run today: fp32, NCHW. ContrastiveStep reads its
+    ``device`` only to choose bf16 autocast + channels-last (CUDA), so that step gets ``cpu``
+    there while its tensors live on ``device``.
+    """
+    pc = PretrainConfig(batch_size=s.batch_size, views=s.views)
+    model = ModelConfig(backbone=s.model)
+    net = pretrain_network(model, channels)
+    student = to_device(net, device) if engine else net.to(device)
+    teacher = EmaTeacher(student, decay=pc.ema, buffers=pc.ema_buffers)
+    queue = NegativeQueue(pc.queue_size, model.proj_dim).to(device)
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=pc.lr,
+        momentum=pc.momentum,
+        weight_decay=pc.weight_decay,
+        foreach=True,
+    )
+    augment = build_augment("strong", channels, s.size, pc.augment)
+    precision = device if engine else torch.device("cpu")
+    return ContrastiveStep(student, teacher, queue, optimizer, augment, pc, precision)
+
+
+def mean_teacher_step(
+    s: BenchSettings, data: BenchData, device: torch.device
+) -> tuple[MeanTeacherStep, int]:
+    """A fresh stage-2 step (default config, mean teacher) and its unlabelled batch size."""
+    fc = FinetuneConfig(batch_size=s.batch_size)
+    net = classifier_network(ModelConfig(backbone=s.model), data.channels, data.labels.shape[1])
+    student = to_device(net, device)
+    teacher = EmaTeacher(student, decay=fc.ema, buffers=fc.ema_buffers)
+    augment = build_augment(fc.augment, data.channels, s.size, fc.augment_overrides)
+    step = MeanTeacherStep(
+        student,
+        teacher,
+        build_optimizer(student, fc),
+        augment,
+        data.task,
+        None,
+        fc.independent_views,
+        device,
+    )
+    return step, max(1, round(s.batch_size * fc.unlabelled_ratio))
+
+
+def reference_transform(config: AugmentConfig, size: int) -> T.Compose:
+    """torchvision's per-image equivalent of the strong augmentation ``config`` (PIL in)."""
+    blur_kernel = 2 * math.ceil(3 * config.blur_sigma[1]) + 1
+    jitter = T.ColorJitter(config.brightness, config.contrast, config.saturation, config.hue)
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=config.crop_scale, ratio=config.crop_ratio),
+            T.RandomApply([T.RandomAffine(config.rotate_deg)], p=config.rotate_p),
+            T.RandomApply([jitter], p=config.jitter_p),
+            T.RandomApply([T.GaussianBlur(blur_kernel, config.blur_sigma)], p=config.blur_p),
+            T.RandomHorizontalFlip(config.hflip_p),
+            T.ToTensor(),
+            T.Normalize(config.mean, config.std),
+            T.RandomErasing(config.erase_p, config.erase_scale, config.erase_ratio, value=0),
+        ]
+    )
+
+
+class ReferenceViews(torch.utils.data.Dataset):
+    """Item i: source file i decoded with PIL, ``n_views`` transformed views (V, C, S, S)."""
+
+    def __init__(self, paths: list[str], channels: int, transform: T.Compose, n_views: int):
+        self.paths = paths
+        self.channels = channels
+        self.transform = transform
+        self.n_views = n_views
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        pixels = read_image(self.paths[i], self.channels)
+        image = Image.fromarray(pixels[:, :, 0] if self.channels == 1 else pixels)
+        return torch.stack([self.transform(image) for _ in range(self.n_views)])
+
+
+def _reference_batches(
+    s: BenchSettings, data: BenchData, step: ContrastiveStep, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """(1+M, B, C, S, S) float views from a DataLoader over the source files, on ``device``."""
+    dataset = ReferenceViews(
+        [data.paths[i] for i in data.train],
+        data.channels,
+        reference_transform(step.augment.config, s.size),
+        1 + s.views,
+    )
+    sampler = torch.utils.data.RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=(s.warmup + s.steps) * s.batch_size,
+        generator=torch.Generator().manual_seed(s.seed),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=s.batch_size,
+        sampler=sampler,
+        num_workers=s.reference_workers or os.cpu_count() or 1,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    for batch in loader:
+        yield batch.transpose(0, 1).to(device, non_blocking=True)
+
+
+def _fastest(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: min(r[k] for r in rounds) for k in rounds[0]}
+
+
+def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) -> dict[str, float]:
+    """Stage-1 seconds: model-only, augmentation alone, end-to-end and reference."""
+    step = contrastive_step(s, data.channels, device)
+    reference = contrastive_step(s, data.channels, device, engine=False)
+    lam = step.cfg.lam_max
+    gen = epoch_generator(device, s.seed, 0)
+    stream = IndexStream(data.train, s.batch_size, s.seed)
+    loader = BatchLoader(data.images, stream, device, data.rows)
+    images = loader.fetch(stream.batch_rows(0)).to(device)
+    views = step.views(images, gen)
+
+    def one_round() -> dict[str, float]:
+        batches = loader.steps(0, s.warmup + s.steps)
+        ref_batches = _reference_batches(s, data, reference, device)
+        try:
+            return {
+                "model_only": time_steps(lambda: step.train(views, lam), s.warmup, s.steps, device),
+                "augment": time_steps(lambda: step.views(images, gen), s.warmup, s.steps, device),
+                "end_to_end": time_steps(
+                    lambda: step.train(step.views(next(batches).images, gen), lam),
+                    s.warmup,
+                    s.steps,
+                    device,
+                ),
+                "reference": time_steps(
+                    lambda: reference.train(next(ref_batches), lam), s.warmup, s.steps, device
+                ),
+            }
+        finally:
+            batches.close()
+            ref_batches.close()
+
+    rounds = [one_round() for _ in range(s.repeats)]
+    return _fastest(rounds)
+
+
+def measure_finetune(s: BenchSettings, data: BenchData, device: torch.device) -> dict[str, float]:
+    """Stage-2 seconds (model-only, end-to-end) and images per step."""
+    step, u_batch = mean_teacher_step(s, data, device)
+    gen = epoch_generator(device, s.seed, 0, stream=1)
+    labels = torch.from_numpy(data.labels)
+    l_stream = IndexStream(data.train, s.batch_size, s.seed)
+    u_stream = IndexStream(data.train, u_batch, s.seed + 1)
+    l_loader = BatchLoader(data.images, l_stream, device, data.rows)
+    u_loader = BatchLoader(data.images, u_stream, device, data.rows)
+    l_rows = l_stream.batch_rows(0)
+    x, us, ut = step.views(
+        l_loader.fetch(l_rows).to(device), u_loader.fetch(u_stream.batch_rows(0)).to(device), gen
+    )
+    y = labels[l_rows].to(device)
+
+    def one_round() -> dict[str, float]:
+        l_batches = l_loader.steps(0, s.warmup + s.steps)
+        u_batches = u_loader.steps(0, s.warmup + s.steps)
+
+        def end_to_end() -> object:
+            b = next(l_batches)
+            x, us, ut = step.views(b.images, next(u_batches).images, gen)
+            return step.train(x, labels[b.rows].to(device, non_blocking=True), us, ut, 1.0)
+
+        try:
+            return {
+                "model_only": time_steps(
+                    lambda: step.train(x, y, us, ut, 1.0), s.warmup, s.steps, device
+                ),
+                "end_to_end": time_steps(end_to_end, s.warmup, s.steps, device),
+            }
+        finally:
+            l_batches.close()
+            u_batches.close()
+
+    rounds = [one_round() for _ in range(s.repeats)]
+    return {**_fastest(rounds), "images_per_step": s.batch_size + u_batch}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (else the platform's word for it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_bench(
+    settings: BenchSettings,
+    *,
+    quick: bool = False,
+    work_dir: str | Path | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Run every measurement and return the result (the ``--json`` content).
+
+    ``work_dir`` holds the generated images and caches (default: a temporary folder, removed);
+    ``command`` is recorded with the result.
+    """
+    setup_threads(settings.threads)
+    device = resolve_device(settings.device)
+    s = resolve_settings(settings, quick, device)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="s2mts2-bench-", dir=work_dir) as tmp:
+        work = Path(tmp)
+        data = prepared_data(s.data, s.size) if s.data else generated_data(s, work)
+        s.channels = data.channels
+        sources = (
+            data.paths
+            if s.data
+            else enlarged_sources(data.paths, s.prepare_source_size, work / "large")
+        )
+        prepare = measure_prepare(sources, s.prepare_images, s.size, data.channels, work)
+        pre = measure_pretrain(s, data, device)
+        fine = measure_finetune(s, data, device)
+    b, n = s.batch_size, s.steps
+    result: dict[str, Any] = {
+        "pretrain_model_only_img_s": b * n / pre["model_only"],
+        "pretrain_end_to_end_img_s": b * n / pre["end_to_end"],
+        "finetune_model_only_img_s": fine["images_per_step"] * n / fine["model_only"],
+        "finetune_end_to_end_img_s": fine["images_per_step"] * n / fine["end_to_end"],
+        "reference_pipeline_img_s": b * n / pre["reference"],
+        "pretrain_augment_img_s": b * n / pre["augment"],
+        **prepare,
+    }
+    result.update(
+        pretrain_end_to_end_fraction=pre["model_only"] / pre["end_to_end"],
+        finetune_end_to_end_fraction=fine["model_only"] / fine["end_to_end"],
+        end_to_end_vs_reference=pre["reference"] / pre["end_to_end"],
+        device=device.type,
+        device_name=device_name(device),
+        torch_version=torch.__version__,
+        s2mts2_version=__version__,
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        load_average_before=[round(x, 2) for x in load_before],
+        load_average_after=[round(x, 2) for x in os.getloadavg()],
+        finetune_images_per_step=fine["images_per_step"],
+        quick=quick,
+        command=command,
+        settings={f.name: getattr(s, f.name) for f in fields(s)},
+    )
+    return result
+
+
+def save_result(result: dict[str, Any], path: str | Path) -> Path:
+    """Write ``result`` as indented JSON (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a plain-text table (images per second)."""
+    s = result["settings"]
+    head = (
+        f"s2mts2 bench: {s['model']}, {s['size']} px, {s['channels']} channel(s), M = {s['views']}, "
+        f"batch {s['batch_size']}, {s['steps']} steps (+{s['warmup']} warm-up, best of "
+        f"{s['repeats']}), {result['device_name']} ({result['device']}), torch "
+        f"{result['torch_version']}, load {result['load_average_before'][0]:.2f}"
+    )
+    rows = [
+        ("stage 1 model-only", result["pretrain_model_only_img_s"], ""),
+        (
+            "stage 1 end-to-end",
+            result["pretrain_end_to_end_img_s"],
+            f"{100 * result['pretrain_end_to_end_fraction']:.1f} % of model-only",
+        ),
+        ("stage 2 model-only", result["finetune_model_only_img_s"], ""),
+        (
+            "stage 2 end-to-end",
+            result["finetune_end_to_end_img_s"],
+            f"{100 * result['finetune_end_to_end_fraction']:.1f} % of model-only",
+        ),
+        (
+            "reference pipeline (stage 1)",
+            result["reference_pipeline_img_s"],
+            f"stage 1 end-to-end is {result['end_to_end_vs_reference']:.2f}x this",
+        ),
+        ("stage 1 augmentation alone", result["pretrain_augment_img_s"], "1 + M views per image"),
+        (
+            f"prepare, {result['prepare_parallel_workers']} processes",
+            result["prepare_parallel_img_s"],
+            f"{result['prepare_parallel_img_s'] / result['prepare_single_img_s']:.2f}x one",
+        ),
+        ("prepare, 1 process", result["prepare_single_img_s"], ""),
+    ]
+    lines = [head, f"{'':30} {'img/s':>10}"]
+    lines += [f"{name:30} {value:10.1f}  {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines)
