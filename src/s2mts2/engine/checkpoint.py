@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from s2mts2.errors import DataError
+from s2mts2.errors import ConfigError, DataError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -99,3 +99,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def training_state(kind: str, modules: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """A full training checkpoint: each module's (or optimiser's) state_dict, the RNG states
+    and plain ``values`` (epoch, step, history, config, meta, ...)."""
+    return {
+        "kind": kind,
+        **{name: m.state_dict() for name, m in modules.items()},
+        "rng": rng_state(),
+        **values,
+    }
+
+
+def resume_training(
+    path: Path, kind: str, modules: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """Restore what :func:`training_state` wrote into ``modules`` and the RNGs; returns the state.
+
+    Raises ConfigError when ``path`` is missing or holds another kind of checkpoint.
+    """
+    if not path.exists():
+        raise ConfigError(f"--resume: no checkpoint at {path}")
+    state = load_checkpoint(path, map_location=device)
+    if state["kind"] != kind:
+        raise ConfigError(f"--resume: {path} is a {state['kind']} checkpoint, expected {kind}")
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    set_rng_state(state["rng"])
+    return state

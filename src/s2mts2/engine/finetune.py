@@ -38,10 +38,10 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, build_eval_transform, classifier_network
 from s2mts2.engine.checkpoint import (
     load_checkpoint,
-    rng_state,
+    resume_training,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
+    training_state,
 )
 from s2mts2.engine.distributed import (
     all_gather_rows,
@@ -296,16 +296,9 @@ def _finetune(
 
     start_epoch, rows, best = 0, [], None
     last_path, best_path = out / "last.pt", out / "best.pt"
+    modules = {"student": net, "teacher": teacher, "optimizer": optimizer}
     if resume:
-        if not last_path.exists():
-            raise ConfigError(f"--resume: no checkpoint at {last_path}")
-        state = load_checkpoint(last_path, map_location=device)
-        if state["kind"] != "finetune":
-            raise ConfigError(f"--resume: {last_path} is a {state['kind']} checkpoint")
-        net.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        state = resume_training(last_path, "finetune", modules, device)
         start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
         log.info("resumed %s at epoch %d", last_path, start_epoch)
     step_fn = MeanTeacherStep(
@@ -393,19 +386,16 @@ def _finetune(
                 w,
                 f" val mean AUC {row['val_mean_auc']:.4f}" if row.get("val_mean_auc") else "",
             )
-            state = {
-                "kind": "finetune",
-                "epoch": epoch + 1,
-                "step": first + steps_per_epoch,
-                "student": net.state_dict(),
-                "teacher": teacher.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-                "history": history.rows,
-                "best_val": best,
-                "config": config_to_dict(cfg),
-                "meta": meta,
-            }
+            state = training_state(
+                "finetune",
+                modules,
+                epoch=epoch + 1,
+                step=first + steps_per_epoch,
+                history=history.rows,
+                best_val=best,
+                config=config_to_dict(cfg),
+                meta=meta,
+            )
             save_checkpoint(state, last_path)
             if (
                 (improved and select_on_val)

@@ -47,11 +47,10 @@ from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, build_eval_transform, pretrain_network
 from s2mts2.engine.checkpoint import (
-    load_checkpoint,
-    rng_state,
+    resume_training,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
+    training_state,
 )
 from s2mts2.engine.distributed import (
     all_gather_rows,
@@ -274,17 +273,9 @@ def _pretrain(
 
     start_epoch, rows = 0, []
     ckpt_path = out / "last.pt"
+    modules = {"student": net, "teacher": teacher, "queue": queue, "optimizer": optimizer}
     if resume:
-        if not ckpt_path.exists():
-            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path, map_location=device)
-        if state["kind"] != "pretrain":
-            raise ConfigError(f"--resume: {ckpt_path} is a {state['kind']} checkpoint")
-        net.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        queue.load_state_dict(state["queue"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        state = resume_training(ckpt_path, "pretrain", modules, device)
         start_epoch, rows = state["epoch"], state["history"]
         log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
     step_fn = ContrastiveStep(
@@ -361,27 +352,21 @@ def _pretrain(
                 row["img_s"],
                 f" kNN mean AUC {_fmt(row['knn_mean_auc'])}" if "knn_mean_auc" in row else "",
             )
-            save_checkpoint(
-                {
-                    "kind": "pretrain",
-                    "epoch": epoch + 1,
-                    "step": (epoch + 1) * steps_per_epoch,
-                    "student": net.state_dict(),
-                    "teacher": teacher.state_dict(),
-                    "queue": queue.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng_state(),
-                    "history": history.rows,
-                    "config": config_to_dict(cfg),
-                    "meta": {
-                        "channels": table.channels,
-                        "size": cfg.data.size,
-                        "classes": table.classes,
-                        "task": table.task,
-                    },
+            state = training_state(
+                "pretrain",
+                modules,
+                epoch=epoch + 1,
+                step=(epoch + 1) * steps_per_epoch,
+                history=history.rows,
+                config=config_to_dict(cfg),
+                meta={
+                    "channels": table.channels,
+                    "size": cfg.data.size,
+                    "classes": table.classes,
+                    "task": table.task,
                 },
-                ckpt_path,
             )
+            save_checkpoint(state, ckpt_path)
         barrier()
     return ckpt_path
 
