@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import s2mts2.engine.distributed as distributed
-from s2mts2.data.prepared import prepare_dataset
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.distributed import (
     all_gather_rows,
@@ -70,19 +69,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp") / "data"
-    prepare_dataset(
-        "synthetic",
-        out,
-        out,
-        size=16,
-        labelled=0.15,
-        progress=False,
-        options={"n": 160, "size": 32},
-        workers=1,
-    )
-    return out
+def data_dir(tiny_data) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")

@@ -11,51 +11,23 @@ import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
 from s2mts2.cli import main
 from s2mts2.config import load_config
-from s2mts2.data.prepared import prepare_dataset
 from s2mts2.engine.checkpoint import load_checkpoint
-from s2mts2.engine.evaluate import evaluate_checkpoint
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "model.backbone=resnet18",
-    "model.proj_hidden=64",
-    "model.head_hidden=32",
-    "data.size=16",
-    "data.labelled=0.15",
-    "pretrain.epochs=2",
-    "pretrain.batch_size=32",
-    "pretrain.queue_size=64",
-    "pretrain.monitor_every=0",
-    "finetune.epochs=2",
-    "finetune.batch_size=8",
-    "finetune.steps_per_epoch=3",
-    "finetune.consistency_ramp_epochs=0",
-    "threads=1",
-]
+TINY = ["finetune.method=s2mts2", "finetune.select=val"]  # on top of the `tiny` preset
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny") / "data"
-    prepare_dataset(
-        "synthetic",
-        out,
-        out,
-        size=16,
-        labelled=0.15,
-        progress=False,
-        options={"n": 160, "size": 32},
-        workers=1,
-    )
-    return out
+def data_dir(tiny_data) -> Path:
+    return tiny_data
 
 
 def cfg_for(data_dir: Path, *extra: str):
-    return load_config(None, [*TINY, f"data.dir={data_dir}", *extra])
+    return load_config("tiny", [*TINY, f"data.dir={data_dir}", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +190,8 @@ def test_cli_stages_end_to_end(data_dir, pretrained, tmp_path, capsys):
     rc = main(
         [
             "finetune",
+            "--config",
+            "tiny",
             *sets,
             "--set",
             f"finetune.pretrained={pretrained}",

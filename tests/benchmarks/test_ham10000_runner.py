@@ -1,0 +1,131 @@
+"""The benchmark runner on generated data: cells, stage-1 reuse, skipping and resume, JSON schema."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
+
+RUNNER = Path(__file__).resolve().parents[2] / "benchmarks" / "ham10000.py"
+TINY = (
+    "data.size=16",
+    "data.labelled=0.3",
+    "model.backbone=resnet18",
+    "model.proj_hidden=32",
+    "model.head_hidden=32",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=16",
+    "pretrain.queue_size=32",
+    "pretrain.monitor_every=0",
+    "finetune.epochs=2",
+    "finetune.steps_per_epoch=1",
+    "finetune.batch_size=8",
+    "threads=1",
+)
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("ham10000_runner", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return load_runner()
+
+
+def make_plan(runner, tmp: Path):
+    bench = runner.Benchmark(
+        "synthetic", "synthetic", None, {"n": 48, "size": 16, "task": "multiclass"}, preset="demo"
+    )
+    return runner.Plan(
+        bench=bench,
+        runs_dir=tmp / "runs" / "synthetic",
+        results_dir=tmp / "results",
+        overrides=TINY,
+        methods=("supervised", "s2mts2"),
+        seeds=(0, 1),
+        n_boot=0,
+        progress=False,
+        command="pytest",
+    )
+
+
+def test_runner_cells_resume_and_schema(runner, tmp_path, monkeypatch):
+    plan = make_plan(runner, tmp_path)
+    calls: list[tuple[str, bool]] = []
+    real_pretrain, real_finetune = runner.pretrain, runner.finetune
+
+    def counting_pretrain(cfg, out, **kw):
+        calls.append(("pretrain", kw["resume"]))
+        return real_pretrain(cfg, out, **kw)
+
+    def counting_finetune(cfg, out, **kw):
+        calls.append((f"{cfg.finetune.method}-s{cfg.seed}", kw["resume"]))
+        return real_finetune(cfg, out, **kw)
+
+    monkeypatch.setattr(runner, "pretrain", counting_pretrain)
+    monkeypatch.setattr(runner, "finetune", counting_finetune)
+
+    summary = runner.run_benchmark(plan)
+    # one stage-1 run (JCL) shared by both seeds; four fine-tuning cells
+    assert calls == [
+        ("supervised-s0", False),
+        ("pretrain", False),
+        ("s2mts2-s0", False),
+        ("supervised-s1", False),
+        ("s2mts2-s1", False),
+    ]
+    written = json.loads((plan.results_dir / "synthetic.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert (plan.results_dir / "synthetic.png").is_file()
+    assert set(written["methods"]) == {"supervised", "s2mts2"}
+    for method in ("supervised", "s2mts2"):
+        entry = written["methods"][method]
+        assert entry["seeds"] == [0, 1]
+        for name in ("macro_auc", "balanced_accuracy", "accuracy", "macro_f1"):
+            runs = entry[name]["runs"]
+            assert len(runs) == 2 and all(0.0 <= r <= 1.0 for r in runs)
+            assert entry[name]["mean"] == pytest.approx(sum(runs) / 2)
+            assert entry[name]["sd"] == pytest.approx(abs(runs[0] - runs[1]) / 2**0.5)
+    assert written["cells"] == {"done": 4, "total": 8, "seeds": [0, 1]}  # 4 methods x 2 seeds
+    assert written["stage1"]["jcl"]["knn_mean_auc_random_init"] is not None
+    assert written["stage1"]["jcl"]["epochs"] == 1
+    for key in ("split", "preset", "machine", "command", "minutes"):
+        assert key in written
+    # the seed drives the labelled subset
+    cell0 = json.loads((plan.runs_dir / "s2mts2-s0" / "result.json").read_text())
+    assert cell0["config"]["data"]["split_seed"] == 0
+    assert cell0["config"]["finetune"]["pretrained"].endswith("stage1-jcl/last.pt")
+
+    # a re-run skips every finished cell and the finished stage 1
+    calls.clear()
+    again = runner.run_benchmark(plan)
+    assert calls == []
+    assert again["methods"] == summary["methods"]
+
+    # a cell interrupted after its first epoch resumes from last.pt; nothing else reruns
+    cell = plan.runs_dir / "supervised-s1"
+    (cell / "result.json").unlink()
+    (cell / "best.pt").unlink()
+    state = load_checkpoint(cell / "last.pt")
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    save_checkpoint(state, cell / "last.pt")
+    calls.clear()
+    runner.run_benchmark(plan)
+    assert calls == [("supervised-s1", True)]
+
+
+def test_changed_recipe_is_refused(runner, tmp_path):
+    plan = make_plan(runner, tmp_path)
+    plan.methods, plan.seeds = ("supervised",), (0,)
+    runner.run_benchmark(plan)
+    plan.overrides = (*TINY, "finetune.lr=0.5")
+    with pytest.raises(runner.ConfigError, match="another recipe"):
+        runner.run_benchmark(plan)
