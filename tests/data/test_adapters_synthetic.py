@@ -100,3 +100,21 @@ def test_bad_settings(tmp_path):
         make_synthetic(tmp_path, n=20, task="segmentation")
     with pytest.raises(ConfigError, match="size"):
         make_synthetic(tmp_path, n=20, size=8)
+
+
+def test_strength_scales_the_findings_only(tmp_path):
+    from PIL import Image
+
+    weak = make_synthetic(tmp_path / "a", n=30, size=32, seed=3)
+    strong = make_synthetic(tmp_path / "b", n=30, size=32, seed=3, strength=3.0)
+    assert np.array_equal(weak.labels, strong.labels)
+    diff = [
+        np.abs(
+            np.asarray(Image.open(p), dtype=float) - np.asarray(Image.open(q), dtype=float)
+        ).mean()
+        for p, q in zip(weak.paths, strong.paths)
+    ]
+    has_finding = np.nansum(weak.labels[:, [0, 1, 3, 4]], axis=1) > 0
+    assert np.mean(np.array(diff)[has_finding]) > 2 * np.mean(np.array(diff)[~has_finding]) + 0.1
+    with pytest.raises(ConfigError, match="strength"):
+        make_synthetic(tmp_path / "c", n=30, size=32, strength=0)

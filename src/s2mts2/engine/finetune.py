@@ -277,7 +277,10 @@ def _finetune(
     if fc.method == "s2mts2":
         init_from_pretrained(net, fc.pretrained, t.channels)
     net = to_device(sync_batchnorm(net, cfg.model.sync_bn, device), device)
-    teacher = EmaTeacher(net, decay=fc.ema, buffers=fc.ema_buffers)
+    # The supervised baseline never runs its teacher on training images, so the teacher cannot
+    # keep BatchNorm statistics of its own: average the student's instead.
+    buffers = "ema" if not semi and fc.ema_buffers == "own" else fc.ema_buffers
+    teacher = EmaTeacher(net, decay=fc.ema, buffers=buffers)
     optimizer = build_optimizer(net, fc)
     pos_weight = None
     if fc.pos_weight and t.task == "multilabel":

@@ -200,6 +200,7 @@ def make_synthetic(
     size: int = 64,
     task: str = "multilabel",
     seed: int = 0,
+    strength: float = 1.0,
 ) -> DatasetTable:
     """Write ``n`` synthetic chest-X-ray-like PNGs (``size`` x ``size``, grey) to
     ``out_dir/images`` and return their table; files written earlier with the same settings
@@ -208,20 +209,33 @@ def make_synthetic(
     Multi-label: 5 findings (Nodule, Effusion, Cardiomegaly, Pneumothorax, Opacity) with
     prevalence 15-30 % that can co-occur. Multi-class: exactly one of Normal (40 %), Nodule,
     Effusion, Cardiomegaly, Pneumothorax. Groups: synthetic patients (2-3 images sharing an
-    anatomy); split 70/10/20 by patient.
+    anatomy); split 70/10/20 by patient. ``strength`` multiplies the contrast of the nodule,
+    effusion, pneumothorax and opacity findings (1 = subtle; the CPU demo uses a larger value so
+    that a few minutes of training learn something).
     """
     check_choice("task", task, ("multilabel", "multiclass"))
+    if strength <= 0:
+        raise ConfigError(f"synthetic: option strength={strength} must be positive")
     if n < 10 or size < 16:
         raise ConfigError(f"synthetic: need n >= 10 and size >= 16, got n={n}, size={size}")
     rng = np.random.default_rng(seed)
     patient = _patients(rng, n)
     labels = _labels(rng, patient, task)
     params = _params(rng, patient)
+    for key in ("nod_a", "eff_a", "ptx_a", "opa_a"):
+        params[key] = params[key] * strength
     classes = list(FINDINGS if task == "multilabel" else MULTICLASS)
 
     images = Path(out_dir).expanduser().absolute() / "images"
     paths = [images / f"syn_{i:05d}.png" for i in range(n)]
-    stamp = {"n": n, "size": size, "task": task, "seed": seed, "version": VERSION}
+    stamp = {
+        "n": n,
+        "size": size,
+        "task": task,
+        "seed": seed,
+        "strength": strength,
+        "version": VERSION,
+    }
     stamp_file = images / "synthetic.json"
     fresh = (
         stamp_file.is_file()

@@ -1,0 +1,507 @@
+"""The S²MTS² ablation on real data, resumable per cell: one command builds the whole table.
+
+    python benchmarks/ham10000.py [--quick] [--device cuda] [--keep-checkpoints DIR]
+                                  [--split srcmt|lesion] [--dataset ham10000|nih-sample]
+
+Methods (same backbone, resolution and fine-tuning budget, from the preset):
+``supervised`` (labelled images only), ``mean-teacher`` (no stage 1), ``moco-mt`` (stage 1 with
+``pretrain.loss=moco``, then mean-teacher fine-tuning) and ``s2mts2`` (stage 1 with JCL, then
+mean-teacher fine-tuning). Methods without stage 1 train their backbone at the full LR
+(``finetune.backbone_lr_scale=1``); the pre-trained ones use the preset's scale.
+
+Every cell (method × seed) lives in ``RUNS/<benchmark>/<method>-s<seed>/`` and is finished when its
+``result.json`` exists; an interrupted cell resumes from its ``last.pt``. One stage-1 checkpoint
+per loss (``RUNS/<benchmark>/stage1-<loss>/``, preset seed) is shared by the seeds: stage 1 sees no
+labels, the seed drives the labelled subset, the initialisation of the head and the augmentation
+of stage 2. Re-running skips what is finished, so the table can be built across sessions; the
+summary (``benchmarks/results/<benchmark>.json`` + bar plot PNG) is rewritten from the finished
+cells after every cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2mts2.config import RunConfig, config_to_dict, load_config
+from s2mts2.data.prepared import prepare_dataset
+from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.engine.evaluate import evaluate_checkpoint
+from s2mts2.engine.finetune import finetune
+from s2mts2.engine.pretrain import pretrain
+from s2mts2.errors import ConfigError, DataError
+from s2mts2.eval.report import comparison_table, plot_comparison_bars
+
+log = logging.getLogger("s2mts2.benchmark")
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("supervised", "mean-teacher", "moco-mt", "s2mts2")
+STAGE1_LOSS = {"moco-mt": "moco", "s2mts2": "jcl"}
+# summary metric name -> key of evaluate_checkpoint's metrics (multi-class only beyond the AUC)
+METRICS = {
+    "macro_auc": "mean_auc",
+    "balanced_accuracy": "balanced_accuracy",
+    "accuracy": "accuracy",
+    "macro_f1": "f1",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+}
+QUICK = ("pretrain.epochs=4", "finetune.epochs=5")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One dataset × split: how to prepare it and which preset trains on it."""
+
+    name: str  # result file stem and run folder name
+    adapter: str  # `s2mts2 prepare` adapter
+    root: Path | None  # dataset folder (None for generated data)
+    options: dict[str, Any] = field(default_factory=dict)  # adapter options
+    preset: str = "ham10000-cpu"
+    overrides: tuple[str, ...] = ()  # applied after the preset, before the user's --set
+    min_test_positives: int = 0  # macro AUC over eval classes with at least this many positives
+
+
+def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
+    """The benchmark definitions of issue 5 (HAM10000 SRC-MT / lesion split, NIH sample)."""
+    if dataset == "ham10000":
+        if split not in ("srcmt", "lesion"):
+            raise ConfigError(f"--split {split!r}: HAM10000 has the splits srcmt and lesion")
+        options = {"split": "lesion"} if split == "lesion" else {}
+        name = "ham10000" if split == "srcmt" else "ham10000-lesion"
+        return Benchmark(name, "isic2018", data_root / "ham10000", options)
+    if dataset == "nih-sample":
+        if split != "grouped":
+            raise ConfigError(f"--split {split!r}: the NIH sample has the patient-grouped split")
+        return Benchmark(
+            "nih-sample",
+            "chestxray14",
+            data_root / "nih14_sample",
+            {"split": "grouped"},
+            # 685 training images: more, smaller steps so that the EMA teachers (0.99) move
+            overrides=(
+                "data.size=64",
+                "pretrain.epochs=20",
+                "pretrain.batch_size=64",
+                "finetune.batch_size=32",
+                "finetune.steps_per_epoch=20",
+            ),
+            min_test_positives=10,
+        )
+    raise ConfigError(f"--dataset {dataset!r}: expected ham10000 or nih-sample")
+
+
+@dataclass
+class Plan:
+    """What one invocation runs and where it writes."""
+
+    bench: Benchmark
+    runs_dir: Path  # run folders of this benchmark (cells, stage 1, prepared data)
+    results_dir: Path
+    overrides: tuple[str, ...] = ()
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    quick: bool = False
+    device: str | None = None
+    keep_dir: Path | None = None
+    n_boot: int = 500
+    progress: bool = True
+    command: str = ""
+
+    @property
+    def stem(self) -> str:
+        return self.bench.name + ("-quick" if self.quick else "")
+
+
+def machine() -> str:
+    """A short description of the computer the runs use."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores"
+
+
+def base_config(plan: Plan) -> RunConfig:
+    """Preset <- benchmark overrides <- quick settings <- the user's --set; data in runs_dir."""
+    quick = QUICK if plan.quick else ()
+    cfg = load_config(plan.bench.preset, [*plan.bench.overrides, *quick, *plan.overrides])
+    cfg.data.dir = str(plan.runs_dir.parent / "data" / f"{plan.bench.name}-{cfg.data.size}px")
+    if plan.device:
+        cfg.device = plan.device
+    return cfg
+
+
+def prepare(plan: Plan, cfg: RunConfig) -> None:
+    """Build the image cache and table once (skipped when the summary exists)."""
+    out = Path(cfg.data.dir)
+    if (out / "summary.json").is_file():
+        return
+    b = plan.bench
+    log.info("preparing %s into %s", b.adapter, out)
+    prepare_dataset(
+        b.adapter,
+        b.root if b.root is not None else out,
+        out,
+        size=cfg.data.size,
+        labelled=cfg.data.labelled,
+        seed=cfg.data.split_seed,
+        progress=plan.progress,
+        options=dict(b.options),
+    )
+
+
+def _recipe(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The parts of a resolved config that define a stage's result (not paths or devices)."""
+    section = {k: v for k, v in cfg[stage].items() if k != "pretrained"}
+    return {
+        "size": cfg["data"]["size"],
+        "labelled": cfg["data"]["labelled"],
+        "model": cfg["model"],
+        stage: section,
+        **({"seed": cfg["seed"]} if stage == "finetune" else {}),
+    }
+
+
+def _check_recipe(folder: Path, stored: dict[str, Any], cfg: RunConfig, stage: str) -> None:
+    current = json.loads(json.dumps(config_to_dict(cfg)))  # the form stored in JSON
+    if _recipe(stored, stage) != _recipe(current, stage):
+        raise ConfigError(
+            f"{folder} was made with another recipe than the current preset/--set values; "
+            "delete it or use another --runs-dir"
+        )
+
+
+def _add_minutes(folder: Path, minutes: float) -> float:
+    """Accumulate the compute minutes of a run folder over sessions (timing.json)."""
+    path = folder / "timing.json"
+    timing = json.loads(path.read_text()) if path.is_file() else {"minutes": 0.0, "machines": []}
+    timing["minutes"] += minutes
+    if machine() not in timing["machines"]:
+        timing["machines"].append(machine())
+    path.write_text(json.dumps(timing, indent=2))
+    return timing["minutes"]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
+def _keep(plan: Plan, files: list[Path]) -> None:
+    """Copy checkpoints and logs to --keep-checkpoints DIR/<benchmark>/<folder>/."""
+    if plan.keep_dir is None:
+        return
+    for f in files:
+        if f.is_file():
+            dest = plan.keep_dir / plan.stem / f.parent.name / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+
+
+def _knn_scores(metrics_csv: Path) -> tuple[float | None, float | None, int]:
+    """(random-init kNN mean AUC, last monitored kNN mean AUC, its epoch) from metrics.csv."""
+    with metrics_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("knn_mean_auc")]
+    if not rows:
+        return None, None, 0
+    first = float(rows[0]["knn_mean_auc"]) if int(rows[0]["epoch"]) == 0 else None
+    return first, float(rows[-1]["knn_mean_auc"]), int(rows[-1]["epoch"])
+
+
+def stage1(plan: Plan, cfg: RunConfig, loss: str) -> Path:
+    """Run, resume or reuse the stage-1 checkpoint of ``loss``; returns its last.pt."""
+    c = copy.deepcopy(cfg)
+    c.pretrain.loss = loss  # type: ignore[assignment]
+    out = plan.runs_dir / f"stage1-{loss}"
+    ckpt = out / "last.pt"
+    if ckpt.is_file():
+        state = load_checkpoint(ckpt)
+        _check_recipe(out, state["config"], c, "pretrain")
+        if state["epoch"] >= c.pretrain.epochs:
+            return ckpt
+        del state
+    log.info("stage 1 (%s) -> %s%s", loss, out, " (resuming)" if ckpt.is_file() else "")
+    t0 = time.perf_counter()
+    pretrain(c, out, resume=ckpt.is_file(), progress=plan.progress, command=plan.command)
+    _add_minutes(out, (time.perf_counter() - t0) / 60)
+    _keep(plan, [ckpt, out / "metrics.csv", out / "timing.json"])
+    return ckpt
+
+
+def stage1_info(folder: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """kNN monitor (random init vs last monitored epoch) and timing of a stage-1 folder."""
+    if not (folder / "metrics.csv").is_file():
+        return None
+    timing_path = folder / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    random_init, trained, epoch = _knn_scores(folder / "metrics.csv")
+    return {
+        "epochs": cfg.pretrain.epochs,
+        "knn_mean_auc_random_init": random_init,
+        "knn_mean_auc_trained": trained,
+        "knn_epoch": epoch,
+        "finished": epoch >= cfg.pretrain.epochs,
+        "minutes": timing.get("minutes"),
+        "machines": timing.get("machines", []),
+        "seed": cfg.seed,
+    }
+
+
+def cell_config(cfg: RunConfig, method: str, seed: int, pretrained: Path | None) -> RunConfig:
+    """The fine-tuning config of one cell: seed drives labelled subset, init and augmentation."""
+    c = copy.deepcopy(cfg)
+    c.seed = seed
+    c.data.split_seed = seed
+    if method in STAGE1_LOSS:
+        if pretrained is None:
+            raise ConfigError(f"method {method} needs a stage-1 checkpoint")
+        c.finetune.method = "s2mts2"
+        c.finetune.pretrained = str(pretrained)
+    else:
+        c.finetune.method = method  # type: ignore[assignment]
+        c.finetune.pretrained = ""
+        c.finetune.backbone_lr_scale = 1.0
+    return c
+
+
+def summary_metrics(metrics: dict[str, Any], min_positives: int) -> dict[str, float]:
+    """The table's metrics of one evaluation; macro AUC over eval classes with enough positives."""
+    out = {
+        name: float(metrics[key]) for name, key in METRICS.items() if metrics.get(key) is not None
+    }
+    if min_positives > 0:
+        aucs = [
+            metrics["per_class_auc"][c]
+            for c in metrics["eval_classes"]
+            if metrics["positives"][c] >= min_positives and metrics["per_class_auc"][c] is not None
+        ]
+        out["macro_auc"] = float(np.mean(aucs))
+    return out
+
+
+def run_cell(
+    plan: Plan, cfg: RunConfig, method: str, seed: int, pretrained: Path | None
+) -> dict[str, Any]:
+    """Fine-tune (or resume) one cell, evaluate its selected checkpoint on test, store result."""
+    out = plan.runs_dir / f"{method}-s{seed}"
+    result_path = out / "result.json"
+    c = cell_config(cfg, method, seed, pretrained)
+    if result_path.is_file():
+        result = json.loads(result_path.read_text())
+        _check_recipe(out, result["config"], c, "finetune")
+        return result
+    last = out / "last.pt"
+    log.info("cell %s seed %d -> %s%s", method, seed, out, " (resuming)" if last.is_file() else "")
+    t0 = time.perf_counter()
+    best = finetune(c, out, resume=last.is_file(), progress=plan.progress, command=plan.command)
+    metrics = evaluate_checkpoint(
+        best, split="test", out_dir=out / "eval-test", n_boot=plan.n_boot, device=c.device
+    )
+    state = load_checkpoint(best)
+    result = {
+        "method": method,
+        "seed": seed,
+        "metrics": summary_metrics(metrics, plan.bench.min_test_positives),
+        "mean_auc_ci95": metrics.get("mean_auc_ci95"),
+        "selected_epoch": state["epoch"],
+        "val_mean_auc": state["best_val"],
+        "minutes": _add_minutes(out, (time.perf_counter() - t0) / 60),
+        "machine": machine(),
+        "config": config_to_dict(c),
+    }
+    _write_json(result_path, result)
+    _keep(plan, [best, out / "metrics.csv", result_path])
+    return result
+
+
+def aggregate(cells: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
+    """{method: {metric: {mean, sd, runs}, seeds: [...]}}; sd is the sample sd (None for 1 run)."""
+    out: dict[str, Any] = {}
+    for method in methods:
+        mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["seed"])
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"seeds": [c["seed"] for c in mine]}
+        for name in mine[0]["metrics"]:
+            runs = [c["metrics"][name] for c in mine]
+            entry[name] = {
+                "mean": float(np.mean(runs)),
+                "sd": float(np.std(runs, ddof=1)) if len(runs) > 1 else None,
+                "runs": runs,
+            }
+        out[method] = entry
+    return out
+
+
+def write_summary(plan: Plan, cfg: RunConfig) -> dict[str, Any]:
+    """Write RESULTS/<stem>.json and <stem>.png from every finished cell on disk (any seed, session
+    or concurrent invocation); returns the summary."""
+    cells = [
+        json.loads(path.read_text())
+        for method in METHODS
+        for path in sorted(plan.runs_dir.glob(f"{method}-s*/result.json"))
+    ]
+    seeds = sorted({*plan.seeds, *(c["seed"] for c in cells)})
+    stage1_runs = {
+        loss: info
+        for loss in ("jcl", "moco")
+        if (info := stage1_info(plan.runs_dir / f"stage1-{loss}", cfg)) is not None
+    }
+    methods = aggregate(cells, METHODS)
+    minutes = sum(c["minutes"] for c in cells) + sum(
+        s["minutes"] or 0.0 for s in stage1_runs.values()
+    )
+    machines = sorted(
+        {c["machine"] for c in cells} | {m for s in stage1_runs.values() for m in s["machines"]}
+    )
+    summary = {
+        "benchmark": plan.bench.name,
+        "methods": methods,
+        "split": plan.bench.options.get("split", "srcmt"),
+        "preset": plan.bench.preset,
+        "overrides": [*plan.bench.overrides, *(QUICK if plan.quick else ()), *plan.overrides],
+        "machine": "; ".join(machines) or machine(),
+        "command": plan.command,
+        "minutes": round(minutes, 1),
+        "cells": {
+            "done": len(cells),
+            "total": len(METHODS) * len(seeds),
+            "seeds": seeds,
+        },
+        "stage1": stage1_runs,
+        "notes": [
+            "test metrics of the teacher checkpoint selected on validation mean AUC",
+            "one stage-1 checkpoint per loss (preset seed) is shared by all seeds; the seed drives "
+            "the labelled subset, head initialisation and augmentation of stage 2",
+            "supervised and mean-teacher train the backbone at the full LR "
+            "(finetune.backbone_lr_scale=1); moco-mt and s2mts2 use the preset's scale",
+            "sd: sample standard deviation over seeds (null with one seed)",
+        ],
+        "config": config_to_dict(cfg),
+    }
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(plan.results_dir / f"{plan.stem}.json", summary)
+    table = _table(methods)
+    if table:
+        plot_comparison_bars(
+            table,
+            "macro_auc",
+            plan.results_dir / f"{plan.stem}.png",
+            title=f"{plan.stem}: test macro AUC, seeds {sorted({c['seed'] for c in cells})}",
+        )
+    return summary
+
+
+def _table(methods: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{method: {metric: (mean, sd) or mean}}, the form of comparison_table and the bar plot."""
+    return {
+        m: {
+            k: v["mean"] if v["sd"] is None else (v["mean"], v["sd"])
+            for k, v in e.items()
+            if k != "seeds"
+        }
+        for m, e in methods.items()
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The README table of a summary: mean ± sd per method and metric."""
+    methods = summary["methods"]
+    table = _table(methods)
+    keys = [k for k in METRICS if any(k in e for e in methods.values())]
+    return comparison_table(table, keys) if table else "(no finished cells)\n"
+
+
+def run_benchmark(plan: Plan) -> dict[str, Any]:
+    """Prepare, run every missing stage-1 checkpoint and cell, write and return the summary."""
+    unknown = [m for m in plan.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+    cfg = base_config(plan)
+    prepare(plan, cfg)
+    ckpts: dict[str, Path] = {}
+    for seed in plan.seeds:
+        for method in plan.methods:
+            loss = STAGE1_LOSS.get(method)
+            if loss is not None and loss not in ckpts:
+                ckpts[loss] = stage1(plan, cfg, loss)
+            run_cell(plan, cfg, method, seed, ckpts[loss] if loss else None)
+            write_summary(plan, cfg)
+    return write_summary(plan, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="ham10000", choices=["ham10000", "nih-sample"])
+    p.add_argument("--split", default=None, help="ham10000: srcmt (default) | lesion")
+    p.add_argument("--quick", action="store_true", help="one seed, few epochs (a smoke run)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the preset's)")
+    p.add_argument("--keep-checkpoints", type=Path, default=None, metavar="DIR")
+    p.add_argument("--preset", default=None, help="preset name or YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "benchmarks")
+    p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--n-boot", type=int, default=500)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--summary-only", action="store_true", help="rewrite the JSON/PNG from finished cells"
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    split = args.split or ("srcmt" if args.dataset == "ham10000" else "grouped")
+    try:
+        bench = benchmark_for(args.dataset, split, args.data_root)
+        if args.preset:
+            bench = replace(bench, preset=args.preset)
+        seeds = tuple(args.seeds or ((0,) if args.quick else (0, 1, 2)))
+        stem = bench.name + ("-quick" if args.quick else "")
+        plan = Plan(
+            bench=bench,
+            runs_dir=args.runs_dir / stem,
+            results_dir=args.results_dir,
+            overrides=tuple(args.set),
+            methods=tuple(args.methods),
+            seeds=seeds,
+            quick=args.quick,
+            device=args.device,
+            keep_dir=args.keep_checkpoints,
+            n_boot=args.n_boot,
+            progress=not args.no_progress,
+            # the command that builds this table (a --summary-only rewrite names it too)
+            command=shlex.join(
+                ["python", "benchmarks/ham10000.py", *(a for a in argv if a != "--summary-only")]
+            ),
+        )
+        summary = (
+            write_summary(plan, base_config(plan)) if args.summary_only else run_benchmark(plan)
+        )
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(summary))
+    print(f"wrote {plan.results_dir / plan.stem}.json and .png ({summary['minutes']} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
