@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -125,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX file to write; NAME.safetensors and NAME.json are written next to it",
     )
 
+    p = sub.add_parser("bench", help="training speed: model-only vs end-to-end vs reference")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model", help="backbone (default densenet121; --quick on CPU: resnet18)")
+    p.add_argument("--size", type=int, help="training resolution (default 224; --quick CPU: 64)")
+    p.add_argument("--views", type=int, default=2, help="M key views per image (stage 1)")
+    p.add_argument("--queue-size", type=int, default=65536, help="K negatives (stage 1)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 32; --quick CPU: 16)")
+    p.add_argument("--steps", type=int, help="timed steps per measurement (default 10)")
+    p.add_argument("--repeats", type=int, help="measurement rounds, the fastest kept (default 3)")
+    p.add_argument("--channels", type=int, default=1, help="generated images: 1 grey, 3 RGB")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    p.add_argument("--data", type=Path, help="prepared-data folder (default: generate images)")
+    p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes)")
+    p.add_argument("--json", type=Path, required=True, help="write the result to this JSON file")
+
     p = sub.add_parser("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--quick", action="store_true", help="fewer epochs (under 5 minutes)")
@@ -210,6 +226,31 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from s2mts2.infer.export import export_model
 
         print(export_model(args.checkpoint, args.onnx).summary())
+        return 0
+    if args.command == "bench":
+        # On a CPU already busy with other jobs, OpenMP threads that spin while waiting starve
+        # each other (10x slower on a loaded 2-core machine): wait passively there. Chosen
+        # before torch is imported; an idle CPU keeps the default (spinning is faster there).
+        if os.getloadavg()[0] >= (os.cpu_count() or 1):
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from s2mts2.engine.bench import BenchSettings, format_table, run_bench, save_result
+
+        settings = BenchSettings(
+            device=args.device,
+            model=args.model,
+            size=args.size,
+            views=args.views,
+            queue_size=args.queue_size,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            repeats=args.repeats,
+            channels=args.channels,
+            threads=args.threads,
+            data=str(args.data) if args.data else None,
+        )
+        result = run_bench(settings, quick=args.quick, command=command)
+        print(format_table(result))
+        print(f"wrote {save_result(result, args.json)}")
         return 0
     if args.command == "demo":
         from s2mts2.engine.demo import run_demo

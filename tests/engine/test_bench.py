@@ -2,13 +2,17 @@
 
 import json
 import math
+import os
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from s2mts2.cli import main
+from s2mts2.data.imageio import load_preprocessed
 from s2mts2.data.prepared import prepare_dataset
+from s2mts2.data.table import DatasetTable
 from s2mts2.engine import bench
 from s2mts2.engine.bench import (
     QUICK_CPU,
@@ -16,12 +20,14 @@ from s2mts2.engine.bench import (
     BenchSettings,
     ReferenceViews,
     format_table,
+    prepared_data,
+    reference_schedule,
     reference_transform,
     resolve_settings,
     run_bench,
 )
 from s2mts2.engine.builders import build_augment
-from s2mts2.errors import ConfigError
+from s2mts2.errors import ConfigError, DataError
 
 TINY = dict(
     device="cpu",
@@ -46,7 +52,12 @@ def tiny_result():
 
 
 def test_tiny_bench_measures_every_key(tiny_result):
-    for key in (*RESULT_KEYS, "pretrain_augment_img_s", "prepare_parallel_img_s"):
+    for key in (
+        *RESULT_KEYS,
+        "pretrain_augment_img_s",
+        "pretrain_augment_share",
+        "prepare_parallel_img_s",
+    ):
         assert math.isfinite(tiny_result[key]) and tiny_result[key] > 0, key
     assert tiny_result["prepare_single_workers"] == 1
     # Stage 2 counts labelled + unlabelled images (unlabelled_ratio 1 by default).
@@ -56,6 +67,7 @@ def test_tiny_bench_measures_every_key(tiny_result):
     assert tiny_result["settings"]["model"] == "resnet18"
     assert tiny_result["settings"]["source_size"] == 18  # 16 * 8 / 7 rounded
     assert tiny_result["command"] == "test"
+    assert tiny_result["reference_schedule"] == {"workers": 1, "warmup": 3, "steps": 4}
     assert math.isclose(
         tiny_result["pretrain_end_to_end_fraction"],
         tiny_result["pretrain_end_to_end_img_s"] / tiny_result["pretrain_model_only_img_s"],
@@ -84,6 +96,25 @@ def test_cli_writes_json_and_prints_table(tmp_path, monkeypatch, capsys, tiny_re
     assert seen["command"].startswith("s2mts2 bench")
 
 
+@pytest.mark.parametrize(
+    "load, preset, expected",
+    [(0.1, None, None), (2.5, None, "PASSIVE"), (2.5, "ACTIVE", "ACTIVE")],
+)
+def test_cli_waits_passively_on_a_busy_cpu(
+    tmp_path, monkeypatch, tiny_result, load, preset, expected
+):
+    monkeypatch.setattr(bench, "run_bench", lambda settings, **kwargs: tiny_result)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "recorded")  # restored after the test
+    if preset is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY")
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    assert main(["bench", "--json", str(tmp_path / "r.json")]) == 0
+    assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
 def test_settings_quick_defaults_and_validation():
     cpu = torch.device("cpu")
     quick = resolve_settings(BenchSettings(), True, cpu)
@@ -96,6 +127,9 @@ def test_settings_quick_defaults_and_validation():
     assert (full.model, full.size, full.source_size) == ("densenet121", 112, 128)
     explicit = resolve_settings(BenchSettings(model="resnet50", size=96), True, cpu)
     assert (explicit.model, explicit.size, explicit.batch_size) == ("resnet50", 96, 16)
+    # The reference drains its workers' prefetch buffer (2 batches each) before timing.
+    schedule = reference_schedule(replace(full, reference_workers=3, steps=5, warmup=1))
+    assert schedule == (3, 1 + 6, 12)
     with pytest.raises(ConfigError, match="batch-size"):
         resolve_settings(BenchSettings(batch_size=0), False, cpu)
     with pytest.raises(ConfigError, match="channels"):
@@ -119,12 +153,16 @@ def test_reference_views_follow_the_augmentation_config(tmp_path):
     torch.testing.assert_close(views, torch.full((2, 1, 24, 24), expected), atol=1e-6, rtol=0)
 
 
-def test_bench_on_a_prepared_folder(tmp_path):
+def test_prepared_folder_supplies_files_cache_and_train_rows(tmp_path):
     data = tmp_path / "data"
-    prepare_dataset(
-        "synthetic", data, data, size=16, workers=1, progress=False, options={"n": 24, "size": 20}
-    )
-    settings = BenchSettings(**{**TINY, "data": str(data), "prepare_images": 4})
-    result = run_bench(settings)
-    assert all(result[key] > 0 for key in RESULT_KEYS)
-    assert result["settings"]["channels"] == 1 and result["settings"]["data"] == str(data)
+    options = {"n": 24, "size": 20}
+    prepare_dataset("synthetic", data, data, size=16, workers=1, progress=False, options=options)
+    got = prepared_data(str(data), 16)
+    table = DatasetTable.load(data)
+    assert got.paths == table.paths and got.channels == 1 and got.task == table.task
+    assert np.array_equal(got.train, table.indices("train"))
+    assert got.images.shape == (24, 1, 16, 16) and got.images.dtype == np.uint8
+    first = load_preprocessed(table.paths[5], 16, 1).transpose(2, 0, 1)
+    assert np.array_equal(got.images[got.rows[5]], first)
+    with pytest.raises(DataError, match="cache"):
+        prepared_data(str(data), 32)

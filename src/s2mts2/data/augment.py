@@ -6,26 +6,29 @@ Python, so the same code runs on CPU and CUDA and a batch costs a handful of ker
 
 Pipeline (the released strong augmentation, in its order):
 
-1. geometry, one ``affine_grid`` + ``grid_sample`` per batch with a per-sample (2, 3) matrix
-   covering RandomResizedCrop, resize to ``out_size``, rotation (RandomAffine degrees) and
-   flips. Bilinear, ``align_corners=False`` (identity parameters hit pixel centres exactly),
-   no antialiasing (cache the images near the training resolution). Points outside the image
-   use ``padding_mode`` (default ``reflection``: no black corners after rotation, unlike the
-   zero fill of the released code). The crop aspect ratio is relative to the input's aspect
-   ratio (the same as torchvision for square caches); a crop that does not fit after 10 tries
-   falls back to the whole image.
+1. geometry, one sampling grid (``affine_grid``'s, built by broadcasting) + ``grid_sample``
+   per batch with a per-sample (2, 3) matrix covering RandomResizedCrop, resize to
+   ``out_size``, rotation (RandomAffine degrees) and flips. Bilinear, ``align_corners=False``
+   (identity parameters hit pixel centres exactly), no antialiasing (cache the images near the
+   training resolution). Points outside the image use ``padding_mode`` (default
+   ``reflection``: no black corners after rotation, unlike the zero fill of the released
+   code). The crop aspect ratio is relative to the input's aspect ratio (the same as
+   torchvision for square caches); a crop that does not fit after 10 tries falls back to the
+   whole image.
 2. colour jitter in a fixed order (brightness, contrast, saturation, hue) with torchvision's
    formulas (contrast and saturation blend with the ITU-R 601 grey, hue shifts in HSV); grey
    images (C = 1) ignore saturation and hue. The released code used hue 0.4 (a shift of up to
    +-144 degrees, which turns skin lesions blue or green); the default here is 0.1.
 3. Gaussian blur with per-sample sigma in output pixels (the released code blurs with PIL at the
    training resolution), separable kernel of radius ``ceil(3 * sigma_max)``, reflect padding,
-   grouped convolutions; samples with the blur off get a delta kernel.
+   grouped convolutions over the blurred samples only (CPU) or over all with a delta kernel
+   where the blur is off (GPU, where selecting samples would wait for the device).
 4. normalisation ``(x - mean) / std``.
 5. random erasing of a per-sample box with 0 (the mean colour after normalisation), as
    torchvision's ``RandomErasing(value=0)``.
 
-All randomness comes from ``generator`` (a ``torch.Generator`` on the images' device).
+All randomness comes from ``generator`` (a ``torch.Generator`` on the images' device). Constants
+enter as Python numbers, so a call makes no host-to-device copy that would wait for a GPU.
 
 Example:
     >>> import torch
@@ -281,55 +284,118 @@ def _affine_theta(params: AugmentParams, out_hw: tuple[int, int]) -> Tensor:
     return torch.stack([row_x, row_y], dim=1)
 
 
+def _pixel_centres(size: int, like: Tensor) -> Tensor:
+    """(size,) normalised pixel-centre coordinates, as ``affine_grid(align_corners=False)``."""
+    if size <= 1:
+        return like.new_zeros(size)
+    steps = torch.linspace(-1.0, 1.0, size, device=like.device, dtype=like.dtype)
+    return steps * (size - 1) / size
+
+
+def _sampling_grid(theta: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """(B, 2, 3) maps -> (B, H, W, 2) grid: ``F.affine_grid(theta, ..., align_corners=False)``.
+
+    Each coordinate is a per-column term plus a per-row term, so the grid costs one
+    broadcast add per coordinate instead of a (B, H·W, 3) batched matrix product (equal up
+    to float rounding).
+    """
+    height, width = out_hw
+    xs = _pixel_centres(width, theta).view(1, 1, -1)
+    ys = _pixel_centres(height, theta).view(1, -1, 1)
+    grid = theta.new_empty(len(theta), height, width, 2)
+    for axis in range(2):
+        scale_x, scale_y, shift = theta[:, axis].view(-1, 3, 1, 1).unbind(1)
+        torch.add(scale_x * xs, scale_y * ys + shift, out=grid[..., axis])
+    return grid
+
+
 def _grey(x: Tensor) -> Tensor:
     """(B, C, H, W) in [0, 1] -> (B, 1, H, W) luma (C = 3) or the image itself (C = 1)."""
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    red, green, blue = x.split(1, dim=1)
+    return (
+        (red * GREY_WEIGHTS[0]).add_(green, alpha=GREY_WEIGHTS[1]).add_(blue, alpha=GREY_WEIGHTS[2])
+    )
 
 
-def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    return (factor * x + (1.0 - factor) * other).clamp(0.0, 1.0)
+def _blend_(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """factor·x + (1 − factor)·other, clamped to [0, 1], in place on ``x``."""
+    return x.mul_(factor).add_((1.0 - factor) * other).clamp_(0.0, 1.0)
+
+
+def _grey_mean(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, 1, 1, 1): mean luma of each image (the mean of :func:`_grey`)."""
+    if x.shape[1] == 1:
+        return x.mean(dim=(1, 2, 3), keepdim=True)
+    means = x.mean(dim=(2, 3))
+    luma = sum(means[:, c] * weight for c, weight in enumerate(GREY_WEIGHTS))
+    return luma.view(-1, 1, 1, 1)
+
+
+# HSV -> RGB without the sector remainder: channel c = value - chroma + chroma * curve_c(h),
+# curve_c(h) = clamp(slope * |h - centre| + offset, 0, 1) for the hue h in sixths of a turn.
+_HUE_CURVES = ((3.0, 1.0, -1.0), (2.0, -1.0, 2.0), (4.0, -1.0, 2.0))  # red, green, blue
 
 
 def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """(B, 3, H, W) RGB in [0, 1], (B,) shift in turns -> RGB with the HSV hue rotated."""
+    """(B, 3, H, W) RGB in [0, 1], (B,) shift in turns -> RGB with the HSV hue rotated.
+
+    Branches are selected by multiplying with 0/1 masks (exact, and several times faster on a
+    CPU than ``torch.where`` on boolean masks).
+    """
     red, green, blue = x.unbind(1)
-    value, _ = x.max(dim=1)
-    delta = value - x.min(dim=1).values
-    safe_delta = torch.where(delta > 0, delta, 1.0)
-    rc, gc, bc = ((value - c) / safe_delta for c in (red, green, blue))
-    hue = torch.where(
-        value == red, bc - gc, torch.where(value == green, 2.0 + rc - bc, 4.0 + gc - rc)
-    )
-    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
-    chroma = value * (delta / torch.where(value > 0, value, 1.0))  # value * saturation
-    sector = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(sector + 6.0 * hue.unsqueeze(1), 6.0)
-    return value.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    value = torch.maximum(torch.maximum(red, green), blue)
+    chroma = value - torch.minimum(torch.minimum(red, green), blue)
+    is_red = value == red
+    red_max = is_red.to(x.dtype)
+    green_max = ((value == green) & ~is_red).to(x.dtype)
+    blue_max = 1.0 - red_max - green_max
+    # Hue in sixths of a turn: (g - b) / chroma, 2 + (b - r) / chroma or 4 + (r - g) / chroma.
+    hue = (green - blue).mul_(red_max)
+    hue.addcmul_(blue - red, green_max).addcmul_(red - green, blue_max)
+    # Where chroma is 0 so is the numerator; a chroma below the floor changes no output above it.
+    hue.div_(chroma.clamp(min=1e-12)).add_(green_max, alpha=2.0).add_(blue_max, alpha=4.0)
+    hue = torch.remainder(hue.add_(6.0 * shift.view(-1, 1, 1)), 6.0)
+    low = value - chroma
+    out = torch.empty_like(x)
+    for c, (centre, slope, offset) in enumerate(_HUE_CURVES):
+        curve = (hue - centre).abs_().mul_(slope).add_(offset).clamp_(0.0, 1.0)
+        torch.addcmul(low, chroma, curve, out=out[:, c])
+    return out
 
 
-def _colour_jitter(x: Tensor, factors: Tensor) -> Tensor:
-    """(B, C, H, W) in [0, 1], (B, 4) factors -> brightness, contrast, saturation, hue applied."""
+def _colour_jitter(x: Tensor, factors: Tensor, on: Tensor) -> Tensor:
+    """Sampled 0..255 values (B, C, H, W), (B, 4) factors, (B,) bool -> [0, 1], jittered.
+
+    Brightness (which also scales to [0, 1]), contrast, saturation and hue in this order.
+    Samples with ``on`` False get the identity factors (x·1 and 1·x + 0·m are exactly x) and
+    keep their hue by a final selection. Works in place on ``x``.
+    """
+    keep = on.view(-1, 1, 1, 1)
     brightness, contrast, saturation, hue = factors.view(-1, 4, 1, 1, 1).unbind(1)
-    x = (x * brightness).clamp(0.0, 1.0)
-    x = _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), contrast)
+    x = x.mul_(torch.where(keep, brightness, 1.0) / 255.0).clamp_(0.0, 1.0)
+    x = _blend_(x, _grey_mean(x), torch.where(keep, contrast, 1.0))
     if x.shape[1] == 3:
-        x = _blend(x, _grey(x), saturation)
-        x = _shift_hue(x, hue.view(-1))
+        x = _blend_(x, _grey(x), torch.where(keep, saturation, 1.0))
+        on_f = keep.to(x.dtype)
+        x = _shift_hue(x, hue.view(-1)).mul_(on_f).addcmul_(x, 1.0 - on_f)  # exact selection
     return x
 
 
-def _gaussian_blur(x: Tensor, sigma: Tensor, on: Tensor, radius: int) -> Tensor:
-    """(B, C, H, W), (B,) sigma, (B,) bool -> separable Gaussian blur, reflect padding."""
-    batch, channels, height, width = x.shape
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+def _gaussian_kernels(sigma: Tensor, on: Tensor, radius: int) -> Tensor:
+    """(B,) sigma, (B,) bool -> (B, 2·radius + 1) normalised Gaussians (a delta where off)."""
+    offsets = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma.unsqueeze(1)) ** 2)
-    kernel = torch.where(
-        on.unsqueeze(1), kernel / kernel.sum(1, keepdim=True), (offsets == 0).to(x.dtype)
+    return torch.where(
+        on.unsqueeze(1), kernel / kernel.sum(1, keepdim=True), (offsets == 0).to(sigma.dtype)
     )
-    weight = kernel.repeat_interleave(channels, dim=0)  # (B*C, k)
+
+
+def _convolve_separable(x: Tensor, kernels: Tensor, radius: int) -> Tensor:
+    """(B, C, H, W), (B, k) kernels -> rows then columns convolved per sample, reflect padding."""
+    batch, channels, height, width = x.shape
+    weight = kernels.repeat_interleave(channels, dim=0)  # (B*C, k)
     groups = batch * channels
     y = F.pad(x.reshape(1, groups, height, width), (radius,) * 4, mode="reflect")
     y = F.conv2d(y, weight.view(groups, 1, 1, -1), groups=groups)
@@ -337,14 +403,32 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, on: Tensor, radius: int) -> Tensor:
     return y.view(batch, channels, height, width)
 
 
-def _box_mask(boxes: Tensor, out_hw: tuple[int, int]) -> Tensor:
-    """(B, 4) boxes in output fractions -> (B, 1, H, W) bool: pixel centres inside the box."""
+def _gaussian_blur(x: Tensor, sigma: Tensor, on: Tensor, radius: int) -> Tensor:
+    """(B, C, H, W), (B,) sigma, (B,) bool -> separable Gaussian blur, reflect padding.
+
+    On the CPU only the blurred samples are convolved (the others are left as they are, in
+    place in ``x``); on a GPU that selection would wait for the device, so every sample is
+    convolved there, with a delta kernel where the blur is off.
+    """
+    kernels = _gaussian_kernels(sigma.to(x.dtype), on, radius)
+    if x.device.type != "cpu":
+        return _convolve_separable(x, kernels, radius)
+    index = on.nonzero().squeeze(1)
+    if len(index):
+        x[index] = _convolve_separable(x[index], kernels[index], radius)
+    return x
+
+
+def _box_keep(boxes: Tensor, out_hw: tuple[int, int], on: Tensor) -> Tensor:
+    """(B, 4) boxes in output fractions, (B,) bool -> (B, 1, H, W) float: 0 at pixel centres
+    inside the box of each sample where ``on``, 1 elsewhere."""
     height, width = out_hw
     ys = (torch.arange(height, device=boxes.device) + 0.5) / height
     xs = (torch.arange(width, device=boxes.device) + 0.5) / width
-    inside_x = (xs - boxes[:, 0:1]).abs() < boxes[:, 2:3] / 2
+    inside_x = ((xs - boxes[:, 0:1]).abs() < boxes[:, 2:3] / 2) & on.unsqueeze(1)
     inside_y = (ys - boxes[:, 1:2]).abs() < boxes[:, 3:4] / 2
-    return (inside_y.unsqueeze(2) & inside_x.unsqueeze(1)).unsqueeze(1)
+    inside = inside_y.to(boxes.dtype).unsqueeze(2) * inside_x.to(boxes.dtype).unsqueeze(1)
+    return (1.0 - inside).unsqueeze(1)
 
 
 class BatchAugment:
@@ -414,28 +498,31 @@ class BatchAugment:
                 f"augment: expected uint8 images (B, C, H, W), got {images.dtype} "
                 f"{tuple(images.shape)}"
             )
-        batch, channels, height, width = images.shape
+        _, channels, height, width = images.shape
         mean, std = self.config.stats(channels)
         size = self.config.out_size
         out_hw = (height, width) if size is None else (size, size)
-        x = images.float().div_(255.0)
-        theta = _affine_theta(params, out_hw)
-        grid = F.affine_grid(theta, [batch, channels, *out_hw], align_corners=False)
+        grid = _sampling_grid(_affine_theta(params, out_hw), out_hw)
+        # Bilinear sampling is linear: sample the 0..255 values and scale them afterwards,
+        # together with the brightness factor when there is jitter.
         x = F.grid_sample(
-            x, grid, mode="bilinear", padding_mode=self.config.padding_mode, align_corners=False
+            images.float(),
+            grid,
+            mode="bilinear",
+            padding_mode=self.config.padding_mode,
+            align_corners=False,
         )
-        if params.jitter is not None:
-            on = params.jitter.view(-1, 1, 1, 1)
-            x = torch.where(on, _colour_jitter(x, params.jitter_factors), x)
+        if params.jitter is None:
+            x = x.div_(255.0)
+        else:
+            x = _colour_jitter(x, params.jitter_factors, params.jitter)
         if params.blur is not None:
             radius = min(math.ceil(3.0 * self.config.blur_sigma[1]), min(out_hw) - 1)
             x = _gaussian_blur(x, params.blur_sigma, params.blur, radius)
-        mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean_t) / std_t
-        if params.erase is not None:
-            mask = _box_mask(params.erase_box, out_hw) & params.erase.view(-1, 1, 1, 1)
-            x = x.masked_fill(mask, 0.0)
+        for c, (m, s) in enumerate(zip(mean, std)):
+            x[:, c].sub_(m).div_(s)
+        if params.erase is not None:  # erased pixels become 0 (a multiplication: fast on CPU)
+            x = x.mul_(_box_keep(params.erase_box, out_hw, params.erase))
         return x
 
 

@@ -11,7 +11,8 @@ one device synchronisation at each end of the timed run and none inside it:
   :class:`MeanTeacherStep` (labelled + unlabelled images per step are counted).
 - ``reference_pipeline_img_s``: what users run without this package's pipeline: a torch
   ``DataLoader`` with one worker per core that decodes the source files with PIL and makes every
-  view with torchvision transforms, feeding the stage-1 step in fp32 NCHW.
+  view with torchvision transforms, feeding the stage-1 step in fp32 NCHW; timed after its
+  workers' prefetch buffer is drained (:func:`reference_schedule`).
 - ``pretrain_augment_img_s``: the stage-1 augmentation alone (1 + M views per image).
 - ``prepare_parallel_img_s`` / ``prepare_single_img_s``: :func:`build_cache` decoding with all
   cores and with one process.
@@ -62,9 +63,10 @@ RESULT_KEYS = (
     "finetune_end_to_end_img_s",
     "reference_pipeline_img_s",
 )
-QUICK_CPU = {"model": "resnet18", "size": 64, "batch_size": 16, "steps": 4, "warmup": 1}
+QUICK_CPU = {"model": "resnet18", "size": 64, "batch_size": 16, "steps": 3, "warmup": 1}
 QUICK_CUDA = {"steps": 10, "warmup": 3}
-QUICK_DATA = {"images": 128, "prepare_images": 128, "repeats": 1}
+QUICK_DATA = {"images": 128, "repeats": 2}
+REFERENCE_PREFETCH = 2  # batches per DataLoader worker (torch's default)
 
 
 @dataclass
@@ -77,13 +79,14 @@ class BenchSettings:
     enlarged to ``prepare_source_size`` px (the NIH X-rays are 1024 px); ``repeats``: rounds,
     the fastest of each kind is kept (other processes on the machine only slow a round down);
     ``reference_workers``: DataLoader workers of the reference pipeline (default: all cores);
-    ``threads``: torch CPU threads (0 = all cores).
+    ``queue_size``: K negatives of stage 1; ``threads``: torch CPU threads (0 = all cores).
     """
 
     device: str = "auto"
     model: str | None = None
     size: int | None = None
     views: int = 2
+    queue_size: int = PretrainConfig.queue_size
     batch_size: int | None = None
     steps: int | None = None
     warmup: int | None = None
@@ -107,7 +110,7 @@ DEFAULTS = {
     "warmup": 2,
     "images": 256,
     "prepare_images": 256,
-    "repeats": 2,
+    "repeats": 3,
 }
 
 
@@ -121,7 +124,7 @@ def resolve_settings(settings: BenchSettings, quick: bool, device: torch.device)
     if out.source_size is None:
         out.source_size = round(out.size * 8 / 7)
     positive = ("size", "views", "batch_size", "steps", "images", "prepare_images", "repeats")
-    for name in (*positive, "prepare_source_size"):
+    for name in (*positive, "queue_size", "prepare_source_size"):
         if getattr(out, name) < 1:
             raise ConfigError(
                 f"bench: --{name.replace('_', '-')} must be ≥ 1, got {getattr(out, name)}"
@@ -156,7 +159,7 @@ def generated_data(s: BenchSettings, work: Path) -> BenchData:
     """Synthetic grey PNGs written under ``work`` and cached at ``s.size`` px."""
     table = make_synthetic(work / "source", n=s.images, size=s.source_size, seed=s.seed)
     cache, _ = build_cache(
-        table.paths, work / "cache", size=s.size, channels=s.channels, progress=False
+        table.paths, work / "cache", size=s.size, channels=s.channels, workers=1, progress=False
     )
     return BenchData(
         paths=table.paths,
@@ -232,7 +235,7 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(step: Callable[[], object], warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds taken by ``steps`` calls of ``step`` after ``warmup`` untimed calls."""
+    """Seconds per call of ``step``, over ``steps`` calls after ``warmup`` untimed calls."""
     for _ in range(warmup):
         step()
     _sync(device)
@@ -240,7 +243,7 @@ def time_steps(step: Callable[[], object], warmup: int, steps: int, device: torc
     for _ in range(steps):
         step()
     _sync(device)
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / steps
 
 
 def contrastive_step(
@@ -252,7 +255,7 @@ def contrastive_step(
     ``device`` only to choose bf16 autocast + channels-last (CUDA), so that step gets ``cpu``
     there while its tensors live on ``device``.
     """
-    pc = PretrainConfig(batch_size=s.batch_size, views=s.views)
+    pc = PretrainConfig(batch_size=s.batch_size, views=s.views, queue_size=s.queue_size)
     model = ModelConfig(backbone=s.model)
     net = pretrain_network(model, channels)
     student = to_device(net, device) if engine else net.to(device)
@@ -267,7 +270,15 @@ def contrastive_step(
     )
     augment = build_augment("strong", channels, s.size, pc.augment)
     precision = device if engine else torch.device("cpu")
-    return ContrastiveStep(student, teacher, queue, optimizer, augment, pc, precision)
+    return ContrastiveStep(
+        student=student,
+        teacher=teacher,
+        queue=queue,
+        optimizer=optimizer,
+        augment=augment,
+        cfg=pc,
+        device=precision,
+    )
 
 
 def mean_teacher_step(
@@ -280,14 +291,14 @@ def mean_teacher_step(
     teacher = EmaTeacher(student, decay=fc.ema, buffers=fc.ema_buffers)
     augment = build_augment(fc.augment, data.channels, s.size, fc.augment_overrides)
     step = MeanTeacherStep(
-        student,
-        teacher,
-        build_optimizer(student, fc),
-        augment,
-        data.task,
-        None,
-        fc.independent_views,
-        device,
+        student=student,
+        teacher=teacher,
+        optimizer=build_optimizer(student, fc),
+        augment=augment,
+        task=data.task,
+        pos_weight=None,
+        independent_views=fc.independent_views,
+        device=device,
     )
     return step, max(1, round(s.batch_size * fc.unlabelled_ratio))
 
@@ -328,10 +339,23 @@ class ReferenceViews(torch.utils.data.Dataset):
         return torch.stack([self.transform(image) for _ in range(self.n_views)])
 
 
+def reference_schedule(s: BenchSettings) -> tuple[int, int, int]:
+    """(workers, warm-up steps, timed steps) of the reference pipeline.
+
+    Its workers fill a buffer of ``workers * REFERENCE_PREFETCH`` batches ahead of the model:
+    the warm-up consumes that many more batches and at least twice as many are timed, so the
+    figure is the steady-state rate, not the model eating a prefetched buffer.
+    """
+    workers = s.reference_workers or os.cpu_count() or 1
+    buffered = workers * REFERENCE_PREFETCH
+    return workers, s.warmup + buffered, max(s.steps, 2 * buffered)
+
+
 def _reference_batches(
     s: BenchSettings, data: BenchData, step: ContrastiveStep, device: torch.device
 ) -> Iterator[torch.Tensor]:
     """(1+M, B, C, S, S) float views from a DataLoader over the source files, on ``device``."""
+    workers, warmup, steps = reference_schedule(s)
     dataset = ReferenceViews(
         [data.paths[i] for i in data.train],
         data.channels,
@@ -341,14 +365,15 @@ def _reference_batches(
     sampler = torch.utils.data.RandomSampler(
         dataset,
         replacement=True,
-        num_samples=(s.warmup + s.steps) * s.batch_size,
+        num_samples=(warmup + steps) * s.batch_size,
         generator=torch.Generator().manual_seed(s.seed),
     )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=s.batch_size,
         sampler=sampler,
-        num_workers=s.reference_workers or os.cpu_count() or 1,
+        num_workers=workers,
+        prefetch_factor=REFERENCE_PREFETCH,
         pin_memory=device.type == "cuda",
         drop_last=True,
     )
@@ -361,7 +386,7 @@ def _fastest(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) -> dict[str, float]:
-    """Stage-1 seconds: model-only, augmentation alone, end-to-end and reference."""
+    """Stage-1 seconds per step: model-only, augmentation alone, end-to-end and reference."""
     step = contrastive_step(s, data.channels, device)
     reference = contrastive_step(s, data.channels, device, engine=False)
     lam = step.cfg.lam_max
@@ -370,6 +395,8 @@ def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) ->
     loader = BatchLoader(data.images, stream, device, data.rows)
     images = loader.fetch(stream.batch_rows(0)).to(device)
     views = step.views(images, gen)
+
+    _, ref_warmup, ref_steps = reference_schedule(s)
 
     def one_round() -> dict[str, float]:
         batches = loader.steps(0, s.warmup + s.steps)
@@ -385,7 +412,7 @@ def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) ->
                     device,
                 ),
                 "reference": time_steps(
-                    lambda: reference.train(next(ref_batches), lam), s.warmup, s.steps, device
+                    lambda: reference.train(next(ref_batches), lam), ref_warmup, ref_steps, device
                 ),
             }
         finally:
@@ -397,7 +424,7 @@ def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) ->
 
 
 def measure_finetune(s: BenchSettings, data: BenchData, device: torch.device) -> dict[str, float]:
-    """Stage-2 seconds (model-only, end-to-end) and images per step."""
+    """Stage-2 seconds per step (model-only, end-to-end) and images per step."""
     step, u_batch = mean_teacher_step(s, data, device)
     gen = epoch_generator(device, s.seed, 0, stream=1)
     labels = torch.from_numpy(data.labels)
@@ -476,29 +503,32 @@ def run_bench(
         prepare = measure_prepare(sources, s.prepare_images, s.size, data.channels, work)
         pre = measure_pretrain(s, data, device)
         fine = measure_finetune(s, data, device)
-    b, n = s.batch_size, s.steps
+    b, fine_b = s.batch_size, fine["images_per_step"]
     result: dict[str, Any] = {
-        "pretrain_model_only_img_s": b * n / pre["model_only"],
-        "pretrain_end_to_end_img_s": b * n / pre["end_to_end"],
-        "finetune_model_only_img_s": fine["images_per_step"] * n / fine["model_only"],
-        "finetune_end_to_end_img_s": fine["images_per_step"] * n / fine["end_to_end"],
-        "reference_pipeline_img_s": b * n / pre["reference"],
-        "pretrain_augment_img_s": b * n / pre["augment"],
+        "pretrain_model_only_img_s": b / pre["model_only"],
+        "pretrain_end_to_end_img_s": b / pre["end_to_end"],
+        "finetune_model_only_img_s": fine_b / fine["model_only"],
+        "finetune_end_to_end_img_s": fine_b / fine["end_to_end"],
+        "reference_pipeline_img_s": b / pre["reference"],
+        "pretrain_augment_img_s": b / pre["augment"],
         **prepare,
     }
     result.update(
         pretrain_end_to_end_fraction=pre["model_only"] / pre["end_to_end"],
         finetune_end_to_end_fraction=fine["model_only"] / fine["end_to_end"],
         end_to_end_vs_reference=pre["reference"] / pre["end_to_end"],
+        pretrain_augment_share=pre["augment"] / pre["model_only"],
         device=device.type,
         device_name=device_name(device),
         torch_version=torch.__version__,
         s2mts2_version=__version__,
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
         load_average_before=[round(x, 2) for x in load_before],
         load_average_after=[round(x, 2) for x in os.getloadavg()],
-        finetune_images_per_step=fine["images_per_step"],
+        finetune_images_per_step=fine_b,
+        reference_schedule=dict(zip(("workers", "warmup", "steps"), reference_schedule(s))),
         quick=quick,
         command=command,
         settings={f.name: getattr(s, f.name) for f in fields(s)},
@@ -518,9 +548,11 @@ def format_table(result: dict[str, Any]) -> str:
     """The result as a plain-text table (images per second)."""
     s = result["settings"]
     head = (
-        f"s2mts2 bench: {s['model']}, {s['size']} px, {s['channels']} channel(s), M = {s['views']}, "
-        f"batch {s['batch_size']}, {s['steps']} steps (+{s['warmup']} warm-up, best of "
-        f"{s['repeats']}), {result['device_name']} ({result['device']}), torch "
+        f"s2mts2 bench: {s['model']}, {s['size']} px, {s['channels']} channel(s), "
+        f"M = {s['views']}, K = {s['queue_size']}, batch {s['batch_size']}, {s['steps']} steps "
+        f"(+{s['warmup']} warm-up, best of {s['repeats']}), threads {result['torch_threads']} "
+        f"(OMP_WAIT_POLICY {result['omp_wait_policy'] or 'unset'}), "
+        f"{result['device_name']} ({result['device']}), torch "
         f"{result['torch_version']}, load {result['load_average_before'][0]:.2f}"
     )
     rows = [
@@ -541,7 +573,12 @@ def format_table(result: dict[str, Any]) -> str:
             result["reference_pipeline_img_s"],
             f"stage 1 end-to-end is {result['end_to_end_vs_reference']:.2f}x this",
         ),
-        ("stage 1 augmentation alone", result["pretrain_augment_img_s"], "1 + M views per image"),
+        (
+            "stage 1 augmentation alone",
+            result["pretrain_augment_img_s"],
+            f"1 + M views per image; {100 * result['pretrain_augment_share']:.1f} % of a "
+            "model-only step's time",
+        ),
         (
             f"prepare, {result['prepare_parallel_workers']} processes",
             result["prepare_parallel_img_s"],
