@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=65536, help="K negatives (stage 1)")
     p.add_argument("--batch-size", type=int, help="images per step (default 32; --quick CPU: 16)")
     p.add_argument("--steps", type=int, help="timed steps per measurement (default 10)")
-    p.add_argument("--repeats", type=int, help="measurement rounds, the fastest kept (default 3)")
+    p.add_argument("--repeats", type=int, help="rounds: fastest speeds, median ratios (default 3)")
     p.add_argument("--channels", type=int, default=1, help="generated images: 1 grey, 3 RGB")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     p.add_argument("--data", type=Path, help="prepared-data folder (default: generate images)")

@@ -130,7 +130,7 @@ def test_settings_quick_defaults_and_validation():
     # The reference drains its workers' prefetch buffer (2 batches each) before timing.
     schedule = reference_schedule(replace(full, reference_workers=3, steps=5, warmup=1))
     assert schedule == (3, 1 + 6, 12)
-    with pytest.raises(ConfigError, match="batch-size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         resolve_settings(BenchSettings(batch_size=0), False, cpu)
     with pytest.raises(ConfigError, match="channels"):
         resolve_settings(BenchSettings(channels=2), False, cpu)

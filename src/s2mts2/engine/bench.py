@@ -1,7 +1,10 @@
 """``s2mts2 bench``: training speed of both stages, model-only against end-to-end.
 
 Every figure is images per second over ``steps`` timed steps after ``warmup`` untimed ones, with
-one device synchronisation at each end of the timed run and none inside it:
+one device synchronisation at each end of the timed run and none inside it, the fastest of
+``repeats`` rounds; the ratios (``*_fraction``, ``end_to_end_vs_reference``,
+``pretrain_augment_share``) are medians over the rounds of figures timed back to back, which a
+burst of load on a shared machine disturbs less:
 
 - ``pretrain_model_only_img_s``: :meth:`ContrastiveStep.train` (student forward + backward on
   the query view, teacher forward on the M key views, EMA update, enqueue) on views made once and
@@ -28,6 +31,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -76,8 +80,8 @@ class BenchSettings:
     ``images``: generated source images (ignored with ``data``); ``source_size``: their side
     (default size * 8 / 7, e.g. 256 for 224); ``prepare_images``: inputs of each prepare
     measurement, symbolic links to the sources (with ``data``) or to 8 generated images
-    enlarged to ``prepare_source_size`` px (the NIH X-rays are 1024 px); ``repeats``: rounds,
-    the fastest of each kind is kept (other processes on the machine only slow a round down);
+    enlarged to ``prepare_source_size`` px (the NIH X-rays are 1024 px); ``repeats``: rounds
+    (speeds: the fastest round, as other processes only slow a round down; ratios: the median);
     ``reference_workers``: DataLoader workers of the reference pipeline (default: all cores);
     ``queue_size``: K negatives of stage 1; ``threads``: torch CPU threads (0 = all cores).
     """
@@ -126,15 +130,13 @@ def resolve_settings(settings: BenchSettings, quick: bool, device: torch.device)
     positive = ("size", "views", "batch_size", "steps", "images", "prepare_images", "repeats")
     for name in (*positive, "queue_size", "prepare_source_size"):
         if getattr(out, name) < 1:
-            raise ConfigError(
-                f"bench: --{name.replace('_', '-')} must be ≥ 1, got {getattr(out, name)}"
-            )
+            raise ConfigError(f"bench setting {name} = {getattr(out, name)}: expected ≥ 1")
     if out.data is None and out.images < 10:
-        raise ConfigError(f"bench: generated data needs --images ≥ 10, got {out.images}")
+        raise ConfigError(f"bench setting images = {out.images}: generated data needs ≥ 10")
     if out.warmup < 0:
-        raise ConfigError(f"bench: --warmup must be ≥ 0, got {out.warmup}")
+        raise ConfigError(f"bench setting warmup = {out.warmup}: expected ≥ 0")
     if out.channels not in (1, 3):
-        raise ConfigError(f"bench: --channels must be 1 or 3, got {out.channels}")
+        raise ConfigError(f"bench setting channels = {out.channels}: expected 1 or 3")
     return out
 
 
@@ -381,12 +383,20 @@ def _reference_batches(
         yield batch.transpose(0, 1).to(device, non_blocking=True)
 
 
-def _fastest(rounds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: min(r[k] for r in rounds) for k in rounds[0]}
+Rounds = list[dict[str, float]]
 
 
-def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) -> dict[str, float]:
-    """Stage-1 seconds per step: model-only, augmentation alone, end-to-end and reference."""
+def _fastest(rounds: Rounds, key: str) -> float:
+    return min(r[key] for r in rounds)
+
+
+def _median_ratio(rounds: Rounds, numerator: str, denominator: str) -> float:
+    """Median over rounds of a ratio of two figures timed back to back in the same round."""
+    return statistics.median(r[numerator] / r[denominator] for r in rounds)
+
+
+def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) -> Rounds:
+    """Stage-1 seconds per step of each round: model-only, augmentation, end-to-end, reference."""
     step = contrastive_step(s, data.channels, device)
     reference = contrastive_step(s, data.channels, device, engine=False)
     lam = step.cfg.lam_max
@@ -419,12 +429,11 @@ def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) ->
             batches.close()
             ref_batches.close()
 
-    rounds = [one_round() for _ in range(s.repeats)]
-    return _fastest(rounds)
+    return [one_round() for _ in range(s.repeats)]
 
 
-def measure_finetune(s: BenchSettings, data: BenchData, device: torch.device) -> dict[str, float]:
-    """Stage-2 seconds per step (model-only, end-to-end) and images per step."""
+def measure_finetune(s: BenchSettings, data: BenchData, device: torch.device) -> tuple[Rounds, int]:
+    """Stage-2 seconds per step of each round (model-only, end-to-end); images per step."""
     step, u_batch = mean_teacher_step(s, data, device)
     gen = epoch_generator(device, s.seed, 0, stream=1)
     labels = torch.from_numpy(data.labels)
@@ -458,8 +467,7 @@ def measure_finetune(s: BenchSettings, data: BenchData, device: torch.device) ->
             l_batches.close()
             u_batches.close()
 
-    rounds = [one_round() for _ in range(s.repeats)]
-    return {**_fastest(rounds), "images_per_step": s.batch_size + u_batch}
+    return [one_round() for _ in range(s.repeats)], s.batch_size + u_batch
 
 
 def device_name(device: torch.device) -> str:
@@ -502,22 +510,22 @@ def run_bench(
         )
         prepare = measure_prepare(sources, s.prepare_images, s.size, data.channels, work)
         pre = measure_pretrain(s, data, device)
-        fine = measure_finetune(s, data, device)
-    b, fine_b = s.batch_size, fine["images_per_step"]
+        fine, fine_b = measure_finetune(s, data, device)
+    b = s.batch_size
     result: dict[str, Any] = {
-        "pretrain_model_only_img_s": b / pre["model_only"],
-        "pretrain_end_to_end_img_s": b / pre["end_to_end"],
-        "finetune_model_only_img_s": fine_b / fine["model_only"],
-        "finetune_end_to_end_img_s": fine_b / fine["end_to_end"],
-        "reference_pipeline_img_s": b / pre["reference"],
-        "pretrain_augment_img_s": b / pre["augment"],
+        "pretrain_model_only_img_s": b / _fastest(pre, "model_only"),
+        "pretrain_end_to_end_img_s": b / _fastest(pre, "end_to_end"),
+        "finetune_model_only_img_s": fine_b / _fastest(fine, "model_only"),
+        "finetune_end_to_end_img_s": fine_b / _fastest(fine, "end_to_end"),
+        "reference_pipeline_img_s": b / _fastest(pre, "reference"),
+        "pretrain_augment_img_s": b / _fastest(pre, "augment"),
         **prepare,
     }
     result.update(
-        pretrain_end_to_end_fraction=pre["model_only"] / pre["end_to_end"],
-        finetune_end_to_end_fraction=fine["model_only"] / fine["end_to_end"],
-        end_to_end_vs_reference=pre["reference"] / pre["end_to_end"],
-        pretrain_augment_share=pre["augment"] / pre["model_only"],
+        pretrain_end_to_end_fraction=_median_ratio(pre, "model_only", "end_to_end"),
+        finetune_end_to_end_fraction=_median_ratio(fine, "model_only", "end_to_end"),
+        end_to_end_vs_reference=_median_ratio(pre, "reference", "end_to_end"),
+        pretrain_augment_share=_median_ratio(pre, "augment", "model_only"),
         device=device.type,
         device_name=device_name(device),
         torch_version=torch.__version__,
