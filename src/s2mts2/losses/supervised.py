@@ -45,10 +45,9 @@ def supervised_loss(
     if task == "multiclass":
         if pos_weight is not None:
             raise ValueError("pos_weight applies to the multilabel task only")
-        rows = known.all(dim=1)
-        if not rows.any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits[rows], targets[rows].argmax(dim=1))
+        rows = known.all(dim=1).to(logits.dtype)  # masked mean: no host synchronisation
+        per_row = F.cross_entropy(logits, targets.nan_to_num(0.0).argmax(dim=1), reduction="none")
+        return (per_row * rows).sum() / rows.sum().clamp_min(1)
     raise ValueError(f"task must be 'multilabel' or 'multiclass', got {task!r}")
 
 

@@ -59,8 +59,8 @@ class NegativeQueue(nn.Module):
             raise ValueError(f"keys must be (B, {self.queue.shape[1]}), got {tuple(keys.shape)}")
         size, count = self.size, keys.shape[0]
         kept = keys[-size:]
-        start = (int(self.ptr) + count - kept.shape[0]) % size
-        first = min(kept.shape[0], size - start)
-        self.queue[start : start + first] = kept[:first]
-        self.queue[: kept.shape[0] - first] = kept[first:]
-        self.ptr.fill_((start + kept.shape[0]) % size)
+        # row indices computed on the device: no host synchronisation inside the training step
+        offsets = torch.arange(count - kept.shape[0], count, device=self.ptr.device)
+        rows = (self.ptr + offsets) % size
+        self.queue.index_copy_(0, rows.to(self.queue.device), kept)
+        self.ptr.add_(count).remainder_(size)
