@@ -29,6 +29,9 @@ def test_dotted_and_stage_relative_overrides():
     assert cfg.pretrain.epochs == 2 and cfg.finetune.epochs == RunConfig().finetune.epochs
     cfg = load_config(None, ["epochs=5", "method=supervised"], stage="finetune")
     assert cfg.finetune.epochs == 5 and cfg.finetune.method == "supervised"
+    cfg = load_config(None, ["augment.hue=0", "augment.vflip_p=0.5"], stage="pretrain")
+    assert (cfg.pretrain.augment.hue, cfg.pretrain.augment.vflip_p) == (0.0, 0.5)
+    assert cfg.finetune.augment_overrides.hue is None
 
 
 def test_int_accepted_for_float_and_nested_sections():

@@ -272,3 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except S2MTS2Error as e:
         print(f"s2mts2 {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = ""
+        if args.command in ("pretrain", "finetune"):
+            hint = f"; finished epochs are in {args.out}/last.pt: continue with --resume"
+        print(f"s2mts2 {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130

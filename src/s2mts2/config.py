@@ -1,8 +1,9 @@
 """Typed run configuration: dataclasses, YAML presets, ``--set key=value`` overrides.
 
 A run's configuration is one ``RunConfig``. Presets in ``configs/*.yaml`` hold the same tree.
-Overrides use dotted keys (``pretrain.epochs=3``); inside a stage subcommand an undotted key that
-is not a top-level field is looked up in that stage's section (``s2mts2 pretrain --set epochs=3``).
+Overrides use dotted keys (``pretrain.epochs=3``); inside a stage subcommand a key whose first part
+is not a top-level field is looked up in that stage's section (``s2mts2 pretrain --set epochs=3``,
+``--set augment.jitter_p=0``).
 Unknown keys and values of the wrong type are errors that name the key.
 """
 
@@ -50,8 +51,14 @@ class AugmentOverrides:
 
     crop_scale_min: float | None = None
     rotate_deg: float | None = None
+    rotate_p: float | None = None
     hflip_p: float | None = None
+    vflip_p: float | None = None
     jitter_p: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
     blur_p: float | None = None
     erase_p: float | None = None
 
@@ -199,12 +206,17 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 
 def _resolve_key(key: str, stage: str | None) -> str:
-    """An undotted key unknown at top level is taken from the current stage's section."""
+    """A key whose first part is not a top-level field is taken from the current stage's section.
+
+    ``epochs`` and ``augment.jitter_p`` inside ``s2mts2 pretrain`` mean ``pretrain.epochs`` and
+    ``pretrain.augment.jitter_p``.
+    """
     top = {f.name for f in fields(RunConfig)}
-    if "." in key or key in top or stage is None:
+    head = key.split(".", 1)[0]
+    if head in top or stage is None:
         return key
     stage_fields = {f.name for f in fields(getattr(RunConfig(), stage))}
-    return f"{stage}.{key}" if key in stage_fields else key
+    return f"{stage}.{key}" if head in stage_fields else key
 
 
 def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """End-to-end runs of both stages on a tiny generated dataset: resume, heads, consistency, CLI."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +237,25 @@ def test_cli_errors_are_clear(data_dir, tmp_path, capsys):
     assert rc == 2 and "not a prepared dataset" in capsys.readouterr().err
     rc = main(["evaluate", str(tmp_path / "none.pt")])
     assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_training_with_a_resume_hint(data_dir, tmp_path):
+    """SIGINT during a run: exit 130 within seconds, the finished epoch kept for --resume."""
+    out = tmp_path / "pre"
+    command = [sys.executable, "-m", "s2mts2", "pretrain", "--config", "tiny", "--no-progress"]
+    command += ["--set", f"data.dir={data_dir}", "--set", "epochs=10000", "--out", str(out)]
+    proc = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (out / "last.pt").is_file(), "no checkpoint was written"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert load_checkpoint(out / "last.pt")["epoch"] >= 1

@@ -178,7 +178,7 @@ def monitor_rows(data: PreparedData, cfg: RunConfig) -> tuple[np.ndarray, np.nda
     return fit[:5000], np.sort(score)
 
 
-def knn_monitor(
+def knn_probs(
     backbone: torch.nn.Module,
     data: PreparedData,
     fit: np.ndarray,
@@ -186,10 +186,11 @@ def knn_monitor(
     size: int,
     device: torch.device,
     k: int,
-) -> float | None:
-    """Mean AUC (eval classes) of a kNN classifier on the backbone's pooled features.
+) -> torch.Tensor:
+    """(len(score), C) kNN class scores of the ``score`` rows from the labelled ``fit`` rows.
 
-    Under DDP each rank embeds its shard of the rows; the features are all-gathered first.
+    Features are the backbone's pooled outputs (eval mode, evaluation transform). Under DDP each
+    rank embeds its shard of the rows; the features are all-gathered first.
     """
     was_training = backbone.training
     backbone.eval()
@@ -202,7 +203,20 @@ def knn_monitor(
         forward_rows(backbone, images, data.rows[shard(score)], transform, device)
     )
     backbone.train(was_training)
-    probs = knn_scores(f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k)
+    return knn_scores(f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k)
+
+
+def knn_monitor(
+    backbone: torch.nn.Module,
+    data: PreparedData,
+    fit: np.ndarray,
+    score: np.ndarray,
+    size: int,
+    device: torch.device,
+    k: int,
+) -> float | None:
+    """Mean AUC (eval classes) of the kNN classifier of :func:`knn_probs` on the ``score`` rows."""
+    probs = knn_probs(backbone, data, fit, score, size, device, k)
     per_class = per_class_auc(probs.numpy(), data.table.labels[score])
     return mean_auc(per_class, data.table.classes, data.table.eval_classes)
 
