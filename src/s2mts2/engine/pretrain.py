@@ -206,21 +206,6 @@ def knn_probs(
     return knn_scores(f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k)
 
 
-def knn_monitor(
-    backbone: torch.nn.Module,
-    data: PreparedData,
-    fit: np.ndarray,
-    score: np.ndarray,
-    size: int,
-    device: torch.device,
-    k: int,
-) -> float | None:
-    """Mean AUC (eval classes) of the kNN classifier of :func:`knn_probs` on the ``score`` rows."""
-    probs = knn_probs(backbone, data, fit, score, size, device, k)
-    per_class = per_class_auc(probs.numpy(), data.table.labels[score])
-    return mean_auc(per_class, data.table.classes, data.table.eval_classes)
-
-
 def pretrain(
     cfg: RunConfig,
     out_dir: str | Path,
@@ -285,6 +270,12 @@ def _pretrain(
     with main_first():  # may write the labelled-subset file into the data folder
         fit_rows, score_rows = monitor_rows(data, cfg)
 
+    def monitor(backbone: torch.nn.Module) -> float | None:
+        """The representation check: mean AUC (eval classes) of the kNN classifier."""
+        probs = knn_probs(backbone, data, fit_rows, score_rows, cfg.data.size, device, pc.knn_k)
+        per_class = per_class_auc(probs.numpy(), table.labels[score_rows])
+        return mean_auc(per_class, table.classes, table.eval_classes)
+
     start_epoch, rows = 0, []
     ckpt_path = out / "last.pt"
     modules = {"student": net, "teacher": teacher, "queue": queue, "optimizer": optimizer}
@@ -307,9 +298,7 @@ def _pretrain(
     if is_main():
         write_run_info(out, cfg, command)
     if start_epoch == 0:
-        random_score = knn_monitor(
-            teacher.module.backbone, data, fit_rows, score_rows, cfg.data.size, device, pc.knn_k
-        )
+        random_score = monitor(teacher.module.backbone)
         log.info("kNN mean AUC of the randomly initialised network: %s", _fmt(random_score))
         if history is not None:
             history.add({"epoch": 0, "knn_mean_auc": random_score})
@@ -346,15 +335,7 @@ def _pretrain(
         }
         last = epoch + 1 == pc.epochs
         if last or (pc.monitor_every > 0 and (epoch + 1) % pc.monitor_every == 0):
-            row["knn_mean_auc"] = knn_monitor(
-                teacher.module.backbone,
-                data,
-                fit_rows,
-                score_rows,
-                cfg.data.size,
-                device,
-                pc.knn_k,
-            )
+            row["knn_mean_auc"] = monitor(teacher.module.backbone)
         if history is not None:
             history.add(row)
             log.info(
