@@ -179,17 +179,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             overrides.append(f"data.labelled={args.labelled}")
         cfg = load_config(args.config, overrides, stage=args.command)
         if args.command == "pretrain":
-            from s2mts2.engine.pretrain import pretrain
-
-            ckpt = pretrain(
-                cfg, args.out, resume=args.resume, progress=not args.no_progress, command=command
-            )
+            from s2mts2.engine.pretrain import pretrain as train
         else:
-            from s2mts2.engine.finetune import finetune
-
-            ckpt = finetune(
-                cfg, args.out, resume=args.resume, progress=not args.no_progress, command=command
-            )
+            from s2mts2.engine.finetune import finetune as train
+        ckpt = train(
+            cfg, args.out, resume=args.resume, progress=not args.no_progress, command=command
+        )
         print(f"checkpoint: {ckpt}")
         return 0
     if args.command == "evaluate":
