@@ -30,6 +30,7 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import pretrain_network
 from s2mts2.engine.checkpoint import load_checkpoint, seed_everything
 from s2mts2.engine.pretrain import knn_probs, monitor_rows
+from s2mts2.engine.runtime import Precision
 from s2mts2.errors import ConfigError, S2MTS2Error
 from s2mts2.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
 from s2mts2.models.heads import load_backbone_state
@@ -87,7 +88,7 @@ def compare(
     load_backbone_state(trained_net, state["teacher"])
     k, size = cfg.pretrain.knn_k, cfg.data.size
     probs = [
-        knn_probs(n.backbone, data, fit, score, size, device, k).numpy()
+        knn_probs(n.backbone, data, fit, score, size, device, Precision("cpu"), k).numpy()
         for n in (random_net, trained_net)
     ]
     labels = table.labels[score]

@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training speed: model-only vs end-to-end vs reference")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="engine steps: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32",
+    )
     p.add_argument("--model", help="backbone (default densenet121; --quick on CPU: resnet18)")
     p.add_argument("--size", type=int, help="training resolution (default 224; --quick CPU: 64)")
     p.add_argument("--views", type=int, default=2, help="M key views per image (stage 1)")
@@ -232,6 +237,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         settings = BenchSettings(
             device=args.device,
+            precision=args.precision,
             model=args.model,
             size=args.size,
             views=args.views,

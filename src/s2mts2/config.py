@@ -121,6 +121,9 @@ class RunConfig:
 
     seed: int = 0  # initialisation, sampling and augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # forward passes: bf16 / fp16 autocast + channels-last, or fp32 NCHW; auto = bf16 on GPUs
+    # with native bf16, fp16 (loss-scaled) on older GPUs, fp32 on CPUs
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     threads: int = 0  # torch CPU threads (0 = all cores)
     log_every: int = 10  # steps between progress-bar metric refreshes (no per-step host sync)
     data: DataConfig = field(default_factory=DataConfig)

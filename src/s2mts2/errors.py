@@ -11,3 +11,7 @@ class ConfigError(S2MTS2Error):
 
 class DataError(S2MTS2Error):
     """An input file, CSV column, row or image is wrong."""
+
+
+class DivergenceError(S2MTS2Error):
+    """Training produced a non-finite loss (a learning rate or precision the run cannot take)."""

@@ -1,6 +1,7 @@
 """End-to-end runs of both stages on a tiny generated dataset: resume, heads, consistency, CLI."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from s2mts2.config import load_config
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
-from s2mts2.errors import ConfigError
+from s2mts2.engine.runtime import Precision
+from s2mts2.errors import ConfigError, DivergenceError
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +164,8 @@ def test_consistency_compares_student_with_teacher_and_trains_the_student(data_d
         "multilabel",
         None,
         True,
-        torch.device("cpu"),
+        Precision("cpu"),
+        torch.amp.GradScaler("cpu", enabled=False),
     )
     u8 = torch.from_numpy(np.array(data.images()[:12]))
     x, us, ut = step.views(u8[:4], u8[4:], torch.Generator().manual_seed(0))
@@ -191,6 +194,63 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in ("student", "teacher"):
         assert _max_diff(resumed[key], full[key]) <= 1e-6, key
+
+
+def test_both_stages_run_and_resume_in_mixed_precision(data_dir, tmp_path, monkeypatch):
+    """bf16 (channels-last) through both stages; fp16 saves and restores its loss scale.
+
+    ``resnet18_small``: torchvision's ResNet-18 at the tiny preset's 16 px hands its last stage
+    a 1x1 map, where CPU bf16 convolution backward (oneDNN) returns NaN weight gradients.
+    """
+    bf16 = ["precision=bf16", "model.backbone=resnet18_small"]
+    pre = pretrain(cfg_for(data_dir, *bf16), tmp_path / "pre", progress=False)
+    state = load_checkpoint(pre)
+    assert state["scaler"] == {} and state["config"]["precision"] == "bf16"
+    assert all(torch.isfinite(v).all() for v in state["student"].values())
+    ft = cfg_for(data_dir, *bf16, f"finetune.pretrained={pre}", "finetune.epochs=1")
+    rows = load_checkpoint(finetune(ft, tmp_path / "ft", progress=False))["history"]
+    assert all(math.isfinite(r["loss"]) and r["consistency"] > 0 for r in rows)
+
+    fp16 = cfg_for(data_dir, "precision=fp16", "pretrain.epochs=2")
+    _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(fp16, tmp_path / "fp16", progress=False)
+    monkeypatch.undo()
+    saved = load_checkpoint(tmp_path / "fp16" / "last.pt")["scaler"]
+    assert saved["scale"] > 0
+    restored = []
+    real_load = torch.amp.GradScaler.load_state_dict
+    monkeypatch.setattr(
+        torch.amp.GradScaler,
+        "load_state_dict",
+        lambda self, sd: (restored.append(sd["scale"]), real_load(self, sd)),
+    )
+    pretrain(fp16, tmp_path / "fp16", resume=True, progress=False)
+    assert restored == [saved["scale"]]
+
+
+def test_a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint(
+    data_dir, tmp_path, monkeypatch
+):
+    poisoned = []
+    real_save, real_loss = pretrain_mod.save_checkpoint, pretrain_mod.jcl_loss
+
+    def save_then_poison(state, path):
+        real_save(state, path)
+        poisoned.append(True)  # every later step's loss is NaN
+
+    monkeypatch.setattr(pretrain_mod, "save_checkpoint", save_then_poison)
+    monkeypatch.setattr(
+        pretrain_mod,
+        "jcl_loss",
+        lambda *a, **k: real_loss(*a, **k) * (float("nan") if poisoned else 1.0),
+    )
+    out = tmp_path / "pre"
+    with pytest.raises(DivergenceError, match=r"pretrain epoch 2: loss nan.*last.pt still holds"):
+        pretrain(cfg_for(data_dir, "pretrain.epochs=3"), out, progress=False)
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["student"].values())
 
 
 def test_cli_stages_end_to_end(data_dir, pretrained, tmp_path, capsys):

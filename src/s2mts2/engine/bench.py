@@ -55,7 +55,7 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, classifier_network, pretrain_network
 from s2mts2.engine.finetune import MeanTeacherStep, build_optimizer
 from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator
-from s2mts2.engine.runtime import resolve_device, setup_threads, to_device
+from s2mts2.engine.runtime import Precision, resolve_device, resolve_precision, setup_threads
 from s2mts2.errors import ConfigError
 from s2mts2.models.ema import EmaTeacher
 from s2mts2.models.queue import NegativeQueue
@@ -83,10 +83,13 @@ class BenchSettings:
     enlarged to ``prepare_source_size`` px (the NIH X-rays are 1024 px); ``repeats``: rounds
     (speeds: the fastest round, as other processes only slow a round down; ratios: the median);
     ``reference_workers``: DataLoader workers of the reference pipeline (default: all cores);
-    ``queue_size``: K negatives of stage 1; ``threads``: torch CPU threads (0 = all cores).
+    ``queue_size``: K negatives of stage 1; ``threads``: torch CPU threads (0 = all cores);
+    ``precision``: of the engine's steps (``auto``: bf16 on CUDA, fp32 on a CPU); the reference
+    pipeline always runs fp32 NCHW.
     """
 
     device: str = "auto"
+    precision: str = "auto"
     model: str | None = None
     size: int | None = None
     views: int = 2
@@ -125,6 +128,7 @@ def resolve_settings(settings: BenchSettings, quick: bool, device: torch.device)
         preset.update(QUICK_DATA, **(QUICK_CUDA if device.type == "cuda" else QUICK_CPU))
     filled = {k: v for k, v in preset.items() if getattr(settings, k) is None}
     out = replace(settings, device=str(device), **filled)
+    out.precision = resolve_precision(out.precision, device).name
     if out.source_size is None:
         out.source_size = round(out.size * 8 / 7)
     positive = ("size", "views", "batch_size", "steps", "images", "prepare_images", "repeats")
@@ -253,14 +257,13 @@ def contrastive_step(
 ) -> ContrastiveStep:
     """A fresh stage-1 step with the default config at the bench's model, batch and M.
 
-    ``engine=False`` gives the step users run today: fp32, NCHW. ContrastiveStep reads its
-    ``device`` only to choose bf16 autocast + channels-last (CUDA), so that step gets ``cpu``
-    there while its tensors live on ``device``.
+    ``engine=False`` gives the step users run today: fp32, NCHW; else ``s.precision``.
     """
     pc = PretrainConfig(batch_size=s.batch_size, views=s.views, queue_size=s.queue_size)
     model = ModelConfig(backbone=s.model)
     net = pretrain_network(model, channels)
-    student = to_device(net, device) if engine else net.to(device)
+    precision = resolve_precision(s.precision, device) if engine else Precision(device.type)
+    student = precision.prepare(net, device)
     teacher = EmaTeacher(student, decay=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(pc.queue_size, model.proj_dim).to(device)
     optimizer = torch.optim.SGD(
@@ -271,7 +274,6 @@ def contrastive_step(
         foreach=True,
     )
     augment = build_augment("strong", channels, s.size, pc.augment)
-    precision = device if engine else torch.device("cpu")
     return ContrastiveStep(
         student=student,
         teacher=teacher,
@@ -279,7 +281,8 @@ def contrastive_step(
         optimizer=optimizer,
         augment=augment,
         cfg=pc,
-        device=precision,
+        precision=precision,
+        scaler=precision.scaler(),
     )
 
 
@@ -289,7 +292,8 @@ def mean_teacher_step(
     """A fresh stage-2 step (default config, mean teacher) and its unlabelled batch size."""
     fc = FinetuneConfig(batch_size=s.batch_size)
     net = classifier_network(ModelConfig(backbone=s.model), data.channels, data.labels.shape[1])
-    student = to_device(net, device)
+    precision = resolve_precision(s.precision, device)
+    student = precision.prepare(net, device)
     teacher = EmaTeacher(student, decay=fc.ema, buffers=fc.ema_buffers)
     augment = build_augment(fc.augment, data.channels, s.size, fc.augment_overrides)
     step = MeanTeacherStep(
@@ -300,7 +304,8 @@ def mean_teacher_step(
         task=data.task,
         pos_weight=None,
         independent_views=fc.independent_views,
-        device=device,
+        precision=precision,
+        scaler=precision.scaler(),
     )
     return step, max(1, round(s.batch_size * fc.unlabelled_ratio))
 
@@ -528,6 +533,7 @@ def run_bench(
         pretrain_augment_share=_median_ratio(pre, "augment", "model_only"),
         device=device.type,
         device_name=device_name(device),
+        precision=s.precision,
         torch_version=torch.__version__,
         s2mts2_version=__version__,
         cpu_count=os.cpu_count(),
@@ -560,7 +566,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"M = {s['views']}, K = {s['queue_size']}, batch {s['batch_size']}, {s['steps']} steps "
         f"(+{s['warmup']} warm-up, best of {s['repeats']}), threads {result['torch_threads']} "
         f"(OMP_WAIT_POLICY {result['omp_wait_policy'] or 'unset'}), "
-        f"{result['device_name']} ({result['device']}), torch "
+        f"{result['device_name']} ({result['device']}), {s['precision']}, torch "
         f"{result['torch_version']}, load {result['load_average_before'][0]:.2f}"
     )
     rows = [

@@ -115,7 +115,8 @@ def training_state(kind: str, modules: dict[str, Any], **values: Any) -> dict[st
 def resume_training(
     path: Path, kind: str, modules: dict[str, Any], device: torch.device
 ) -> dict[str, Any]:
-    """Restore what :func:`training_state` wrote into ``modules`` and the RNGs; returns the state.
+    """Restore what :func:`training_state` wrote into ``modules`` (modules, optimisers, loss
+    scaler) and the RNGs; returns the state.
 
     Raises ConfigError when ``path`` is missing or holds another kind of checkpoint.
     """
@@ -125,6 +126,12 @@ def resume_training(
     if state["kind"] != kind:
         raise ConfigError(f"--resume: {path} is a {state['kind']} checkpoint, expected {kind}")
     for name, module in modules.items():
+        if isinstance(module, torch.amp.GradScaler):
+            # a disabled scaler (fp32/bf16 run, or a checkpoint from before scalers were saved)
+            # left nothing to restore: an fp16 resume then starts from a fresh loss scale
+            if state.get(name):
+                module.load_state_dict(state[name])
+            continue
         module.load_state_dict(state[name])
     set_rng_state(state["rng"])
     return state

@@ -11,7 +11,7 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.finetune import predict
-from s2mts2.engine.runtime import resolve_device, to_device
+from s2mts2.engine.runtime import Precision, resolve_device
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval.metrics import evaluate_predictions
 from s2mts2.eval.report import markdown_table, plot_roc
@@ -51,7 +51,8 @@ def evaluate_checkpoint(
     state = load_checkpoint(checkpoint)
     meta = state["meta"]
     dev = resolve_device(device)
-    net = to_device(load_classifier(state, model), dev)
+    fp32 = Precision(dev.type)  # reported numbers in full precision, like the ONNX export
+    net = fp32.prepare(load_classifier(state, model), dev)
     data = PreparedData.open(data_dir or meta["data_dir"], meta["size"])
     if data.table.classes != meta["classes"]:
         raise DataError(
@@ -61,7 +62,7 @@ def evaluate_checkpoint(
     idx = data.table.indices(split)
     if len(idx) == 0:
         raise DataError(f"{data.dir}: the {split} split has no images")
-    probs = predict(net, data, idx, meta["size"], dev, meta["task"])
+    probs = predict(net, data, idx, meta["size"], dev, fp32, meta["task"])
     t = data.table
     metrics = evaluate_predictions(
         probs,

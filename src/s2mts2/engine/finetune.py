@@ -63,11 +63,12 @@ from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.pretrain import epoch_generator
 from s2mts2.engine.runinfo import write_run_info
 from s2mts2.engine.runtime import (
-    autocast,
+    Precision,
+    check_finite,
     cosine_lr,
+    resolve_precision,
     set_lr,
     setup_threads,
-    to_device,
 )
 from s2mts2.errors import ConfigError
 from s2mts2.eval.metrics import mean_auc, per_class_auc
@@ -86,7 +87,8 @@ class MeanTeacherStep:
 
     views(labelled u8 (B, C, H, W), unlabelled u8 (U, C, H, W) | None) -> (x, u_student, u_teacher);
     train(x, y (B, C), u_student, u_teacher, w) -> (loss, supervised, consistency) 0-d tensors.
-    Under DDP ``student`` is the DDP wrapper and B, U are this rank's batches.
+    Under DDP ``student`` is the DDP wrapper and B, U are this rank's batches. Forward passes run
+    in ``precision``; ``scaler`` scales the loss (a pass-through unless fp16).
     """
 
     student: torch.nn.Module
@@ -96,7 +98,8 @@ class MeanTeacherStep:
     task: str
     pos_weight: torch.Tensor | None
     independent_views: bool
-    device: torch.device
+    precision: Precision
+    scaler: torch.amp.GradScaler
 
     def views(
         self, labelled: torch.Tensor, unlabelled: torch.Tensor | None, gen: torch.Generator
@@ -116,26 +119,22 @@ class MeanTeacherStep:
         weight: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = x if u_student is None else torch.cat([x, u_student])
-        if self.device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device):
-            logits = self.student(inputs).float()
+        with self.precision.autocast():
+            logits = self.student(self.precision.layout(inputs)).float()
             teacher_logits = None
             if u_teacher is not None:
                 with torch.no_grad():
-                    teacher_in = u_teacher
-                    if self.device.type == "cuda":
-                        teacher_in = teacher_in.contiguous(memory_format=torch.channels_last)
-                    teacher_logits = self.teacher(teacher_in).float()
+                    teacher_logits = self.teacher(self.precision.layout(u_teacher)).float()
         sup = supervised_loss(logits[: len(x)], y, self.task, self.pos_weight)
         if teacher_logits is None:
-            cons = torch.zeros((), device=self.device)
+            cons = torch.zeros((), device=logits.device)
         else:
             cons = consistency_loss(logits[len(x) :], teacher_logits, self.task)
         loss = sup + weight * cons
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.teacher.update(self.student)
         average_buffers(self.student, self.teacher)
         return loss.detach(), sup.detach(), cons.detach()
@@ -179,9 +178,11 @@ def predict(
     idx: np.ndarray,
     size: int,
     device: torch.device,
+    precision: Precision,
     task: str,
 ) -> np.ndarray:
-    """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode).
+    """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode, forward
+    passes in ``precision``).
 
     Under DDP every rank must call it: each forwards its shard of ``idx``, all get every row.
     """
@@ -189,18 +190,23 @@ def predict(
     net.eval()
     transform = build_eval_transform(data.table.channels, size)
     logits = all_gather_rows(
-        forward_rows(net, data.images(), data.rows[shard(idx)], transform, device)
+        forward_rows(net, data.images(), data.rows[shard(idx)], transform, device, precision)
     )
     net.train(was_training)
     return probabilities(logits, task).numpy()
 
 
 def validation_score(
-    net: torch.nn.Module, data: PreparedData, idx: np.ndarray, size: int, device: torch.device
+    net: torch.nn.Module,
+    data: PreparedData,
+    idx: np.ndarray,
+    size: int,
+    device: torch.device,
+    precision: Precision,
 ) -> float | None:
     """Mean AUC over the eval classes on table rows ``idx``."""
     t = data.table
-    probs = predict(net, data, idx, size, device, t.task)
+    probs = predict(net, data, idx, size, device, precision, t.task)
     return mean_auc(per_class_auc(probs, t.labels[idx]), t.classes, t.eval_classes)
 
 
@@ -276,7 +282,8 @@ def _finetune(
     )
     if fc.method == "s2mts2":
         init_from_pretrained(net, fc.pretrained, t.channels)
-    net = to_device(sync_batchnorm(net, cfg.model.sync_bn, device), device)
+    precision = resolve_precision(cfg.precision, device)
+    net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     # The supervised baseline never runs its teacher on training images, so the teacher cannot
     # keep BatchNorm statistics of its own: average the student's instead.
     buffers = "ema" if not semi and fc.ema_buffers == "own" else fc.ema_buffers
@@ -299,7 +306,8 @@ def _finetune(
 
     start_epoch, rows, best = 0, [], None
     last_path, best_path = out / "last.pt", out / "best.pt"
-    modules = {"student": net, "teacher": teacher, "optimizer": optimizer}
+    scaler = precision.scaler()
+    modules = {"student": net, "teacher": teacher, "optimizer": optimizer, "scaler": scaler}
     if resume:
         state = resume_training(last_path, "finetune", modules, device)
         start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
@@ -312,19 +320,21 @@ def _finetune(
         t.task,
         pos_weight,
         fc.independent_views,
-        device,
+        precision,
+        scaler,
     )
     history = History(out, rows) if is_main() else None
     if is_main():
         write_run_info(out, cfg, command)
     meta = checkpoint_meta(cfg, data, len(labelled))
     log.info(
-        "finetune %s: %d labelled, %d unlabelled, %d val images; %d steps/epoch",
+        "finetune %s: %d labelled, %d unlabelled, %d val images; %d steps/epoch; precision %s",
         fc.method,
         len(labelled),
         len(unlabelled) if semi else 0,
         len(val),
         steps_per_epoch,
+        precision.name,
     )
 
     for epoch in range(start_epoch, fc.epochs):
@@ -370,10 +380,16 @@ def _finetune(
             "lr": cosine_lr(fc.lr, first + steps_per_epoch - 1, total_steps, warmup_steps),
             "seconds": time.perf_counter() - t0,
         }
+        check_finite(
+            {k: row[k] for k in ("loss", "supervised", "consistency")},
+            "finetune",
+            epoch + 1,
+            last_path,
+        )
         last = epoch + 1 == fc.epochs
         improved = False
         if len(val) and (last or (epoch + 1) % max(1, fc.eval_every) == 0):
-            score = validation_score(teacher.module, data, val, cfg.data.size, device)
+            score = validation_score(teacher.module, data, val, cfg.data.size, device, precision)
             row["val_mean_auc"] = score
             if score is not None and (best is None or score > best):
                 best, improved = score, True

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from s2mts2.engine.runtime import autocast
+from s2mts2.engine.runtime import Precision
 
 
 @torch.no_grad()
@@ -17,12 +17,13 @@ def forward_rows(
     rows: np.ndarray,
     transform: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
+    precision: Precision,
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Apply ``fn(transform(uint8 batch))`` to ``images[rows]``: returns (len(rows), D) float32 CPU.
 
     ``images`` is the (N, C, H, W) uint8 cache; ``transform`` maps a uint8 batch on the device to
-    normalised float input (the evaluation transform).
+    normalised float input (the evaluation transform); ``fn`` runs in ``precision``.
     """
     outs = []
     for start in range(0, len(rows), batch_size):
@@ -31,8 +32,6 @@ def forward_rows(
         data = np.empty((len(chunk), *images.shape[1:]), dtype=np.uint8)
         data[order] = images[chunk[order]]
         x = transform(torch.from_numpy(data).to(device, non_blocking=True))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            outs.append(fn(x).float().cpu())
+        with precision.autocast():
+            outs.append(fn(precision.layout(x)).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)

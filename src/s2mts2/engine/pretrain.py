@@ -72,11 +72,12 @@ from s2mts2.engine.history import History
 from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.runinfo import write_run_info
 from s2mts2.engine.runtime import (
-    autocast,
+    Precision,
+    check_finite,
     cosine_lr,
+    resolve_precision,
     set_lr,
     setup_threads,
-    to_device,
 )
 from s2mts2.errors import ConfigError
 from s2mts2.eval.knn import knn_scores
@@ -112,7 +113,8 @@ class ContrastiveStep:
     views(images_u8 (B, C, H, W)) -> (1+M, B, C, S, S) float; train(views, λ) -> loss (0-d tensor,
     this rank's, not synchronised to the host). Under DDP ``student`` is the DDP wrapper, B the
     per-rank batch; ``shuffle_bn`` runs the teacher with batch-shuffle BN, its permutation drawn
-    from (``seed``, teacher update count), the same on every rank.
+    from (``seed``, teacher update count), the same on every rank. Forward passes run in
+    ``precision``; ``scaler`` scales the loss (a pass-through unless fp16).
     """
 
     student: torch.nn.Module
@@ -121,7 +123,8 @@ class ContrastiveStep:
     optimizer: torch.optim.Optimizer
     augment: BatchAugment
     cfg: PretrainConfig
-    device: torch.device
+    precision: Precision
+    scaler: torch.amp.GradScaler
     shuffle_bn: bool = False
     seed: int = 0
 
@@ -131,8 +134,8 @@ class ContrastiveStep:
     def train(self, views: torch.Tensor, lam: float) -> torch.Tensor:
         m, b = self.cfg.views, views.shape[1]
         query, keys_in = views[0], views[1:].flatten(0, 1)
-        with autocast(self.device):
-            q = self.student(self._layout(query))
+        with self.precision.autocast():
+            q = self.student(self.precision.layout(query))
             with torch.no_grad():
                 k = self._teacher_forward(keys_in)
         keys = k.float().view(m, b, -1).transpose(0, 1)  # (B, M, D)
@@ -140,26 +143,24 @@ class ContrastiveStep:
             q.float(), keys, self.queue.negatives(), temperature=self.cfg.temperature, lam=lam
         )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.teacher.update(self.student)
         average_buffers(self.student, self.teacher)
         self.queue.enqueue(F.normalize(keys.mean(dim=1), dim=1))
         return loss.detach()
 
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
-
     def _teacher_forward(self, keys_in: torch.Tensor) -> torch.Tensor:
         """Teacher embeddings (M·B, D) of the key views (M·B, C, S, S), shuffled BN if enabled."""
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return self.teacher(self._layout(x))
+            return self.teacher(self.precision.layout(x))
 
         if not self.shuffle_bn:
             return run(keys_in)
-        if self.device.type == "cuda":  # bf16 is what autocast feeds the first conv: half the bytes
-            keys_in = keys_in.to(torch.bfloat16)
+        if self.precision.dtype is not None:  # what autocast feeds the first conv: half the bytes
+            keys_in = keys_in.to(self.precision.dtype)
         return shuffled_forward(run, keys_in, self.seed * 1_000_003 + self.teacher.steps)
 
 
@@ -185,6 +186,7 @@ def knn_probs(
     score: np.ndarray,
     size: int,
     device: torch.device,
+    precision: Precision,
     k: int,
 ) -> torch.Tensor:
     """(len(score), C) kNN class scores of the ``score`` rows from the labelled ``fit`` rows.
@@ -197,10 +199,10 @@ def knn_probs(
     transform = build_eval_transform(data.table.channels, size)
     images = data.images()
     f_fit = all_gather_rows(
-        forward_rows(backbone, images, data.rows[shard(fit)], transform, device)
+        forward_rows(backbone, images, data.rows[shard(fit)], transform, device, precision)
     )
     f_score = all_gather_rows(
-        forward_rows(backbone, images, data.rows[shard(score)], transform, device)
+        forward_rows(backbone, images, data.rows[shard(score)], transform, device, precision)
     )
     backbone.train(was_training)
     return knn_scores(f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k)
@@ -250,7 +252,8 @@ def _pretrain(
     )
 
     net = pretrain_network(cfg.model, table.channels)
-    net = to_device(sync_batchnorm(net, cfg.model.sync_bn, device), device)
+    precision = resolve_precision(cfg.precision, device)
+    net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     teacher = EmaTeacher(net, decay=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
     optimizer = torch.optim.SGD(
@@ -272,17 +275,27 @@ def _pretrain(
 
     def monitor(backbone: torch.nn.Module) -> float | None:
         """The representation check: mean AUC (eval classes) of the kNN classifier."""
-        probs = knn_probs(backbone, data, fit_rows, score_rows, cfg.data.size, device, pc.knn_k)
+        probs = knn_probs(
+            backbone, data, fit_rows, score_rows, cfg.data.size, device, precision, pc.knn_k
+        )
         per_class = per_class_auc(probs.numpy(), table.labels[score_rows])
         return mean_auc(per_class, table.classes, table.eval_classes)
 
     start_epoch, rows = 0, []
     ckpt_path = out / "last.pt"
-    modules = {"student": net, "teacher": teacher, "queue": queue, "optimizer": optimizer}
+    scaler = precision.scaler()
+    modules = {
+        "student": net,
+        "teacher": teacher,
+        "queue": queue,
+        "optimizer": optimizer,
+        "scaler": scaler,
+    }
     if resume:
         state = resume_training(ckpt_path, "pretrain", modules, device)
         start_epoch, rows = state["epoch"], state["history"]
         log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
+    log.info("precision %s on %s", precision.name, device)
     step_fn = ContrastiveStep(
         wrap_ddp(net, device),
         teacher,
@@ -290,7 +303,8 @@ def _pretrain(
         optimizer,
         augment,
         pc,
-        device,
+        precision,
+        scaler,
         shuffle_bn=pc.shuffle_bn and not cfg.model.sync_bn and world > 1,
         seed=cfg.seed,
     )
@@ -333,6 +347,7 @@ def _pretrain(
             "img_s": steps_per_epoch * batch * world / seconds,
             "seconds": seconds,
         }
+        check_finite({"loss": row["loss"]}, "pretrain", epoch + 1, ckpt_path)
         last = epoch + 1 == pc.epochs
         if last or (pc.monitor_every > 0 and (epoch + 1) % pc.monitor_every == 0):
             row["knn_mean_auc"] = monitor(teacher.module.backbone)

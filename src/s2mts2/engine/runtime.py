@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from s2mts2.errors import ConfigError
+from s2mts2.errors import ConfigError, DivergenceError
 
 log = logging.getLogger("s2mts2")
 
@@ -31,19 +33,78 @@ def setup_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def to_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to the device; channels-last memory format on CUDA."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+@dataclass(frozen=True)
+class Precision:
+    """The numeric format of a network's forward passes on one device type.
+
+    ``dtype`` is the autocast dtype (``torch.bfloat16`` or ``torch.float16``), None for plain
+    fp32. Mixed precision also keeps the networks and their 4-D inputs channels-last (NHWC, what
+    tensor-core and oneDNN convolutions want); fp32 stays NCHW. fp16 needs loss scaling
+    (:meth:`scaler`); for bf16 and fp32 the scaler is a disabled pass-through.
+    """
+
+    device_type: str
+    dtype: torch.dtype | None = None
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
+
+    @property
+    def channels_last(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to ``dtype`` on the device; a no-op context for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A (B, C, H, W) batch in the memory format the networks are kept in."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """Move ``model`` to ``device``, channels-last under mixed precision."""
+        model = model.to(device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """Dynamic loss scaling, enabled for fp16 only; saved in checkpoints like a module."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``precision`` config value -> :class:`Precision` for ``device``.
+
+    ``auto``: on CUDA bf16 where the GPU computes it natively (Ampere and newer), else fp16 with
+    loss scaling (V100, T4); fp32 on a CPU. Explicit ``bf16`` on a GPU without native bf16 is an
+    error; ``fp16`` on a CPU works but is slow (a warning says so).
+    """
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision: {name!r} is not one of {list(PRECISIONS)}")
+    if name == "auto":
+        if device.type != "cuda":
+            return Precision(device.type)
+        name = "bf16" if _cuda_bf16(device) else "fp16"
+    elif name == "bf16" and device.type == "cuda" and not _cuda_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(
+            f"precision: 'bf16' needs a GPU that computes bf16 natively (compute capability ≥ 8.0);"
+            f" {torch.cuda.get_device_name(device)} has {major}.{minor}: use fp16 or fp32"
+        )
+    elif name == "fp16" and device.type == "cpu":
+        log.warning("precision fp16 on a CPU is slow; use bf16 (fast on CPUs with AMX) or fp32")
+    return Precision(device.type, _DTYPES[name])
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0) -> float:
@@ -58,3 +119,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set each group's LR to ``lr`` times its ``lr_scale`` (default 1)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def check_finite(losses: dict[str, float], stage: str, epoch: int, checkpoint: Path) -> None:
+    """Stop a diverged run (a NaN or infinite epoch loss) before it overwrites ``checkpoint``."""
+    bad = [f"{name} {value}" for name, value in losses.items() if not math.isfinite(value)]
+    if not bad:
+        return
+    kept = (
+        f"{checkpoint} still holds the last finished epoch ({epoch - 1})"
+        if checkpoint.exists()
+        else "no checkpoint was written"
+    )
+    raise DivergenceError(
+        f"{stage} epoch {epoch}: {', '.join(bad)}: training diverged; {kept}. Lower {stage}.lr "
+        "or, under bf16/fp16, try --set precision=fp32"
+    )

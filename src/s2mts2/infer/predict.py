@@ -41,7 +41,7 @@ from s2mts2.data.imageio import _is_dicom, read_image, resize_square
 from s2mts2.engine.builders import build_eval_transform
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.evaluate import load_classifier
-from s2mts2.engine.runtime import resolve_device, to_device
+from s2mts2.engine.runtime import resolve_device
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.infer.gradcam import grad_cam, save_overlay
 from s2mts2.losses.consistency import probabilities
@@ -107,7 +107,7 @@ class TorchModel:
     """A stage-2 network: normalised float (B, C, S, S) -> probabilities (B, K) on the CPU."""
 
     def __init__(self, net: Network, info: ModelInfo, device: torch.device) -> None:
-        self.net = to_device(net.eval(), device)
+        self.net = net.eval().to(device)  # fp32 NCHW: the same numbers as the ONNX export
         self.info = info
         self.device = device
 
