@@ -43,6 +43,14 @@ def test_auto_is_fp32_nchw_on_a_cpu():
     assert p.layout(x) is x
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_with_native_bf16_gets_a_hint_not_a_change(monkeypatch, caplog, native):
+    monkeypatch.setattr(runtime, "_cpu_bf16", lambda: native)
+    with caplog.at_level("INFO", logger="s2mts2"):
+        assert resolve_precision("auto", CPU).name == "fp32"
+    assert ("--set precision=bf16" in caplog.text) == native
+
+
 @pytest.mark.parametrize(
     ("native_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)]
 )
@@ -75,31 +83,37 @@ def test_config_refuses_an_unknown_precision():
 # --- the stage-1 and stage-2 steps in each precision -------------------------------------------
 
 
-def _stage1(precision: str):
+# The step tests run on the CPU, and on the GPU too where there is one (benchmarks/gpu_check.sh).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+def _stage1(precision: str, device: torch.device = CPU):
     torch.manual_seed(0)  # the same network and queue in every precision
-    return contrastive_step(replace(SETTINGS, precision=precision), 1, CPU)
+    return contrastive_step(replace(SETTINGS, precision=precision), 1, device)
 
 
-def _stage2(precision: str):
+def _stage2(precision: str, device: torch.device = CPU):
     torch.manual_seed(0)
-    step, _ = mean_teacher_step(replace(SETTINGS, precision=precision), DATA, CPU)
+    step, _ = mean_teacher_step(replace(SETTINGS, precision=precision), DATA, device)
     return step
 
 
-def _stage1_inputs():
-    """An augmentation generator and (1+M, B, C, S, S) views."""
-    return (torch.Generator().manual_seed(1), torch.randn(3, 8, 1, 32, 32, generator=_seeded(3)))
+def _stage1_inputs(device: torch.device = CPU):
+    """An augmentation generator and (1+M, B, C, S, S) views on ``device``."""
+    views = torch.randn(3, 8, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    return torch.Generator(device=device).manual_seed(1), views.to(device)
 
 
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _stage2_inputs():
+def _stage2_inputs(device: torch.device = CPU):
     g = torch.Generator().manual_seed(2)
     x, u, u2 = (torch.randn(8, 1, 32, 32, generator=g) for _ in range(3))
     y = (torch.rand(8, 3, generator=g) > 0.5).float()
-    return x, y, u, u2
+    return tuple(t.to(device) for t in (x, y, u, u2))
 
 
 def _grads(module: torch.nn.Module) -> torch.Tensor:
@@ -126,7 +140,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _mixed(step, precision: str):
     if precision == "fp16":  # the default 2^16 overflows the first step or two: skipped steps
-        step.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+        step.scaler = torch.amp.GradScaler(step.precision.device_type, init_scale=256.0)
     return step
 
 
@@ -138,11 +152,11 @@ def _assert_close_gradients(step, ref, precision: str) -> None:
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_stage1_step_in_mixed_precision_matches_fp32(precision):
-    _, views = _stage1_inputs()
-    ref = _stage1("fp32")
+def test_stage1_step_in_mixed_precision_matches_fp32(precision, device):
+    _, views = _stage1_inputs(device)
+    ref = _stage1("fp32", device)
     ref_loss = ref.train(views, 1.0)
-    step = _mixed(_stage1(precision), precision)
+    step = _mixed(_stage1(precision, device), precision)
     seen = _first_conv_output_dtype(step)
     loss = step.train(views, 1.0)
 
@@ -160,11 +174,11 @@ def test_stage1_step_in_mixed_precision_matches_fp32(precision):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_stage2_step_in_mixed_precision_matches_fp32(precision):
-    x, y, u, u2 = _stage2_inputs()
-    ref = _stage2("fp32")
+def test_stage2_step_in_mixed_precision_matches_fp32(precision, device):
+    x, y, u, u2 = _stage2_inputs(device)
+    ref = _stage2("fp32", device)
     ref_losses = ref.train(x, y, u, u2, 5.0)
-    step = _mixed(_stage2(precision), precision)
+    step = _mixed(_stage2(precision, device), precision)
     losses = step.train(x, y, u, u2, 5.0)
     for value, expected in zip(losses, ref_losses):
         assert value.dtype == torch.float32
@@ -173,15 +187,16 @@ def test_stage2_step_in_mixed_precision_matches_fp32(precision):
     _assert_close_gradients(step, ref, precision)
 
 
-def test_fp16_overflow_skips_the_optimiser_step_and_lowers_the_scale():
-    step = _stage1("fp16")
-    step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)  # fp16 gradients overflow
+def test_fp16_overflow_skips_the_optimiser_step_and_lowers_the_scale(device):
+    step = _stage1("fp16", device)
+    step.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**100)  # fp16 grads overflow
     before = [p.detach().clone() for p in step.student.parameters()]
-    loss = step.train(_stage1_inputs()[1], 1.0)
+    views = _stage1_inputs(device)[1]
+    loss = step.train(views, 1.0)
     assert torch.isfinite(loss)
     assert all(torch.equal(a, p) for a, p in zip(before, step.student.parameters()))
     assert step.scaler.get_scale() < 2.0**100
-    step.train(_stage1_inputs()[1], 1.0)  # a later step at a lower scale goes through
+    step.train(views, 1.0)  # a later step at a lower scale goes through
     assert step.scaler.get_scale() < 2.0**99
 
 
@@ -209,8 +224,10 @@ def fail_on_host_sync_from_s2mts2(monkeypatch):
 
     for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, guard(name))
-    yield
-    monkeypatch.undo()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
 
 
 def test_the_guard_catches_a_host_sync(monkeypatch):
@@ -222,14 +239,31 @@ def test_the_guard_catches_a_host_sync(monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_steps_do_not_synchronise_with_the_host(monkeypatch, precision):
-    stage1, stage2 = _stage1(precision), _stage2(precision)
-    gen, views = _stage1_inputs()
-    u8 = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
-    with fail_on_host_sync_from_s2mts2(monkeypatch):
-        stage1.train(stage1.views(u8, gen), 0.5)
-        x, us, ut = stage2.views(u8, u8, gen)
-        stage2.train(x, _stage2_inputs()[1], us, ut, 1.0)
+def test_steps_do_not_synchronise_with_the_host(monkeypatch, precision, device):
+    """On CUDA torch's sync debug mode also fails any synchronising op, torch's own included."""
+    stage1, stage2 = _stage1(precision, device), _stage2(precision, device)
+    gen, _ = _stage1_inputs(device)
+    y = _stage2_inputs(device)[1]
+    u8 = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8).to(device)
+    for first in (True, False):  # torch may sync once creating state (optimiser) lazily
+        cuda_check = contextlib.nullcontext() if first else cuda_sync_errors(device)
+        with fail_on_host_sync_from_s2mts2(monkeypatch), cuda_check:
+            stage1.train(stage1.views(u8, gen), 0.5)
+            x, us, ut = stage2.views(u8, u8, gen)
+            stage2.train(x, y, us, ut, 1.0)
+
+
+@contextlib.contextmanager
+def cuda_sync_errors(device: torch.device):
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 # --- the loss scaler in checkpoints -------------------------------------------------------------

@@ -35,6 +35,7 @@ from s2mts2.config import FinetuneConfig, RunConfig, config_to_dict
 from s2mts2.data.augment import BatchAugment
 from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
+from s2mts2.data.table import DatasetTable
 from s2mts2.engine.builders import build_augment, build_eval_transform, classifier_network
 from s2mts2.engine.checkpoint import (
     load_checkpoint,
@@ -196,18 +197,9 @@ def predict(
     return probabilities(logits, task).numpy()
 
 
-def validation_score(
-    net: torch.nn.Module,
-    data: PreparedData,
-    idx: np.ndarray,
-    size: int,
-    device: torch.device,
-    precision: Precision,
-) -> float | None:
-    """Mean AUC over the eval classes on table rows ``idx``."""
-    t = data.table
-    probs = predict(net, data, idx, size, device, precision, t.task)
-    return mean_auc(per_class_auc(probs, t.labels[idx]), t.classes, t.eval_classes)
+def validation_score(probs: np.ndarray, table: DatasetTable, idx: np.ndarray) -> float | None:
+    """Mean AUC over the eval classes of (len(idx), C) probabilities of table rows ``idx``."""
+    return mean_auc(per_class_auc(probs, table.labels[idx]), table.classes, table.eval_classes)
 
 
 def checkpoint_meta(cfg: RunConfig, data: PreparedData, n_labelled: int) -> dict[str, Any]:
@@ -389,7 +381,8 @@ def _finetune(
         last = epoch + 1 == fc.epochs
         improved = False
         if len(val) and (last or (epoch + 1) % max(1, fc.eval_every) == 0):
-            score = validation_score(teacher.module, data, val, cfg.data.size, device, precision)
+            probs = predict(teacher.module, data, val, cfg.data.size, device, precision, t.task)
+            score = validation_score(probs, t, val)
             row["val_mean_auc"] = score
             if score is not None and (best is None or score > best):
                 best, improved = score, True

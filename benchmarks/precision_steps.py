@@ -1,0 +1,130 @@
+"""Model-only training steps in two precisions, alternating in one process.
+
+Separate `s2mts2 bench --precision ...` runs are minutes apart, and on a shared machine their
+difference mixes precision with load. Here the stage-1 and stage-2 steps of each precision are
+built from the same weights and timed in turns within every round; the ratio is the median over
+rounds of back-to-back pairs.
+
+    python benchmarks/precision_steps.py --model resnet18 --size 32 --batch-size 128 \\
+        --json benchmarks/results/precision-steps-resnet18-32px.json
+
+Writes JSON: per precision and stage the fastest round (img/s) and every round, the median
+ratio of each precision to the first one, the settings, the machine and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from s2mts2.engine.bench import (
+    BenchData,
+    BenchSettings,
+    contrastive_step,
+    device_name,
+    mean_teacher_step,
+    time_steps,
+)
+from s2mts2.engine.runtime import resolve_device, resolve_precision
+
+
+def measure(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    precisions = [resolve_precision(p, device).name for p in args.precisions]
+    size, b, c = args.size, args.batch_size, args.channels
+    base = BenchSettings(
+        device=str(device), model=args.model, size=size, batch_size=b, queue_size=args.queue_size
+    )
+    data = BenchData(  # stage 2 needs only the task and the number of classes
+        paths=[],
+        images=np.zeros((0, c, size, size), np.uint8),
+        rows=np.zeros(0, np.int64),
+        train=np.zeros(0, np.int64),
+        labels=np.zeros((1, args.classes), np.float32),
+        task="multiclass",
+        channels=c,
+    )
+    steps = {}
+    for p in precisions:
+        torch.manual_seed(0)  # the same weights in every precision
+        stage1 = contrastive_step(replace(base, precision=p), c, device)
+        stage2, u = mean_teacher_step(replace(base, precision=p), data, device)
+        steps[p] = (stage1, stage2, u)
+    gen = torch.Generator(device=device).manual_seed(0)
+    views = torch.randn(1 + base.views, b, c, size, size, generator=gen, device=device)
+    x = torch.randn(b, c, size, size, generator=gen, device=device)
+    y = torch.nn.functional.one_hot(torch.arange(b, device=device) % args.classes, args.classes)
+    y = y.float()
+    u_views = torch.randn(steps[precisions[0]][2], c, size, size, generator=gen, device=device)
+
+    rounds: dict[str, dict[str, list[float]]] = {p: {"stage1": [], "stage2": []} for p in steps}
+    for _ in range(args.rounds):
+        for p, (stage1, stage2, u) in steps.items():
+            t1 = time_steps(partial(stage1.train, views, 1.0), args.warmup, args.steps, device)
+            t2 = time_steps(
+                partial(stage2.train, x, y, u_views, u_views, 1.0), args.warmup, args.steps, device
+            )
+            rounds[p]["stage1"].append(b / t1)
+            rounds[p]["stage2"].append((b + u) / t2)
+    first = precisions[0]
+    return {
+        "img_s": {
+            p: {k: {"fastest": max(v), "rounds": v} for k, v in stages.items()}
+            for p, stages in rounds.items()
+        },
+        f"ratio_to_{first}": {
+            p: {
+                k: statistics.median(a / r for a, r in zip(rounds[p][k], rounds[first][k]))
+                for k in ("stage1", "stage2")
+            }
+            for p in precisions[1:]
+        },
+        "settings": {**vars(args), "json": str(args.json), "stage2_images_per_step": b + u},
+        "device_name": device_name(device),
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "load_average_before": list(os.getloadavg()),
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    ap.add_argument("--classes", type=int, default=7)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--queue-size", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--json", type=Path, required=True)
+    args = ap.parse_args(argv)
+    result = measure(args)
+    for p, stages in result["img_s"].items():
+        print(p, {k: round(v["fastest"], 1) for k, v in stages.items()})
+    for p, ratios in result[f"ratio_to_{args.precisions[0]}"].items():
+        print(f"{p} / {args.precisions[0]} (median of rounds):", ratios)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

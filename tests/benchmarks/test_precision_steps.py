@@ -1,0 +1,37 @@
+"""benchmarks/precision_steps.py times both steps per precision and writes its JSON."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "precision_steps.py"
+
+
+def test_writes_speeds_and_ratios_per_precision(tmp_path):
+    spec = importlib.util.spec_from_file_location("precision_steps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "r.json"
+    argv = [
+        "--size",
+        "32",
+        "--batch-size",
+        "4",
+        "--rounds",
+        "2",
+        "--steps",
+        "1",
+        "--json",
+        str(out),
+    ]
+    assert module.main(argv) == 0
+    result = json.loads(out.read_text())
+    for p in ("fp32", "bf16"):
+        for stage in ("stage1", "stage2"):
+            speeds = result["img_s"][p][stage]
+            assert len(speeds["rounds"]) == 2 and speeds["fastest"] == max(speeds["rounds"]) > 0
+    assert set(result["ratio_to_fp32"]) == {"bf16"}
+    assert result["ratio_to_fp32"]["bf16"]["stage1"] > 0
+    assert result["settings"]["stage2_images_per_step"] == 4 + 4  # unlabelled_ratio 1 default
