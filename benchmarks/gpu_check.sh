@@ -41,3 +41,8 @@ python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
 python3 benchmarks/precision_steps.py --device cuda --precisions fp32 bf16 fp16 \
   --model densenet121 --size 224 --channels 1 --batch-size 128 --rounds 3 --steps 10 \
   --json "$OUT/precision-cuda.json" 2>&1 | tee "$OUT/precision-cuda.txt"
+# the same with cuDNN autotuning (torch.backends.cudnn.benchmark), to decide whether the engine
+# should switch it on
+python3 benchmarks/precision_steps.py --device cuda --precisions fp32 bf16 --cudnn-benchmark \
+  --model densenet121 --size 224 --channels 1 --batch-size 128 --rounds 3 --steps 10 \
+  --json "$OUT/precision-cuda-cudnn-benchmark.json" 2>&1 | tee "$OUT/precision-cuda-cudnn-benchmark.txt"

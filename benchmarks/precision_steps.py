@@ -113,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its convolution algorithms per shape (the engine does not, yet)",
+    )
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     result = measure(args)
     for p, stages in result["img_s"].items():
         print(p, {k: round(v["fastest"], 1) for k, v in stages.items()})

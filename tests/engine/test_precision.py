@@ -161,9 +161,10 @@ def test_stage1_step_in_mixed_precision_matches_fp32(precision, device):
     loss = step.train(views, 1.0)
 
     assert seen == [DTYPES[precision]]  # the student really ran in the reduced precision
-    conv = next(m for m in step.student.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert conv.weight.dtype == torch.float32  # master weights stay fp32
+    for net in (step.student, step.teacher):
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert conv.weight.dtype == torch.float32  # master weights stay fp32
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert loss.item() == pytest.approx(ref_loss.item(), rel=TOLERANCE[precision][0])
     _assert_close_gradients(step, ref, precision)
