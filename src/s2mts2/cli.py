@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="auto",
-        help="engine steps: auto (CUDA: bf16, fp16 where the GPU lacks bf16; CPU: fp32) | bf16 | fp16 | fp32",
+        help="engine steps: auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA, fp16 on GPUs "
+        "without bf16, fp32 on a CPU)",
     )
     p.add_argument("--model", help="backbone (default densenet121; --quick on CPU: resnet18)")
     p.add_argument("--size", type=int, help="training resolution (default 224; --quick CPU: 64)")

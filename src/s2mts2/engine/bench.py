@@ -84,8 +84,8 @@ class BenchSettings:
     (speeds: the fastest round, as other processes only slow a round down; ratios: the median);
     ``reference_workers``: DataLoader workers of the reference pipeline (default: all cores);
     ``queue_size``: K negatives of stage 1; ``threads``: torch CPU threads (0 = all cores);
-    ``precision``: of the engine's steps (``auto``: bf16 on CUDA, fp32 on a CPU); the reference
-    pipeline always runs fp32 NCHW.
+    ``precision``: of the engine's steps, as the training config's ``precision`` (resolved to a
+    name by :func:`resolve_settings`); the reference pipeline always runs fp32 NCHW.
     """
 
     device: str = "auto"
