@@ -32,7 +32,7 @@ from s2mts2.engine.checkpoint import load_checkpoint, seed_everything
 from s2mts2.engine.pretrain import knn_probs, monitor_rows
 from s2mts2.engine.runtime import Precision
 from s2mts2.errors import ConfigError, S2MTS2Error
-from s2mts2.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
+from s2mts2.eval.metrics import bootstrap_ci, table_mean_auc
 from s2mts2.models.heads import load_backbone_state
 
 log = logging.getLogger("s2mts2.benchmark")
@@ -95,7 +95,7 @@ def compare(
     n_classes = labels.shape[1]
 
     def score_of(p: np.ndarray, y: np.ndarray) -> float | None:
-        return mean_auc(per_class_auc(p, y), table.classes, table.eval_classes)
+        return table_mean_auc(p, y, table)
 
     def difference(p: np.ndarray, y: np.ndarray) -> float | None:
         random_auc, trained_auc = score_of(p[:, :n_classes], y), score_of(p[:, n_classes:], y)

@@ -35,7 +35,6 @@ from s2mts2.config import FinetuneConfig, RunConfig, config_to_dict
 from s2mts2.data.augment import BatchAugment
 from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
-from s2mts2.data.table import DatasetTable
 from s2mts2.engine.builders import build_augment, build_eval_transform, classifier_network
 from s2mts2.engine.checkpoint import (
     load_checkpoint,
@@ -72,7 +71,7 @@ from s2mts2.engine.runtime import (
     setup_threads,
 )
 from s2mts2.errors import ConfigError
-from s2mts2.eval.metrics import mean_auc, per_class_auc
+from s2mts2.eval.metrics import table_mean_auc
 from s2mts2.losses import consistency_loss, supervised_loss
 from s2mts2.losses.consistency import consistency_weight, probabilities
 from s2mts2.losses.supervised import positive_weights
@@ -195,11 +194,6 @@ def predict(
     )
     net.train(was_training)
     return probabilities(logits, task).numpy()
-
-
-def validation_score(probs: np.ndarray, table: DatasetTable, idx: np.ndarray) -> float | None:
-    """Mean AUC over the eval classes of (len(idx), C) probabilities of table rows ``idx``."""
-    return mean_auc(per_class_auc(probs, table.labels[idx]), table.classes, table.eval_classes)
 
 
 def checkpoint_meta(cfg: RunConfig, data: PreparedData, n_labelled: int) -> dict[str, Any]:
@@ -382,7 +376,7 @@ def _finetune(
         improved = False
         if len(val) and (last or (epoch + 1) % max(1, fc.eval_every) == 0):
             probs = predict(teacher.module, data, val, cfg.data.size, device, precision, t.task)
-            score = validation_score(probs, t, val)
+            score = table_mean_auc(probs, t.labels[val], t)
             row["val_mean_auc"] = score
             if score is not None and (best is None or score > best):
                 best, improved = score, True

@@ -81,7 +81,7 @@ from s2mts2.engine.runtime import (
 )
 from s2mts2.errors import ConfigError
 from s2mts2.eval.knn import knn_scores
-from s2mts2.eval.metrics import mean_auc, per_class_auc
+from s2mts2.eval.metrics import table_mean_auc
 from s2mts2.losses import jcl_loss
 from s2mts2.models.ema import EmaTeacher
 from s2mts2.models.queue import NegativeQueue
@@ -278,8 +278,7 @@ def _pretrain(
         probs = knn_probs(
             backbone, data, fit_rows, score_rows, cfg.data.size, device, precision, pc.knn_k
         )
-        per_class = per_class_auc(probs.numpy(), table.labels[score_rows])
-        return mean_auc(per_class, table.classes, table.eval_classes)
+        return table_mean_auc(probs.numpy(), table.labels[score_rows], table)
 
     start_epoch, rows = 0, []
     ckpt_path = out / "last.pt"

@@ -11,12 +11,15 @@ image is ignored for that class only); multi-class targets are one-hot ``(N, C)`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from s2mts2.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from s2mts2.data.table import DatasetTable
 
 TASKS = ("multilabel", "multiclass")
 
@@ -135,6 +138,11 @@ def mean_auc(
     if len(per_class) != len(classes):
         raise DataError(f"mean_auc: {len(per_class)} AUCs for {len(classes)} classes")
     return _mean_or_none([per_class[i] for i in class_indices(classes, eval_classes)])
+
+
+def table_mean_auc(probs: Any, labels: Any, table: DatasetTable) -> float | None:
+    """Mean AUC over ``table``'s eval classes of (N, C) probabilities against (N, C) labels."""
+    return mean_auc(per_class_auc(probs, labels), table.classes, table.eval_classes)
 
 
 def multiclass_metrics(probs: Any, labels_onehot: Any) -> dict[str, Any]:
