@@ -15,7 +15,12 @@ import torch
 
 from s2mts2.engine import runtime
 from s2mts2.engine.bench import BenchData, BenchSettings, contrastive_step, mean_teacher_step
-from s2mts2.engine.checkpoint import resume_training, save_checkpoint, training_state
+from s2mts2.engine.checkpoint import (
+    load_checkpoint,
+    resume_training,
+    save_checkpoint,
+    training_state,
+)
 from s2mts2.engine.runtime import Precision, resolve_precision
 from s2mts2.errors import ConfigError
 
@@ -283,8 +288,62 @@ def test_resume_restores_the_loss_scale(tmp_path):
     modules["scaler"].scale(torch.ones(()))  # creates the scale tensor, as a training step does
     save_checkpoint(training_state("pretrain", modules, epoch=1), tmp_path / "a.pt")
     fresh = _scaler_modules(True)
-    resume_training(tmp_path / "a.pt", "pretrain", fresh, CPU)
+    resume_training(tmp_path / "a.pt", "pretrain", fresh)
     assert fresh["scaler"].get_scale() == 1234.0
+
+
+def _step_modules(step) -> dict:
+    return {
+        "student": step.student,
+        "teacher": step.teacher,
+        "queue": step.queue,
+        "optimizer": step.optimizer,
+        "scaler": step.scaler,
+    }
+
+
+def _state_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Flat {path: tensor} of a nested state dict (modules, optimisers)."""
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in items:
+        if isinstance(v, torch.Tensor):
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, dict | list | tuple):
+            out.update(_state_tensors(v, f"{prefix}{k}."))
+    return out
+
+
+def test_resume_restores_a_step_on_its_device(device, tmp_path):
+    """A stage-1 step's whole state comes back equal and on the step's device, the RNGs too.
+
+    On CUDA the file is read onto the CPU first (the RNG states must be CPU tensors); the loss
+    scale has resume tests of its own.
+    """
+    step = _stage1("fp32", device)
+    step.train(_stage1_inputs(device)[1], 1.0)  # momentum buffers, a queue slot, EMA steps
+    saved = _step_modules(step)
+    save_checkpoint(training_state("pretrain", saved, epoch=1), tmp_path / "a.pt")
+    saved_rng = load_checkpoint(tmp_path / "a.pt")["rng"]
+    torch.manual_seed(7)  # every torch RNG (CPU and CUDA) away from the saved states
+    fresh = _step_modules(_stage1("fp32", device))
+    resume_training(tmp_path / "a.pt", "pretrain", fresh)
+    for name in ("student", "teacher", "queue", "optimizer"):
+        want, got = (
+            _state_tensors(saved[name].state_dict()),
+            _state_tensors(fresh[name].state_dict()),
+        )
+        assert want.keys() == got.keys() and len(want) > 0, name
+        for key, tensor in got.items():
+            assert tensor.device == want[key].device, (name, key, tensor.device)
+            assert torch.equal(tensor, want[key]), (name, key)
+    assert any(
+        k.endswith("momentum_buffer") for k in _state_tensors(fresh["optimizer"].state_dict())
+    )
+    assert fresh["teacher"].steps == 1
+    assert torch.equal(torch.get_rng_state(), saved_rng["torch"])
+    if device.type == "cuda":
+        assert torch.equal(torch.cuda.get_rng_state(device), saved_rng["cuda"][device.index or 0])
 
 
 def test_resume_in_fp16_from_a_bf16_or_old_checkpoint_keeps_a_fresh_scale(tmp_path):
@@ -293,7 +352,7 @@ def test_resume_in_fp16_from_a_bf16_or_old_checkpoint_keeps_a_fresh_scale(tmp_pa
     save_checkpoint(old, tmp_path / "old.pt")
     for path in ("a.pt", "old.pt"):
         fresh = _scaler_modules(True, scale=512.0)
-        resume_training(tmp_path / path, "pretrain", fresh, CPU)
+        resume_training(tmp_path / path, "pretrain", fresh)
         assert fresh["scaler"].get_scale() == 512.0
 
 

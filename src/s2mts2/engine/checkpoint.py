@@ -112,17 +112,18 @@ def training_state(kind: str, modules: dict[str, Any], **values: Any) -> dict[st
     }
 
 
-def resume_training(
-    path: Path, kind: str, modules: dict[str, Any], device: torch.device
-) -> dict[str, Any]:
+def resume_training(path: Path, kind: str, modules: dict[str, Any]) -> dict[str, Any]:
     """Restore what :func:`training_state` wrote into ``modules`` (modules, optimisers, loss
     scaler) and the RNGs; returns the state.
+
+    The file is read onto the CPU: the RNG states must be CPU tensors, and each module and
+    optimiser copies its tensors to the device its parameters are on.
 
     Raises ConfigError when ``path`` is missing or holds another kind of checkpoint.
     """
     if not path.exists():
         raise ConfigError(f"--resume: no checkpoint at {path}")
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path)
     if state["kind"] != kind:
         raise ConfigError(f"--resume: {path} is a {state['kind']} checkpoint, expected {kind}")
     for name, module in modules.items():

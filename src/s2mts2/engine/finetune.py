@@ -295,7 +295,7 @@ def _finetune(
     scaler = precision.scaler()
     modules = {"student": net, "teacher": teacher, "optimizer": optimizer, "scaler": scaler}
     if resume:
-        state = resume_training(last_path, "finetune", modules, device)
+        state = resume_training(last_path, "finetune", modules)
         start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
         log.info("resumed %s at epoch %d", last_path, start_epoch)
     step_fn = MeanTeacherStep(

@@ -291,7 +291,7 @@ def _pretrain(
         "scaler": scaler,
     }
     if resume:
-        state = resume_training(ckpt_path, "pretrain", modules, device)
+        state = resume_training(ckpt_path, "pretrain", modules)
         start_epoch, rows = state["epoch"], state["history"]
         log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
     log.info("precision %s on %s", precision.name, device)
