@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# CUDA speed check in one go, for a session lent an H100/H200 (about 4-5 minutes of device time).
+# CUDA check in one go, for a session lent an H100/H200 (about 5 minutes of device time).
 # Run from the repository root; results go to $OUT (set by the device tool) or benchmarks/results.
 #
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh [PART ...]    # parts: bench profile precision tests cli (all)
 #
-# Writes gpu.txt (nvidia-smi), test_augment.txt (augmentation tests incl. CUDA == CPU for the same
-# parameters), speed-cuda.json/.txt (stage 1 and stage 2, model-only vs end-to-end, the reference
+# Writes up to five files: log.txt (everything printed: GPU, tables, tests, the CLI run),
+# speed-cuda.json (`s2mts2 bench`: stage 1 and stage 2, model-only vs end-to-end, the reference
 # pipeline, prepare; DenseNet-121, 224 px, M = 2, batch 128 labelled + 128 unlabelled in stage 2),
-# test_precision.txt (the mixed-precision and no-host-sync step tests, on the GPU too) and
-# precision-cuda.json/.txt (fp32 / bf16 / fp16 steps alternating in one process).
+# profile-cuda.json (where a stage-1 step's time goes), precision-cuda.json and
+# precision-cuda-cudnn-benchmark.json (fp32 / bf16 / fp16 steps alternating in one process,
+# without and with cuDNN autotuning). Then the augmentation tests (CUDA == CPU for the same
+# parameters), the precision and no-host-sync tests on the GPU, and the whole CLI on CUDA
+# (prepare, stage 1 under torchrun with NCCL, resume, stage 2, evaluate, predict with Grad-CAM).
+# A failing part is reported and the others still run; the exit status counts the failures.
 #
 # The device image has PyTorch and torchvision but no pydicom (a pure-Python wheel). Carry it:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: pydicom -d .whl
 # and give the run call carry [".whl"]; this script installs whatever wheels are in .whl/.
-set -euo pipefail
+set -uo pipefail
 OUT="${OUT:-benchmarks/results}"
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -23,26 +27,71 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+failed=0
+part() {  # part NAME COMMAND...: run, time and report one part
+  echo "=== $1 ($(date -u +%T))"
+  local name=$1
+  shift
+  if ! "$@"; then
+    echo "=== FAILED: $name"
+    failed=$((failed + 1))
+  fi
+}
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
-  | tee "$OUT/gpu.txt"
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
-torchvision.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
-
-python3 -m pytest tests/data/test_augment.py -q -p no:cacheprovider 2>&1 \
-  | tee "$OUT/test_augment.txt"
-python3 -m pytest tests/engine/test_precision.py -q -p no:cacheprovider 2>&1 \
-  | tee "$OUT/test_precision.txt"
-
-python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
-  --batch-size 128 --json "$OUT/speed-cuda.json" 2>&1 | tee "$OUT/speed-cuda.txt"
-
-# fp32 / bf16 / fp16 model-only steps alternating in one process (about 1 minute)
-python3 benchmarks/precision_steps.py --device cuda --precisions fp32 bf16 fp16 \
-  --model densenet121 --size 224 --channels 1 --batch-size 128 --rounds 3 --steps 10 \
-  --json "$OUT/precision-cuda.json" 2>&1 | tee "$OUT/precision-cuda.txt"
-# the same with cuDNN autotuning (torch.backends.cudnn.benchmark), to decide whether the engine
-# should switch it on
-python3 benchmarks/precision_steps.py --device cuda --precisions fp32 bf16 --cudnn-benchmark \
-  --model densenet121 --size 224 --channels 1 --batch-size 128 --rounds 3 --steps 10 \
-  --json "$OUT/precision-cuda-cudnn-benchmark.json" 2>&1 | tee "$OUT/precision-cuda-cudnn-benchmark.txt"
+bench() {
+  python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
+    --batch-size 128 --json "$OUT/speed-cuda.json"
+}
+profile() {
+  python3 benchmarks/profile_step.py --device cuda --model densenet121 --size 224 \
+    --batch-size 128 --json "$OUT/profile-cuda.json"
+}
+precision_steps() {
+  python3 benchmarks/precision_steps.py --device cuda --model densenet121 --size 224 \
+    --channels 1 --batch-size 128 --rounds 3 --steps 10 "$@"
+}
+precision() {
+  precision_steps --precisions fp32 bf16 fp16 --json "$OUT/precision-cuda.json" &&
+    precision_steps --precisions fp32 bf16 --cudnn-benchmark \
+      --json "$OUT/precision-cuda-cudnn-benchmark.json"
+}
+tests() {  # with a GPU these also run their CUDA cases (resume on CUDA, CUDA == CPU, no sync)
+  python3 -m pytest tests/data/test_augment.py tests/engine/test_precision.py \
+    "tests/engine/test_pipeline.py::test_an_interrupted_cuda_run_resumes" -q \
+    -p no:cacheprovider
+}
+cli() {  # the whole CLI on CUDA, as a user runs it (tiny, seconds per stage)
+  local t=/tmp/s2mts2-cli sets=(--set device=cuda --set data.dir=/tmp/s2mts2-cli/data)
+  rm -rf "$t"
+  python3 -m s2mts2 prepare synthetic --out "$t/data" --size 32 --labelled 0.2 --option n=320 \
+    --option size=48 &&
+    python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m s2mts2 pretrain \
+      --config tiny --no-progress "${sets[@]}" --set data.size=32 --set pretrain.epochs=2 \
+      --set pretrain.monitor_every=1 --out "$t/pre" &&
+    python3 -m s2mts2 pretrain --config tiny --no-progress "${sets[@]}" --set data.size=32 \
+      --set pretrain.epochs=3 --set pretrain.monitor_every=1 --out "$t/pre" --resume &&
+    python3 -m s2mts2 finetune --config tiny --no-progress "${sets[@]}" --set data.size=32 \
+      --set finetune.pretrained="$t/pre/last.pt" --out "$t/ft" &&
+    python3 -m s2mts2 evaluate "$t/ft/best.pt" --split test --device cuda &&
+    python3 -m s2mts2 predict "$t/ft/best.pt" "$t/data" --top-k 1 --cam "$t/cam" \
+      --out "$t/predictions.csv" --device cuda --no-progress &&
+    python3 -c "import sys; from s2mts2.engine.checkpoint import load_checkpoint as l; \
+s = l(sys.argv[1]); print('stage 1 history', [(h['epoch'], h.get('loss'), \
+h.get('knn_mean_auc')) for h in s['history']])" "$t/pre/last.pt" &&
+    head -3 "$t/predictions.csv" && ls "$t/cam" | head -3
+}
+main() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
+torchvision.__version__, torch.cuda.get_device_name())"
+  nproc
+  local parts=("$@")
+  [ ${#parts[@]} -gt 0 ] || parts=(bench profile precision tests cli)
+  for name in "${parts[@]}"; do
+    part "$name" "$name"
+  done
+  echo "=== done ($(date -u +%T)), $failed part(s) failed"
+  return "$failed"
+}
+main "$@" 2>&1 | tee "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"

@@ -15,7 +15,6 @@ ratio of each precision to the first one, the settings, the machine and the comm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ from s2mts2.engine.bench import (
     contrastive_step,
     device_name,
     mean_teacher_step,
+    save_result,
     time_steps,
 )
 from s2mts2.engine.runtime import resolve_device, resolve_precision
@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(p, {k: round(v["fastest"], 1) for k, v in stages.items()})
     for p, ratios in result[f"ratio_to_{args.precisions[0]}"].items():
         print(f"{p} / {args.precisions[0]} (median of rounds):", ratios)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    print(f"wrote {save_result(result, args.json)}")
     return 0
 
 

@@ -1,15 +1,12 @@
 """The benchmark runner on generated data: cells, stage-1 reuse, skipping and resume, JSON schema."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
 
-RUNNER = Path(__file__).resolve().parents[2] / "benchmarks" / "ham10000.py"
 TINY = (
     "data.size=16",
     "data.labelled=0.3",
@@ -27,17 +24,9 @@ TINY = (
 )
 
 
-def load_runner():
-    spec = importlib.util.spec_from_file_location("ham10000_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def runner():
-    return load_runner()
+def runner(load_benchmark):
+    return load_benchmark("ham10000")
 
 
 def make_plan(runner, tmp: Path):

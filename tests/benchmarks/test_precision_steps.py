@@ -1,18 +1,10 @@
 """benchmarks/precision_steps.py times both steps per precision and writes its JSON."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "precision_steps.py"
 
 
-def test_writes_speeds_and_ratios_per_precision(tmp_path):
-    spec = importlib.util.spec_from_file_location("precision_steps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def test_writes_speeds_and_ratios_per_precision(tmp_path, load_benchmark):
+    module = load_benchmark("precision_steps")
     out = tmp_path / "r.json"
     argv = [
         "--size",

@@ -1,9 +1,7 @@
 """benchmarks/stage1_knn.py reproduces the kNN scores that `s2mts2 pretrain` logged."""
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +11,10 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.checkpoint import save_checkpoint
 from s2mts2.engine.pretrain import pretrain
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "stage1_knn.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("stage1_knn", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def script(load_benchmark):
+    return load_benchmark("stage1_knn")
 
 
 @pytest.fixture(scope="module")
