@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# CUDA check in one go, for a session lent an H100/H200 (about 5 minutes of device time).
+# CUDA check in one go, for a session lent an H100/H200 (about 5 minutes of device time: bench
+# 2 min, profile 0.5, precision 0.8, tests 0.5, cli 0.7-1.3 on an H100 / H200).
 # Run from the repository root; results go to $OUT (set by the device tool) or benchmarks/results.
 #
-#   bash benchmarks/gpu_check.sh [PART ...]    # parts: bench profile precision tests cli (all)
+#   bash benchmarks/gpu_check.sh [PART ...]   # default: bench profile precision tests cli
+#                                              # also: cudnn (autotuning on/off, 2 min; decided)
 #
 # Writes up to five files: log.txt (everything printed: GPU, tables, tests, the CLI run),
 # speed-cuda.json (`s2mts2 bench`: stage 1 and stage 2, model-only vs end-to-end, the reference
 # pipeline, prepare; DenseNet-121, 224 px, M = 2, batch 128 labelled + 128 unlabelled in stage 2),
-# profile-cuda.json (where a stage-1 step's time goes), precision-cuda.json and
-# precision-cuda-cudnn-benchmark.json (fp32 / bf16 / fp16 steps alternating in one process,
-# without and with cuDNN autotuning). Then the augmentation tests (CUDA == CPU for the same
-# parameters), the precision and no-host-sync tests on the GPU, and the whole CLI on CUDA
-# (prepare, stage 1 under torchrun with NCCL, resume, stage 2, evaluate, predict with Grad-CAM).
+# profile-cuda.json (where a stage-1 step's time goes), precision-cuda.json (fp32 / bf16 / fp16
+# steps alternating in one process; with cudnn: precision-cuda-cudnn-benchmark.json, the same
+# with cuDNN autotuning). The tests part runs the augmentation tests (CUDA == CPU for the same
+# parameters) and the precision, no-host-sync and resume tests on the GPU; the cli part the whole
+# CLI on CUDA (prepare, stage 1 under torchrun with NCCL, resume, stage 2, evaluate, predict with
+# Grad-CAM).
 # A failing part is reported and the others still run; the exit status counts the failures.
 #
 # The device image has PyTorch and torchvision but no pydicom (a pure-Python wheel). Carry it:
@@ -51,9 +54,11 @@ precision_steps() {
     --channels 1 --batch-size 128 --rounds 3 --steps 10 "$@"
 }
 precision() {
-  precision_steps --precisions fp32 bf16 fp16 --json "$OUT/precision-cuda.json" &&
-    precision_steps --precisions fp32 bf16 --cudnn-benchmark \
-      --json "$OUT/precision-cuda-cudnn-benchmark.json"
+  precision_steps --precisions fp32 bf16 fp16 --json "$OUT/precision-cuda.json"
+}
+cudnn() {  # measured on an H100: no gain, so the engine leaves autotuning off
+  precision_steps --precisions fp32 bf16 --cudnn-benchmark \
+    --json "$OUT/precision-cuda-cudnn-benchmark.json"
 }
 tests() {  # with a GPU these also run their CUDA cases (resume on CUDA, CUDA == CPU, no sync)
   python3 -m pytest tests/data/test_augment.py tests/engine/test_precision.py \
