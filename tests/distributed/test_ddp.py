@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from state_dicts import flat_tensors, max_diff
 
 import s2mts2.engine.distributed as distributed
 from s2mts2.engine.checkpoint import load_checkpoint
@@ -49,23 +50,6 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
-
-
-def tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Flat {name: tensor} of a (nested) state dict."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor):
-            out[prefix + k] = v
-        elif isinstance(v, dict):
-            out.update(tensors(v, f"{prefix}{k}."))
-    return out
-
-
-def max_diff(a: dict, b: dict) -> float:
-    ta, tb = tensors(a), tensors(b)
-    assert ta.keys() == tb.keys()
-    return max((x.double() - tb[k].double()).abs().max().item() for k, x in ta.items() if x.numel())
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +133,11 @@ def test_collectives_gather_in_rank_order(two_ranks):
 def test_ranks_hold_identical_teacher_student_and_queue(two_ranks, job):
     r0, r1 = ranks(two_ranks, job)
     for part in r0:
-        a, b = tensors(r0[part]), tensors(r1[part])
+        a, b = flat_tensors(r0[part]), flat_tensors(r1[part])
         for k in a:
             assert torch.equal(a[k], b[k]), f"{job} {part} {k}"
     if job.endswith("bn"):  # BatchNorm ran: its statistics moved away from their initial values
-        var = [v for k, v in tensors(r0["teacher"]).items() if k.endswith("running_var")]
+        var = [v for k, v in flat_tensors(r0["teacher"]).items() if k.endswith("running_var")]
         assert var and any((v - 1).abs().max() > 1e-3 for v in var)
     if job.startswith("pre"):  # every rank enqueued the whole global batch of every step
         steps = load_checkpoint(two_ranks / job / "last.pt")["step"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from state_dicts import max_diff
 
 import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
@@ -56,14 +57,6 @@ def _interrupt_after_first_checkpoint(monkeypatch, module):
     return calls
 
 
-def _max_diff(a: dict, b: dict) -> float:
-    return max(
-        (x.float() - b[k].float()).abs().max().item() if x.numel() else 0.0
-        for k, x in a.items()
-        if isinstance(x, torch.Tensor)
-    )
-
-
 def test_pretrain_writes_full_state(pretrained: Path):
     state = load_checkpoint(pretrained)
     assert state["kind"] == "pretrain" and state["epoch"] == 2
@@ -72,7 +65,7 @@ def test_pretrain_writes_full_state(pretrained: Path):
     assert state["queue"]["queue"].shape == (64, 128)
     # the teacher is an EMA, not a copy of the student
     assert (
-        _max_diff(
+        max_diff(
             state["student"],
             {
                 k.removeprefix("module."): v
@@ -99,7 +92,7 @@ def test_pretrain_resume_matches_uninterrupted_run(data_dir, pretrained, tmp_pat
     resumed = load_checkpoint(pretrain(cfg_for(data_dir), out, resume=True, progress=False))
     full = load_checkpoint(pretrained)
     for key in ("student", "teacher", "queue"):
-        assert _max_diff(resumed[key], full[key]) <= 1e-6, key
+        assert max_diff(resumed[key], full[key]) <= 1e-6, key
     assert resumed["queue"]["ptr"] == full["queue"]["ptr"]
     assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2]
 
@@ -193,7 +186,7 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
     finetune(cfg, tmp_path / "cut", resume=True, progress=False)
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in ("student", "teacher"):
-        assert _max_diff(resumed[key], full[key]) <= 1e-6, key
+        assert max_diff(resumed[key], full[key]) <= 1e-6, key
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from state_dicts import flat_tensors
 
 from s2mts2.engine import runtime
 from s2mts2.engine.bench import BenchData, BenchSettings, contrastive_step, mean_teacher_step
@@ -302,18 +303,6 @@ def _step_modules(step) -> dict:
     }
 
 
-def _state_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Flat {path: tensor} of a nested state dict (modules, optimisers)."""
-    items = state.items() if isinstance(state, dict) else enumerate(state)
-    out: dict[str, torch.Tensor] = {}
-    for k, v in items:
-        if isinstance(v, torch.Tensor):
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, dict | list | tuple):
-            out.update(_state_tensors(v, f"{prefix}{k}."))
-    return out
-
-
 def test_resume_restores_a_step_on_its_device(device, tmp_path):
     """A stage-1 step's whole state comes back equal and on the step's device, the RNGs too.
 
@@ -330,16 +319,14 @@ def test_resume_restores_a_step_on_its_device(device, tmp_path):
     resume_training(tmp_path / "a.pt", "pretrain", fresh)
     for name in ("student", "teacher", "queue", "optimizer"):
         want, got = (
-            _state_tensors(saved[name].state_dict()),
-            _state_tensors(fresh[name].state_dict()),
+            flat_tensors(saved[name].state_dict()),
+            flat_tensors(fresh[name].state_dict()),
         )
         assert want.keys() == got.keys() and len(want) > 0, name
         for key, tensor in got.items():
             assert tensor.device == want[key].device, (name, key, tensor.device)
             assert torch.equal(tensor, want[key]), (name, key)
-    assert any(
-        k.endswith("momentum_buffer") for k in _state_tensors(fresh["optimizer"].state_dict())
-    )
+    assert any(k.endswith("momentum_buffer") for k in flat_tensors(fresh["optimizer"].state_dict()))
     assert fresh["teacher"].steps == 1
     assert torch.equal(torch.get_rng_state(), saved_rng["torch"])
     if device.type == "cuda":
