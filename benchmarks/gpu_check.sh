@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# CUDA check in one go, for a session lent an H100/H200 (about 5 minutes of device time: bench
-# 2 min, profile 0.5, precision 0.8, tests 0.5, cli 0.7-1.3 on an H100 / H200).
+# CUDA check in one go, for a session lent an H100/H200 (about 7 minutes of device time: tests
+# 0.5, shared 1.5, bench 2, bench_shared 2, profile 0.5, cli 0.7-1.3 on an H100 / H200).
 # Run from the repository root; results go to $OUT (set by the device tool) or benchmarks/results.
 #
-#   bash benchmarks/gpu_check.sh [PART ...]   # default: bench profile precision tests cli
-#                                              # also: cudnn (autotuning on/off, 2 min; decided)
+#   bash benchmarks/gpu_check.sh [PART ...]   # default: tests shared bench bench_shared profile cli
+#                                              # also: precision (fp32/bf16/fp16, 0.8 min; decided:
+#                                              # bf16), cudnn (autotuning on/off, 2 min; decided: off)
 #
-# Writes up to five files: log.txt (everything printed: GPU, tables, tests, the CLI run),
+# Writes up to seven files: log.txt (everything printed: GPU, tables, tests, the CLI run),
 # speed-cuda.json (`s2mts2 bench`: stage 1 and stage 2, model-only vs end-to-end, the reference
 # pipeline, prepare; DenseNet-121, 224 px, M = 2, batch 128 labelled + 128 unlabelled in stage 2),
-# profile-cuda.json (where a stage-1 step's time goes), precision-cuda.json (fp32 / bf16 / fp16
-# steps alternating in one process; with cudnn: precision-cuda-cudnn-benchmark.json, the same
-# with cuDNN autotuning). The tests part runs the augmentation tests (CUDA == CPU for the same
-# parameters) and the precision, no-host-sync and resume tests on the GPU; the cli part the whole
-# CLI on CUDA (prepare, stage 1 under torchrun with NCCL, resume, stage 2, evaluate, predict with
-# Grad-CAM).
+# speed-cuda-shared-bn-stats.json (the same with `--shared-bn-stats`), shared-bn-stats-cuda.json
+# (model-only bf16 steps with and without shared DenseNet BN statistics, alternating in one
+# process), profile-cuda.json (where a stage-1 step's time goes, with shared statistics: the
+# default profile is profile-cuda-h200.json in benchmarks/results/cuda), precision-cuda.json
+# (fp32 / bf16 / fp16 steps alternating; with cudnn: precision-cuda-cudnn-benchmark.json, the
+# same with cuDNN autotuning). The tests part runs the augmentation tests (CUDA == CPU for the
+# same parameters), the shared-statistics DenseNet tests and the precision, no-host-sync and
+# resume tests on the GPU; the cli part the whole CLI on CUDA (prepare, stage 1 under torchrun
+# with NCCL, resume, stage 2, evaluate, predict with Grad-CAM).
 # A failing part is reported and the others still run; the exit status counts the failures.
 #
 # The device image has PyTorch and torchvision but no pydicom (a pure-Python wheel). Carry it:
@@ -45,9 +49,13 @@ bench() {
   python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
     --batch-size 128 --json "$OUT/speed-cuda.json"
 }
+bench_shared() {
+  python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
+    --batch-size 128 --shared-bn-stats --json "$OUT/speed-cuda-shared-bn-stats.json"
+}
 profile() {
   python3 benchmarks/profile_step.py --device cuda --model densenet121 --size 224 \
-    --batch-size 128 --json "$OUT/profile-cuda.json"
+    --batch-size 128 --shared-bn-stats --json "$OUT/profile-cuda.json"
 }
 precision_steps() {
   python3 benchmarks/precision_steps.py --device cuda --model densenet121 --size 224 \
@@ -56,12 +64,16 @@ precision_steps() {
 precision() {
   precision_steps --precisions fp32 bf16 fp16 --json "$OUT/precision-cuda.json"
 }
+shared() {  # model.shared_bn_stats off / on, alternating (exact: tests/models/...shared_stats.py)
+  precision_steps --precisions bf16 --shared-bn-stats both --json "$OUT/shared-bn-stats-cuda.json"
+}
 cudnn() {  # measured on an H100: no gain, so the engine leaves autotuning off
   precision_steps --precisions fp32 bf16 --cudnn-benchmark \
     --json "$OUT/precision-cuda-cudnn-benchmark.json"
 }
 tests() {  # with a GPU these also run their CUDA cases (resume on CUDA, CUDA == CPU, no sync)
   python3 -m pytest tests/data/test_augment.py tests/engine/test_precision.py \
+    tests/models/test_densenet_shared_stats.py \
     "tests/engine/test_pipeline.py::test_an_interrupted_cuda_run_resumes" -q \
     -p no:cacheprovider
 }
@@ -91,7 +103,7 @@ main() {
 torchvision.__version__, torch.cuda.get_device_name())"
   nproc
   local parts=("$@")
-  [ ${#parts[@]} -gt 0 ] || parts=(bench profile precision tests cli)
+  [ ${#parts[@]} -gt 0 ] || parts=(tests shared bench bench_shared profile cli)
   for name in "${parts[@]}"; do
     part "$name" "$name"
   done

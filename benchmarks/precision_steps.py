@@ -1,15 +1,19 @@
-"""Model-only training steps in two precisions, alternating in one process.
+"""Model-only training steps in two precisions (or with and without shared BN statistics),
+alternating in one process.
 
 Separate `s2mts2 bench --precision ...` runs are minutes apart, and on a shared machine their
-difference mixes precision with load. Here the stage-1 and stage-2 steps of each precision are
+difference mixes precision with load. Here the stage-1 and stage-2 steps of each variant are
 built from the same weights and timed in turns within every round; the ratio is the median over
-rounds of back-to-back pairs.
+rounds of back-to-back pairs. A variant is a precision, with ``+shared_bn_stats`` when
+``--shared-bn-stats on`` (or ``both``: each precision without, then with).
 
     python benchmarks/precision_steps.py --model resnet18 --size 32 --batch-size 128 \\
         --json benchmarks/results/precision-steps-resnet18-32px.json
+    python benchmarks/precision_steps.py --model densenet121 --precisions fp32 \\
+        --shared-bn-stats both --json benchmarks/results/shared-bn-stats-cpu.json
 
-Writes JSON: per precision and stage the fastest round (img/s) and every round, the median
-ratio of each precision to the first one, the settings, the machine and the command.
+Writes JSON: per variant and stage the fastest round (img/s) and every round, the median
+ratio of each variant to the first one, the settings, the machine and the command.
 """
 
 from __future__ import annotations
@@ -40,11 +44,17 @@ from s2mts2.engine.runtime import resolve_device, resolve_precision
 
 def measure(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    precisions = [resolve_precision(p, device).name for p in args.precisions]
     size, b, c = args.size, args.batch_size, args.channels
-    base = BenchSettings(
+    base_settings = BenchSettings(
         device=str(device), model=args.model, size=size, batch_size=b, queue_size=args.queue_size
     )
+    precisions = [resolve_precision(p, device).name for p in args.precisions]
+    shared = {"off": (False,), "on": (True,), "both": (False, True)}[args.shared_bn_stats]
+    variants = {
+        f"{p}+shared_bn_stats" if s else p: replace(base_settings, precision=p, shared_bn_stats=s)
+        for p in precisions
+        for s in shared
+    }
     data = BenchData(  # stage 2 needs only the task and the number of classes
         paths=[],
         images=np.zeros((0, c, size, size), np.uint8),
@@ -55,17 +65,18 @@ def measure(args: argparse.Namespace) -> dict:
         channels=c,
     )
     steps = {}
-    for p in precisions:
-        torch.manual_seed(0)  # the same weights in every precision
-        stage1 = contrastive_step(replace(base, precision=p), c, device)
-        stage2, u = mean_teacher_step(replace(base, precision=p), data, device)
-        steps[p] = (stage1, stage2, u)
+    for name, settings in variants.items():
+        torch.manual_seed(0)  # the same weights in every variant
+        stage1 = contrastive_step(settings, c, device)
+        stage2, u = mean_teacher_step(settings, data, device)
+        steps[name] = (stage1, stage2, u)
     gen = torch.Generator(device=device).manual_seed(0)
-    views = torch.randn(1 + base.views, b, c, size, size, generator=gen, device=device)
+    views = torch.randn(1 + base_settings.views, b, c, size, size, generator=gen, device=device)
     x = torch.randn(b, c, size, size, generator=gen, device=device)
     y = torch.nn.functional.one_hot(torch.arange(b, device=device) % args.classes, args.classes)
     y = y.float()
-    u_views = torch.randn(steps[precisions[0]][2], c, size, size, generator=gen, device=device)
+    first = next(iter(steps))
+    u_views = torch.randn(steps[first][2], c, size, size, generator=gen, device=device)
 
     rounds: dict[str, dict[str, list[float]]] = {p: {"stage1": [], "stage2": []} for p in steps}
     for _ in range(args.rounds):
@@ -76,7 +87,6 @@ def measure(args: argparse.Namespace) -> dict:
             )
             rounds[p]["stage1"].append(b / t1)
             rounds[p]["stage2"].append((b + u) / t2)
-    first = precisions[0]
     return {
         "img_s": {
             p: {k: {"fastest": max(v), "rounds": v} for k, v in stages.items()}
@@ -87,7 +97,7 @@ def measure(args: argparse.Namespace) -> dict:
                 k: statistics.median(a / r for a, r in zip(rounds[p][k], rounds[first][k]))
                 for k in ("stage1", "stage2")
             }
-            for p in precisions[1:]
+            for p in list(steps)[1:]
         },
         "settings": {**vars(args), "json": str(args.json), "stage2_images_per_step": b + u},
         "device_name": device_name(device),
@@ -118,14 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="let cuDNN time its convolution algorithms per shape (the engine does not, yet)",
     )
+    ap.add_argument(
+        "--shared-bn-stats",
+        choices=("off", "on", "both"),
+        default="off",
+        help="DenseNet: model.shared_bn_stats in every variant (on), none (off) or as a variant",
+    )
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     result = measure(args)
     for p, stages in result["img_s"].items():
         print(p, {k: round(v["fastest"], 1) for k, v in stages.items()})
-    for p, ratios in result[f"ratio_to_{args.precisions[0]}"].items():
-        print(f"{p} / {args.precisions[0]} (median of rounds):", ratios)
+    first = next(iter(result["img_s"]))
+    for p, ratios in result[f"ratio_to_{first}"].items():
+        print(f"{p} / {first} (median of rounds):", ratios)
     print(f"wrote {save_result(result, args.json)}")
     return 0
 

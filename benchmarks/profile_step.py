@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rows", type=int, default=25, help="operators shown")
+    ap.add_argument("--shared-bn-stats", action="store_true", help="model.shared_bn_stats: true")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size,
         views=args.views,
         batch_size=args.batch_size,
+        shared_bn_stats=args.shared_bn_stats,
     )
     step = contrastive_step(s, args.channels, device)
     gen = epoch_generator(device, 0, 0)

@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     p.add_argument("--data", type=Path, help="prepared-data folder (default: generate images)")
     p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes)")
+    p.add_argument(
+        "--shared-bn-stats",
+        action="store_true",
+        help="DenseNet: each feature map's batch statistics once per block (model.shared_bn_stats)",
+    )
     p.add_argument("--json", type=Path, required=True, help="write the result to this JSON file")
 
     p = sub.add_parser("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
@@ -249,6 +254,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             channels=args.channels,
             threads=args.threads,
             data=str(args.data) if args.data else None,
+            shared_bn_stats=args.shared_bn_stats,
         )
         result = run_bench(settings, quick=args.quick, command=command)
         print(format_table(result))

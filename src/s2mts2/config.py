@@ -43,6 +43,7 @@ class ModelConfig:
     proj_hidden: int = 0  # hidden width of the projection head (0 = backbone feature width)
     head_hidden: int = 0  # hidden width of the classifier head (0 = backbone feature width)
     sync_bn: bool = False  # several CUDA processes: SyncBatchNorm in student and teacher
+    shared_bn_stats: bool = False  # densenet121 training: each feature map's BN statistics once
 
 
 @dataclass

@@ -27,3 +27,15 @@ def test_writes_speeds_and_ratios_per_precision(tmp_path, load_benchmark):
     assert set(result["ratio_to_fp32"]) == {"bf16"}
     assert result["ratio_to_fp32"]["bf16"]["stage1"] > 0
     assert result["settings"]["stage2_images_per_step"] == 4 + 4  # unlabelled_ratio 1 default
+
+
+def test_shared_bn_stats_as_a_variant(tmp_path, load_benchmark):
+    module = load_benchmark("precision_steps")
+    out = tmp_path / "r.json"
+    argv = ["--model", "densenet121", "--precisions", "fp32", "--shared-bn-stats", "both"]
+    argv += ["--size", "32", "--batch-size", "2", "--rounds", "1", "--steps", "1"]
+    assert module.main([*argv, "--warmup", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["img_s"]) == {"fp32", "fp32+shared_bn_stats"}
+    assert set(result["ratio_to_fp32"]) == {"fp32+shared_bn_stats"}
+    assert result["ratio_to_fp32"]["fp32+shared_bn_stats"]["stage2"] > 0

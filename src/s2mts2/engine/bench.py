@@ -85,7 +85,9 @@ class BenchSettings:
     ``reference_workers``: DataLoader workers of the reference pipeline (default: all cores);
     ``queue_size``: K negatives of stage 1; ``threads``: torch CPU threads (0 = all cores);
     ``precision``: of the engine's steps, as the training config's ``precision`` (resolved to a
-    name by :func:`resolve_settings`); the reference pipeline always runs fp32 NCHW.
+    name by :func:`resolve_settings`); the reference pipeline always runs fp32 NCHW;
+    ``shared_bn_stats``: the engine's DenseNet computes each feature map's batch statistics once
+    (``model.shared_bn_stats``; the reference pipeline runs torchvision's forward).
     """
 
     device: str = "auto"
@@ -107,6 +109,7 @@ class BenchSettings:
     reference_workers: int | None = None
     threads: int = 0
     seed: int = 0
+    shared_bn_stats: bool = False
 
 
 DEFAULTS = {
@@ -260,7 +263,7 @@ def contrastive_step(
     ``engine=False`` gives the step users run today: fp32, NCHW; else ``s.precision``.
     """
     pc = PretrainConfig(batch_size=s.batch_size, views=s.views, queue_size=s.queue_size)
-    model = ModelConfig(backbone=s.model)
+    model = ModelConfig(backbone=s.model, shared_bn_stats=s.shared_bn_stats and engine)
     net = pretrain_network(model, channels)
     precision = resolve_precision(s.precision, device) if engine else Precision(device.type)
     student = precision.prepare(net, device)
@@ -291,7 +294,8 @@ def mean_teacher_step(
 ) -> tuple[MeanTeacherStep, int]:
     """A fresh stage-2 step (default config, mean teacher) and its unlabelled batch size."""
     fc = FinetuneConfig(batch_size=s.batch_size)
-    net = classifier_network(ModelConfig(backbone=s.model), data.channels, data.labels.shape[1])
+    model = ModelConfig(backbone=s.model, shared_bn_stats=s.shared_bn_stats)
+    net = classifier_network(model, data.channels, data.labels.shape[1])
     precision = resolve_precision(s.precision, device)
     student = precision.prepare(net, device)
     teacher = EmaTeacher(student, decay=fc.ema, buffers=fc.ema_buffers)

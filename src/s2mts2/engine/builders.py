@@ -13,7 +13,11 @@ from s2mts2.models.heads import ClassifierHead, Network, ProjectionHead
 def pretrain_network(cfg: ModelConfig, channels: int) -> Network:
     """Backbone + projection head: (B, channels, H, W) -> (B, proj_dim), L2-normalised."""
     backbone, dim = build_backbone(
-        cfg.backbone, in_channels=channels, init=cfg.init, weights=cfg.weights or None
+        cfg.backbone,
+        in_channels=channels,
+        init=cfg.init,
+        weights=cfg.weights or None,
+        shared_bn_stats=cfg.shared_bn_stats,
     )
     return Network(backbone, ProjectionHead(dim, cfg.proj_hidden or None, cfg.proj_dim))
 
@@ -30,6 +34,7 @@ def classifier_network(
         in_channels=channels,
         init=init or cfg.init,
         weights=cfg.weights or None,
+        shared_bn_stats=cfg.shared_bn_stats,
     )
     return Network(backbone, ClassifierHead(dim, num_classes, cfg.head_hidden or None))
 

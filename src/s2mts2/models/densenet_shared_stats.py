@@ -1,0 +1,178 @@
+"""DenseNet training forward that computes each feature map's batch-norm statistics once.
+
+Inside a dense block, layer l batch-normalises the concatenation of the block input and the l
+earlier layers' outputs, and the block's successor (a transition's ``norm`` or ``norm5``)
+normalises all of them. In training mode a BatchNorm normalises each channel with its mean and
+variance over (N, H, W), which do not depend on which layer reads the channel. torchvision
+recomputes them in every layer: O(L²) reductions per block of L layers, about 60 % of
+DenseNet-121's statistics work and the largest single item of a CUDA training step (see
+``benchmarks/README.md``). Here each chunk (the block input, every layer's output) gets its
+statistics once and every consumer normalises with them.
+
+Exact, not an approximation: the shared statistics stay in the autograd graph, so each consumer's
+gradient reaches them and autograd sums the contributions, as it does for torchvision's
+per-layer statistics. Forward, gradients and running statistics equal torchvision's training-mode
+BatchNorm up to floating-point rounding (tested in float64).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision.models.densenet as tvd
+from torch import nn
+
+
+class _BatchStats(torch.autograd.Function):
+    """x (N, C, H, W) -> per-channel batch mean and biased variance, each (C,), float32 or float64."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        if x.is_cuda:
+            mean, invstd = torch.batch_norm_stats(x, 0.0)  # float32 for 16-bit input; one kernel
+            var = invstd.pow(-2)  # a constant channel: invstd = inf, var = 0
+        else:
+            exact = x if x.dtype in (torch.float32, torch.float64) else x.float()
+            var, mean = torch.var_mean(exact, dim=(0, 2, 3), correction=0)
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x, mean = ctx.saved_tensors
+        count = x.numel() // x.shape[1]
+        # d mean / dx = 1 / count;  d var / dx = 2 (x - mean) / count
+        scale = grad_var * (2.0 / count)
+        return channel_affine(x, scale, grad_mean / count - scale * mean)
+
+
+def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x * scale + shift per channel: x (N, C, H, W), scale and shift (C,) -> x's dtype and layout.
+
+    One fused kernel with the arithmetic in float32 (BatchNorm's inference kernel with mean 0,
+    variance 1 and eps 0), where ``x * scale`` would promote 16-bit x to float32.
+    """
+    zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
+    return F.batch_norm(x, zeros, ones, scale, shift, training=False, momentum=0.0, eps=0.0)
+
+
+class _NormaliseWithStats(torch.autograd.Function):
+    """Training-mode BatchNorm of x (N, C, H, W) whose batch statistics (C,) are inputs.
+
+    Forward is BatchNorm's inference kernel; backward is its inference backward (gradient of x,
+    weight and bias) plus the gradient of the statistics, which training mode adds:
+    d y / d mean = -weight * invstd and d y / d var = -weight * invstd³ (x - mean) / 2.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps: float):  # type: ignore[override]
+        ctx.save_for_backward(x, mean, var, weight)
+        ctx.eps = eps
+        return F.batch_norm(x, mean, var, weight, bias, training=False, momentum=0.0, eps=eps)
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x, mean, var, weight = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True]
+        )
+        # grad_weight = Σ g (x - mean) invstd and grad_bias = Σ g, summed over (N, H, W)
+        invstd = torch.rsqrt(var + ctx.eps)
+        weight_invstd = weight * invstd
+        grad_mean = -grad_bias * weight_invstd
+        grad_var = grad_weight * weight_invstd * invstd * -0.5
+        return grad_x, grad_mean, grad_var, grad_weight, grad_bias, None
+
+
+class _Chunks:
+    """The feature maps of an open dense block with their batch statistics.
+
+    ``maps``: [(N, C_i, H, W)]; ``mean``/``var``: (ΣC_i,), the maps' statistics concatenated as
+    the maps are (one concatenation per new map, so their gradients add up in O(L) steps);
+    ``readers``: the BatchNorms that normalised the concatenation, with the statistics they used.
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.maps = [x]
+        self.mean, self.var = _BatchStats.apply(x)
+        self.readers: list[tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, x: torch.Tensor) -> None:
+        mean, var = _BatchStats.apply(x)
+        self.maps.append(x)
+        self.mean, self.var = torch.cat((self.mean, mean)), torch.cat((self.var, var))
+
+    def normalised(self, bn: nn.BatchNorm2d) -> torch.Tensor:
+        """``bn``(concatenation of all maps) in training mode: (N, ΣC_i, H, W)."""
+        self.readers.append((bn, self.mean, self.var))
+        x = torch.cat(self.maps, 1)
+        return _NormaliseWithStats.apply(x, self.mean, self.var, bn.weight, bn.bias, bn.eps)
+
+    @torch.no_grad()
+    def update_running_stats(self) -> None:
+        """What each reader would have done: running averages with the unbiased variance."""
+        count = self.maps[0].numel() // self.maps[0].shape[1]
+        norms = [bn for bn, _, _ in self.readers]
+        momenta = [float(bn.momentum) for bn in norms]  # type: ignore[arg-type]
+        means = [mean.detach() for _, mean, _ in self.readers]
+        unbiased = torch._foreach_mul(
+            [var.detach() for _, _, var in self.readers], count / (count - 1)
+        )
+        torch._foreach_lerp_([bn.running_mean for bn in norms], means, momenta)
+        torch._foreach_lerp_([bn.running_var for bn in norms], unbiased, momenta)
+        torch._foreach_add_([bn.num_batches_tracked for bn in norms], 1)
+
+
+def _dense_layer(layer: tvd._DenseLayer, chunks: _Chunks) -> torch.Tensor:
+    """One torchvision ``_DenseLayer`` reading the open block: -> its new map (N, k, H, W)."""
+    h = layer.conv1(layer.relu1(chunks.normalised(layer.norm1)))
+    new = layer.conv2(layer.relu2(layer.norm2(h)))
+    if layer.drop_rate > 0:
+        new = F.dropout(new, p=layer.drop_rate, training=True)
+    return new
+
+
+def uses_shared_stats(features: nn.Sequential, x: torch.Tensor) -> bool:
+    """Whether ``forward_shared_stats`` reproduces ``features(x)``: training mode, plain
+    BatchNorm2d with running statistics and a momentum (not SyncBatchNorm, not a cumulative
+    average), and more than one image (torchvision's own check on 1x1 maps stays in charge)."""
+    norms = [m for m in features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return (
+        features.training
+        and x.shape[0] > 1
+        and all(
+            type(m) is nn.BatchNorm2d
+            and m.affine
+            and m.track_running_stats
+            and m.momentum is not None
+            for m in norms
+        )
+    )
+
+
+def forward_shared_stats(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """torchvision DenseNet ``features`` in training mode: (N, C, H, W) -> (N, F, H/32, W/32).
+
+    Same modules, parameters and result as ``features(x)``; each dense block's chunk statistics
+    are computed once. Forward hooks on the BatchNorms inside blocks do not run (Grad-CAM and
+    export use evaluation mode, which takes torchvision's forward).
+    """
+    chunks: _Chunks | None = None
+    for module in features.children():
+        if isinstance(module, tvd._DenseBlock):
+            chunks = _Chunks(x)
+            for layer in module.values():
+                chunks.add(_dense_layer(layer, chunks))  # type: ignore[arg-type]
+        elif chunks is not None:  # a transition or norm5 reads the whole block
+            norm = module.norm if isinstance(module, tvd._Transition) else module
+            x = chunks.normalised(norm)  # type: ignore[arg-type]
+            if isinstance(module, tvd._Transition):
+                x = module.pool(module.conv(module.relu(x)))
+            chunks.update_running_stats()
+            chunks = None
+        else:
+            x = module(x)
+    if chunks is not None:  # a block without successor
+        chunks.update_running_stats()
+        x = torch.cat(chunks.maps, 1)
+    return x

@@ -1,0 +1,207 @@
+"""DenseNet training forward with shared batch statistics == torchvision's forward.
+
+Checked against torchvision's own training-mode BatchNorm (outputs, gradients of the input and
+every parameter, running statistics) in float64, against numerical gradients, and in bf16.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from state_dicts import max_diff
+from torch import nn
+
+from s2mts2.config import load_config
+from s2mts2.errors import ConfigError
+from s2mts2.models import densenet_shared_stats as shared
+from s2mts2.models.backbones import DenseNetFeatures, build_backbone
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _densenet(drop_rate: float = 0.0, dtype=torch.float64) -> tvm.DenseNet:
+    """A small torchvision DenseNet (3 blocks, 2 transitions, norm5) with non-trivial BN affines."""
+    torch.manual_seed(0)
+    net = tvm.DenseNet(
+        growth_rate=6, block_config=(2, 3, 2), num_init_features=8, bn_size=2, drop_rate=drop_rate
+    )
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+            m.running_mean.uniform_(-1, 1)
+    return net.to(dtype).train()
+
+
+def _forward_backward(features: nn.Module, x: torch.Tensor, fast: bool, seed: int = 1):
+    """Output, input gradient and parameter gradients of a weighted sum of ``features(x)``."""
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)  # dropout draws the same masks in both forwards
+    y = shared.forward_shared_stats(features, x) if fast else features(x)
+    weights = torch.linspace(-1, 2, y.numel(), dtype=y.dtype, device=y.device).view_as(y)
+    (y.float() * weights.float()).sum().backward()
+    grads = {n: p.grad for n, p in features.named_parameters()}
+    return y, x.grad, grads
+
+
+@pytest.mark.parametrize("drop_rate", [0.0, 0.3])
+def test_training_forward_equals_torchvision_in_float64(drop_rate):
+    net = _densenet(drop_rate)
+    ref = copy.deepcopy(net)
+    x = torch.randn(3, 3, 48, 48, dtype=torch.float64) * 2 + 0.5
+    assert shared.uses_shared_stats(net.features, x)
+    y, gx, grads = _forward_backward(net.features, x, fast=True)
+    y_ref, gx_ref, grads_ref = _forward_backward(ref.features, x, fast=False)
+    assert y.shape == y_ref.shape
+    assert (y - y_ref).abs().max() < 1e-10 * y_ref.abs().max()
+    assert (gx - gx_ref).abs().max() < 1e-10 * gx_ref.abs().max()
+    assert max_diff(grads, grads_ref) < 1e-10 * max(
+        g.abs().max().item() for g in grads_ref.values()
+    )
+    # running means and variances (unbiased) and num_batches_tracked of every BatchNorm
+    assert max_diff(net.state_dict(), ref.state_dict()) < 1e-12
+    assert all(b.item() == 1 for k, b in net.state_dict().items() if k.endswith("tracked"))
+
+
+def test_densenet121_equals_torchvision_in_float64():
+    torch.manual_seed(0)
+    net = tvm.densenet121().double().train()
+    ref = copy.deepcopy(net)
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)  # 2x2 maps in block 4: 12 values per channel
+    y, gx, grads = _forward_backward(net.features, x, fast=True)
+    y_ref, gx_ref, grads_ref = _forward_backward(ref.features, x, fast=False)
+    assert (y - y_ref).abs().max() < 1e-9 * y_ref.abs().max()
+    assert (gx - gx_ref).abs().max() < 1e-9 * gx_ref.abs().max()
+    assert max_diff(grads, grads_ref) < 1e-9 * max(g.abs().max().item() for g in grads_ref.values())
+    assert max_diff(net.state_dict(), ref.state_dict()) < 1e-12
+
+
+def test_statistics_and_normalisation_have_the_numerical_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def normalise(x, weight, bias):
+        mean, var = shared._BatchStats.apply(x)
+        return shared._NormaliseWithStats.apply(x, mean, var, weight, bias, 1e-5)
+
+    assert torch.autograd.gradcheck(shared._BatchStats.apply, (x,))
+    assert torch.autograd.gradcheck(normalise, (x, weight, bias))
+    expected = F.batch_norm(x, None, None, weight, bias, training=True, eps=1e-5)
+    assert torch.allclose(normalise(x, weight, bias), expected, atol=1e-12)
+
+
+def test_statistics_of_a_constant_channel():
+    x = torch.randn(4, 3, 2, 2)
+    x[:, 1] = 7.0
+    mean, var = shared._BatchStats.apply(x)
+    assert mean[1] == 7.0 and var[1] == 0.0
+    assert torch.allclose(var, x.var(dim=(0, 2, 3), unbiased=False))
+
+
+def test_channel_affine_keeps_dtype_and_layout():
+    x = torch.randn(2, 3, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, -3.0])
+    y = shared.channel_affine(x, scale, shift)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    expected = x.float() * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
+    assert torch.allclose(y.float(), expected, rtol=1e-2, atol=1e-2)
+
+
+def _relative_error(a: torch.Tensor, truth: torch.Tensor) -> float:
+    return ((a.double() - truth).norm() / truth.norm()).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_channels_last_is_as_accurate_as_torchvision(device):
+    """bf16 autocast, channels-last: both forwards' errors against a float64 torchvision run."""
+    net = _densenet(dtype=torch.float32).to(device).to(memory_format=torch.channels_last)
+    truth = copy.deepcopy(net).double()
+    x = torch.randn(8, 3, 48, 48, device=device).contiguous(memory_format=torch.channels_last)
+    y_t, gx_t, grads_t = _forward_backward(truth.features, x.double(), fast=False)
+    stats_t = torch.cat([b.flatten() for k, b in truth.state_dict().items() if "running" in k])
+    grads_t = torch.cat([g.flatten() for g in grads_t.values()])
+    errors = {}
+    for fast in (False, True):
+        copied = copy.deepcopy(net)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            y, gx, grads = _forward_backward(copied.features, x, fast=fast)
+        assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+        stats = torch.cat([b.flatten() for k, b in copied.state_dict().items() if "running" in k])
+        errors[fast] = [
+            _relative_error(y, y_t),
+            _relative_error(gx, gx_t),
+            _relative_error(torch.cat([g.flatten() for g in grads.values()]), grads_t),
+            _relative_error(stats, stats_t),
+        ]
+    # bf16 itself is far from float64 here (gradients ~30 %); the shortcut adds nothing to that
+    for fast_error, torchvision_error in zip(errors[True], errors[False]):
+        assert fast_error <= 1.1 * torchvision_error + 1e-3, errors
+
+
+def test_a_block_without_successor_returns_its_concatenation():
+    net = _densenet()
+    features = net.features[:5]  # conv0 norm0 relu0 pool0 denseblock1
+    ref = copy.deepcopy(features)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    y, y_ref = shared.forward_shared_stats(features, x), ref(x)
+    assert y.shape == y_ref.shape == (2, 8 + 2 * 6, 8, 8)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    assert max_diff(features.state_dict(), ref.state_dict()) < 1e-12
+
+
+def test_torchvision_forward_where_the_shortcut_does_not_apply():
+    net = _densenet()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert shared.uses_shared_stats(net.features, x)
+    assert not shared.uses_shared_stats(net.features, x[:1])  # torchvision checks 1x1 maps
+    net.features.norm5.momentum = None  # cumulative average
+    assert not shared.uses_shared_stats(net.features, x)
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(_densenet())  # statistics across processes
+    assert not shared.uses_shared_stats(sync.features, x)
+    assert not shared.uses_shared_stats(_densenet().eval().features, x)
+
+
+def test_backbone_option_switches_the_training_forward(monkeypatch):
+    calls = []
+    real = shared.forward_shared_stats
+
+    def spy(features, x):
+        calls.append(x.shape)
+        return real(features, x)
+
+    monkeypatch.setattr("s2mts2.models.backbones.forward_shared_stats", spy)
+    torch.manual_seed(0)
+    fast, dim = build_backbone("densenet121", shared_bn_stats=True)
+    torch.manual_seed(0)
+    plain, _ = build_backbone("densenet121")
+    assert isinstance(fast, DenseNetFeatures) and fast.shared_bn_stats and dim == 1024
+    x = torch.randn(3, 3, 64, 64)
+    assert torch.allclose(fast(x), plain(x), atol=1e-4)
+    assert calls == [x.shape]
+    fast.eval(), plain.eval()
+    assert torch.allclose(fast(x), plain(x), atol=1e-4)  # running statistics of the forward above
+    assert calls == [x.shape]  # evaluation: torchvision's forward
+
+
+def test_the_option_is_for_densenets_only():
+    with pytest.raises(ConfigError, match="model.shared_bn_stats.*resnet18"):
+        build_backbone("resnet18", shared_bn_stats=True)
+    assert load_config("tiny", ["model.shared_bn_stats=true"]).model.shared_bn_stats
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_no_host_synchronisation_on_cuda():
+    net = _densenet(dtype=torch.float32).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 48, 48, device="cuda").contiguous(memory_format=torch.channels_last)
+    _forward_backward(net.features, x, fast=True)  # warm-up: kernels loaded, allocator filled
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = shared.forward_shared_stats(net.features, x)
+        y.float().square().mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
