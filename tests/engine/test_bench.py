@@ -74,6 +74,9 @@ def test_tiny_bench_measures_every_key(tiny_result):
     )
     table = format_table(tiny_result)
     assert "stage 1 end-to-end" in table and "reference pipeline" in table
+    assert "shared BN statistics" not in table
+    shared = {**tiny_result, "settings": {**tiny_result["settings"], "shared_bn_stats": True}}
+    assert ", shared BN statistics," in format_table(shared)
 
 
 def test_cli_writes_json_and_prints_table(tmp_path, monkeypatch, capsys, tiny_result):

@@ -570,7 +570,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"M = {s['views']}, K = {s['queue_size']}, batch {s['batch_size']}, {s['steps']} steps "
         f"(+{s['warmup']} warm-up, best of {s['repeats']}), threads {result['torch_threads']} "
         f"(OMP_WAIT_POLICY {result['omp_wait_policy'] or 'unset'}), "
-        f"{result['device_name']} ({result['device']}), {s['precision']}, torch "
+        f"{result['device_name']} ({result['device']}), {s['precision']}"
+        f"{', shared BN statistics' if s.get('shared_bn_stats') else ''}, torch "
         f"{result['torch_version']}, load {result['load_average_before'][0]:.2f}"
     )
     rows = [
