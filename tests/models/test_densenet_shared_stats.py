@@ -163,6 +163,12 @@ def test_torchvision_forward_where_the_shortcut_does_not_apply():
     sync = nn.SyncBatchNorm.convert_sync_batchnorm(_densenet())  # statistics across processes
     assert not shared.uses_shared_stats(sync.features, x)
     assert not shared.uses_shared_stats(_densenet().eval().features, x)
+    frozen = _densenet()
+    frozen.features.denseblock2.denselayer1.norm1.eval()  # a frozen BatchNorm uses running stats
+    assert not shared.uses_shared_stats(frozen.features, x)
+    other = _densenet()
+    other.features.transition1 = nn.Identity()  # not torchvision's layout after a block
+    assert not shared.uses_shared_stats(other.features, x)
 
 
 def test_backbone_option_switches_the_training_forward(monkeypatch):

@@ -4,8 +4,8 @@ Inside a dense block, layer l batch-normalises the concatenation of the block in
 earlier layers' outputs, and the block's successor (a transition's ``norm`` or ``norm5``)
 normalises all of them. In training mode a BatchNorm normalises each channel with its mean and
 variance over (N, H, W), which do not depend on which layer reads the channel. torchvision
-recomputes them in every layer: O(L²) reductions per block of L layers, about 60 % of
-DenseNet-121's statistics work and the largest single item of a CUDA training step (see
+recomputes them in every layer: O(L²) reductions per block of L layers, 58 % of
+DenseNet-121's statistics work, and statistics are the largest single item of a CUDA step (see
 ``benchmarks/README.md``). Here each chunk (the block input, every layer's output) gets its
 statistics once and every consumer normalises with them.
 
@@ -128,25 +128,29 @@ def _dense_layer(layer: tvd._DenseLayer, chunks: _Chunks) -> torch.Tensor:
     h = layer.conv1(layer.relu1(chunks.normalised(layer.norm1)))
     new = layer.conv2(layer.relu2(layer.norm2(h)))
     if layer.drop_rate > 0:
-        new = F.dropout(new, p=layer.drop_rate, training=True)
+        new = F.dropout(new, p=layer.drop_rate, training=layer.training)
     return new
 
 
 def uses_shared_stats(features: nn.Sequential, x: torch.Tensor) -> bool:
-    """Whether ``forward_shared_stats`` reproduces ``features(x)``: training mode, plain
-    BatchNorm2d with running statistics and a momentum (not SyncBatchNorm, not a cumulative
-    average), and more than one image (torchvision's own check on 1x1 maps stays in charge)."""
+    """Whether ``forward_shared_stats`` reproduces ``features(x)``: every BatchNorm in training
+    mode, a plain BatchNorm2d with running statistics and a momentum (not SyncBatchNorm, not a
+    cumulative average), every dense block followed by a transition or a BatchNorm (torchvision's
+    layout), and more than one image (torchvision's own check on 1x1 maps stays in charge)."""
     norms = [m for m in features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    children = list(features.children())
+    successors = [b for a, b in zip(children, children[1:]) if isinstance(a, tvd._DenseBlock)]
     return (
-        features.training
-        and x.shape[0] > 1
+        x.shape[0] > 1
         and all(
             type(m) is nn.BatchNorm2d
+            and m.training
             and m.affine
             and m.track_running_stats
             and m.momentum is not None
             for m in norms
         )
+        and all(isinstance(m, tvd._Transition | nn.BatchNorm2d) for m in successors)
     )
 
 
