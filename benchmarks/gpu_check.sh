@@ -7,14 +7,15 @@
 #                                              # also: precision (fp32/bf16/fp16, 0.8 min; decided:
 #                                              # bf16), cudnn (autotuning on/off, 2 min; decided: off)
 #
-# Writes up to seven files: log.txt (everything printed: GPU, tables, tests, the CLI run),
+# Writes up to eight files: log.txt (everything printed: GPU, tables, tests, the CLI run),
 # speed-cuda.json (`s2mts2 bench`: stage 1 and stage 2, model-only vs end-to-end, the reference
 # pipeline, prepare; DenseNet-121, 224 px, M = 2, batch 128 labelled + 128 unlabelled in stage 2),
-# speed-cuda-shared-bn-stats.json (the same with `--shared-bn-stats`), shared-bn-stats-cuda.json
-# (model-only bf16 steps with and without shared DenseNet BN statistics, alternating in one
-# process), profile-cuda.json (where a stage-1 step's time goes, with shared statistics: the
-# default profile is profile-cuda-h200.json in benchmarks/results/cuda), precision-cuda.json
-# (fp32 / bf16 / fp16 steps alternating; with cudnn: precision-cuda-cudnn-benchmark.json, the
+# speed-cuda-shared-bn-stats.json (the same with `--shared-bn-stats`), bn-stats-kernels-cuda.json
+# (batch-norm statistics kernels on DenseNet-121's shapes), shared-bn-stats-cuda.json (model-only
+# bf16 steps with and without shared DenseNet BN statistics, alternating in one process),
+# profile-cuda.json (where a stage-1 step's time goes, with shared statistics; without them:
+# results/cuda/profile-cuda-h200.json), precision-cuda.json (fp32 / bf16 / fp16 steps
+# alternating; with cudnn: precision-cuda-cudnn-benchmark.json, the
 # same with cuDNN autotuning). The tests part runs the augmentation tests (CUDA == CPU for the
 # same parameters), the shared-statistics DenseNet tests and the precision, no-host-sync and
 # resume tests on the GPU; the cli part the whole CLI on CUDA (prepare, stage 1 under torchrun
@@ -65,7 +66,9 @@ precision() {
   precision_steps --precisions fp32 bf16 fp16 --json "$OUT/precision-cuda.json"
 }
 shared() {  # model.shared_bn_stats off / on, alternating (exact: tests/models/...shared_stats.py)
-  precision_steps --precisions bf16 --shared-bn-stats both --json "$OUT/shared-bn-stats-cuda.json"
+  python3 benchmarks/bn_stats_kernels.py --device cuda --batch-size 128 \
+    --json "$OUT/bn-stats-kernels-cuda.json" &&
+    precision_steps --precisions bf16 --shared-bn-stats both --json "$OUT/shared-bn-stats-cuda.json"
 }
 cudnn() {  # measured on an H100: no gain, so the engine leaves autotuning off
   precision_steps --precisions fp32 bf16 --cudnn-benchmark \
