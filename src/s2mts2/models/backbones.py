@@ -36,7 +36,7 @@ class DenseNetFeatures(nn.Module):
         self.shared_bn_stats = shared_bn_stats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shared_bn_stats and uses_shared_stats(self.features, x):
+        if self.shared_bn_stats and self.training and uses_shared_stats(self.features, x):
             maps = forward_shared_stats(self.features, x)
         else:
             maps = self.features(x)

@@ -143,8 +143,7 @@ def uses_shared_stats(features: nn.Sequential, x: torch.Tensor) -> bool:
     children = list(features.children())
     successors = [b for a, b in zip(children, children[1:]) if isinstance(a, tvd._DenseBlock)]
     return (
-        x.shape[0] > 1
-        and all(
+        all(
             type(m) is nn.BatchNorm2d
             and m.training
             and m.affine
@@ -153,6 +152,7 @@ def uses_shared_stats(features: nn.Sequential, x: torch.Tensor) -> bool:
             for m in norms
         )
         and all(isinstance(m, tvd._Transition | nn.BatchNorm2d) for m in successors)
+        and x.shape[0] > 1
     )
 
 
