@@ -10,10 +10,10 @@ inference kernel on every reader. Times, summed over the shapes (ms per forward 
   normalisation);
 - ``apply_readers``: inference-mode ``F.batch_norm`` on the readers (the shortcut's normalisation);
 - ``<method>_chunks`` / ``<method>_readers``: per-channel mean and variance by ``method`` on the
-  chunks (the shortcut) or on the readers: ``batch_norm_stats`` (CUDA, what the shortcut uses
-  there), ``batch_norm_update_stats`` (with float32 running buffers, momentum 0: the shortcut
-  on a CPU), ``var_mean_fp32`` (``torch.var_mean`` of the float32 input), ``sums_fp32`` (float32
-  sum and sum of squares without a float32 copy).
+  chunks (the shortcut) or on the readers: ``shortcut`` (what ``model.shared_bn_stats`` runs:
+  ``torch.batch_norm_update_stats``, float32 statistics), ``batch_norm_stats`` (CUDA:
+  SyncBatchNorm's mean and inverse standard deviation), ``var_mean_fp32`` (``torch.var_mean`` of
+  the float32 input), ``sums_fp32`` (float32 sum and sum of squares without a float32 copy).
 
     python benchmarks/bn_stats_kernels.py --device cuda --batch-size 128 \\
         --json benchmarks/results/cuda/bn-stats-kernels.json
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from s2mts2.engine.bench import device_name, save_result
 from s2mts2.engine.runtime import resolve_device
+from s2mts2.models.densenet_shared_stats import _BatchStats
 
 DIMS = (0, 2, 3)
 
@@ -65,18 +66,11 @@ def _sums_fp32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, square - mean.square()
 
 
-def _update_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    zeros = torch.zeros(x.shape[1], device=x.device)
-    return torch.batch_norm_update_stats(x, zeros, torch.ones_like(zeros), 0.0)
-
-
 def _methods(device: torch.device) -> dict[str, Callable[[torch.Tensor], object]]:
-    methods: dict[str, Callable[[torch.Tensor], object]] = {}
+    methods: dict[str, Callable[[torch.Tensor], object]] = {"shortcut": _BatchStats.apply}
     if device.type == "cuda":
         methods["batch_norm_stats"] = lambda x: torch.batch_norm_stats(x, 0.0)
-    methods.update(
-        batch_norm_update_stats=_update_stats, var_mean_fp32=_var_mean_fp32, sums_fp32=_sums_fp32
-    )
+    methods.update(var_mean_fp32=_var_mean_fp32, sums_fp32=_sums_fp32)
     return methods
 
 

@@ -19,7 +19,7 @@ def test_writes_times_of_every_method(tmp_path, load_benchmark):
     assert load_benchmark("bn_stats_kernels").main([*argv, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     names = {"train_readers", "apply_readers"}
-    for method in ("batch_norm_update_stats", "var_mean_fp32", "sums_fp32"):
+    for method in ("shortcut", "var_mean_fp32", "sums_fp32"):
         names |= {f"{method}_readers", f"{method}_chunks"}
     assert set(result["ms_per_forward"]) == names
     assert all(ms > 0 for ms in result["ms_per_forward"].values())

@@ -46,11 +46,12 @@ def _forward_backward(features: nn.Module, x: torch.Tensor, fast: bool, seed: in
     return y, x.grad, grads
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("drop_rate", [0.0, 0.3])
-def test_training_forward_equals_torchvision_in_float64(drop_rate):
-    net = _densenet(drop_rate)
+def test_training_forward_equals_torchvision_in_float64(drop_rate, device):
+    net = _densenet(drop_rate).to(device)
     ref = copy.deepcopy(net)
-    x = torch.randn(3, 3, 48, 48, dtype=torch.float64) * 2 + 0.5
+    x = torch.randn(3, 3, 48, 48, dtype=torch.float64, device=device) * 2 + 0.5
     assert shared.uses_shared_stats(net.features, x)
     y, gx, grads = _forward_backward(net.features, x, fast=True)
     y_ref, gx_ref, grads_ref = _forward_backward(ref.features, x, fast=False)
@@ -78,11 +79,12 @@ def test_densenet121_equals_torchvision_in_float64():
     assert max_diff(net.state_dict(), ref.state_dict()) < 1e-12
 
 
-def test_statistics_and_normalisation_have_the_numerical_gradient():
+@pytest.mark.parametrize("device", DEVICES)
+def test_statistics_and_normalisation_have_the_numerical_gradient(device):
     torch.manual_seed(0)
-    x = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
-    weight = torch.rand(4, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    f64 = dict(dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(3, 4, 5, 5, **f64)
+    weight, bias = torch.rand(4, **f64), torch.randn(4, **f64)
 
     def normalise(x, weight, bias):
         mean, var = shared._BatchStats.apply(x)
@@ -94,12 +96,15 @@ def test_statistics_and_normalisation_have_the_numerical_gradient():
     assert torch.allclose(normalise(x, weight, bias), expected, atol=1e-12)
 
 
-def test_statistics_of_a_constant_channel():
-    x = torch.randn(4, 3, 2, 2)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_statistics_of_a_constant_channel(device, dtype):
+    x = torch.randn(4, 3, 2, 2, device=device).to(dtype)
     x[:, 1] = 7.0
     mean, var = shared._BatchStats.apply(x)
+    assert mean.dtype == var.dtype == torch.float32  # float32 statistics of bf16 input
     assert mean[1] == 7.0 and var[1] == 0.0
-    assert torch.allclose(var, x.var(dim=(0, 2, 3), unbiased=False))
+    assert torch.allclose(var, x.float().var(dim=(0, 2, 3), unbiased=False))
 
 
 def test_channel_affine_keeps_dtype_and_layout():

@@ -28,14 +28,14 @@ class _BatchStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        if x.is_cuda:  # SyncBatchNorm's kernel: float32 for 16-bit input
-            mean, invstd = torch.batch_norm_stats(x, 0.0)
-            var = invstd.pow(-2)  # a constant channel: invstd = inf, var = 0
-        else:  # BatchNorm's CPU statistics (8-18x torch.var_mean); float32 running buffers
-            # make them float32 for 16-bit input, and momentum 0 leaves the buffers as they are
-            dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
-            zeros = torch.zeros(x.shape[1], dtype=dtype)
-            mean, var = torch.batch_norm_update_stats(x, zeros, torch.ones_like(zeros), 0.0)
+        # BatchNorm's own statistics kernel (8-18x torch.var_mean on a CPU). CUDA returns float32
+        # statistics for 16-bit input; on a CPU float32 running buffers make them float32, and
+        # momentum 0 leaves those buffers as they are.
+        buffers = None, None
+        if not x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+            zeros = torch.zeros(x.shape[1])
+            buffers = zeros, torch.ones_like(zeros)
+        mean, var = torch.batch_norm_update_stats(x, *buffers, 0.0)
         ctx.save_for_backward(x, mean)
         return mean, var
 
@@ -44,8 +44,10 @@ class _BatchStats(torch.autograd.Function):
         x, mean = ctx.saved_tensors
         count = x.numel() // x.shape[1]
         # d mean / dx = 1 / count;  d var / dx = 2 (x - mean) / count
-        scale = grad_var * (2.0 / count)
-        return channel_affine(x, scale, grad_mean / count - scale * mean)
+        scale, shift = grad_var * (2.0 / count), grad_mean / count
+        if x.is_cuda:  # SyncBatchNorm's (x - mean) * invstd * weight + bias, one kernel
+            return torch.batch_norm_elemt(x, None, shift, mean, scale, 0.0)
+        return channel_affine(x, scale, shift - scale * mean)
 
 
 def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
