@@ -4,7 +4,8 @@ For one forward of a batch, DenseNet-121's "readers" (every layer's ``norm1``, t
 ``norm``, ``norm5``) normalise the concatenation of a block's maps; its "chunks" are those maps
 (a block's input and each layer's output). torchvision runs training-mode BatchNorm on every
 reader; ``model.shared_bn_stats`` computes statistics on every chunk and applies BatchNorm's
-inference kernel on every reader. Times, summed over the shapes (ms per forward of the batch):
+inference kernel on every reader. Times (mean of ``--repeats`` calls after one warm-up call),
+summed over the shapes, in ms per forward of the batch:
 
 - ``train_readers``: training-mode ``F.batch_norm`` on the readers (torchvision: statistics +
   normalisation);
@@ -22,9 +23,7 @@ inference kernel on every reader. Times, summed over the shapes (ms per forward 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from s2mts2.engine.bench import device_name, save_result
+from s2mts2.engine.bench import device_name, save_result, time_steps
 from s2mts2.engine.runtime import resolve_device
 from s2mts2.models.densenet_shared_stats import _BatchStats
 
@@ -74,20 +73,6 @@ def _methods(device: torch.device) -> dict[str, Callable[[torch.Tensor], object]
     return methods
 
 
-def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn`` over ``repeats`` calls, after one warm-up call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -105,12 +90,12 @@ def measure(args: argparse.Namespace) -> dict:
             ones = torch.ones(channels, device=device)
             zeros = torch.zeros(channels, device=device)
             for name, method in methods.items():
-                add(f"{name}_{kind}", _time(partial(method, x), args.repeats, device))
+                add(f"{name}_{kind}", time_steps(partial(method, x), 1, args.repeats, device))
             if kind == "readers":
                 train = partial(F.batch_norm, x, zeros.clone(), ones.clone(), ones, zeros, True)
                 apply = partial(F.batch_norm, x, zeros, ones, ones, zeros, False)
-                add("train_readers", _time(train, args.repeats, device))
-                add("apply_readers", _time(apply, args.repeats, device))
+                add("train_readers", time_steps(train, 1, args.repeats, device))
+                add("apply_readers", time_steps(apply, 1, args.repeats, device))
     elements = {
         kind: args.batch_size * sum(c * s * s for c, s in shapes)
         for kind, shapes in (("readers", readers), ("chunks", chunks))
@@ -132,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per shape (mean)")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
     result = measure(args)
