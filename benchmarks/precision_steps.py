@@ -9,8 +9,9 @@ rounds of back-to-back pairs. A variant is a precision, with ``+shared_bn_stats`
 
     python benchmarks/precision_steps.py --model resnet18 --size 32 --batch-size 128 \\
         --json benchmarks/results/precision-steps-resnet18-32px.json
-    python benchmarks/precision_steps.py --model densenet121 --precisions fp32 \\
-        --shared-bn-stats both --json benchmarks/results/shared-bn-stats-cpu.json
+    python benchmarks/precision_steps.py --model densenet121 --precisions fp32 bf16 \\
+        --shared-bn-stats both --size 64 --channels 1 --batch-size 32 --rounds 8 --steps 3 \\
+        --json benchmarks/results/shared-bn-stats/steps-cpu-densenet121-64px.json
 
 Writes JSON: per variant and stage the fastest round (img/s) and every round, the median
 ratio of each variant to the first one, the settings, the machine and the command.
@@ -45,13 +46,13 @@ from s2mts2.engine.runtime import resolve_device, resolve_precision
 def measure(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     size, b, c = args.size, args.batch_size, args.channels
-    base_settings = BenchSettings(
+    base = BenchSettings(
         device=str(device), model=args.model, size=size, batch_size=b, queue_size=args.queue_size
     )
     precisions = [resolve_precision(p, device).name for p in args.precisions]
     shared = {"off": (False,), "on": (True,), "both": (False, True)}[args.shared_bn_stats]
     variants = {
-        f"{p}+shared_bn_stats" if s else p: replace(base_settings, precision=p, shared_bn_stats=s)
+        f"{p}+shared_bn_stats" if s else p: replace(base, precision=p, shared_bn_stats=s)
         for p in precisions
         for s in shared
     }
@@ -71,7 +72,7 @@ def measure(args: argparse.Namespace) -> dict:
         stage2, u = mean_teacher_step(settings, data, device)
         steps[name] = (stage1, stage2, u)
     gen = torch.Generator(device=device).manual_seed(0)
-    views = torch.randn(1 + base_settings.views, b, c, size, size, generator=gen, device=device)
+    views = torch.randn(1 + base.views, b, c, size, size, generator=gen, device=device)
     x = torch.randn(b, c, size, size, generator=gen, device=device)
     y = torch.nn.functional.one_hot(torch.arange(b, device=device) % args.classes, args.classes)
     y = y.float()
