@@ -120,13 +120,15 @@ def test_cli_waits_passively_on_a_busy_cpu(
 
 def test_shared_bn_stats_in_the_engine_steps_not_the_reference():
     s = replace(BenchSettings(**TINY), model="densenet121", shared_bn_stats=True)
-    data = bench.BenchData(
-        [],
-        np.zeros((0, 1, 16, 16), np.uint8),
-        *[np.zeros(0, np.int64)] * 2,
-        np.zeros((1, 3), np.float32),
-        "multilabel",
-        1,
+    empty = np.zeros(0, np.int64)
+    data = bench.BenchData(  # stage 2 needs only the task and the number of classes
+        paths=[],
+        images=np.zeros((0, 1, 16, 16), np.uint8),
+        rows=empty,
+        train=empty,
+        labels=np.zeros((1, 3), np.float32),
+        task="multilabel",
+        channels=1,
     )
     cpu = torch.device("cpu")
     assert bench.contrastive_step(s, 1, cpu).student.backbone.shared_bn_stats
