@@ -10,6 +10,9 @@ summed over the shapes, in ms per forward of the batch:
 - ``train_readers``: training-mode ``F.batch_norm`` on the readers (torchvision: statistics +
   normalisation);
 - ``apply_readers``: inference-mode ``F.batch_norm`` on the readers (the shortcut's normalisation);
+- ``cat_readers``: ``torch.cat`` of each reader's maps (torchvision, and the shortcut with
+  autograd); ``apply_buffer_views``: inference-mode ``F.batch_norm`` on a channel slice of the
+  block's buffer (the shortcut without autograd: no concatenation);
 - ``<method>_chunks`` / ``<method>_readers``: per-channel mean and variance by ``method`` on the
   chunks (the shortcut) or on the readers: ``shortcut`` (what ``model.shared_bn_stats`` runs:
   ``torch.batch_norm_update_stats``, float32 statistics), ``batch_norm_stats`` (CUDA:
@@ -38,20 +41,27 @@ from s2mts2.models.densenet_shared_stats import _BatchStats
 DIMS = (0, 2, 3)
 
 
-def densenet121_shapes(size: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(channels, side) of DenseNet-121's readers and chunks for ``size`` px inputs."""
+def densenet121_shapes(size: int) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]]]:
+    """DenseNet-121's readers as (channels, side, block input channels, block output channels) and
+    chunks as (channels, side), for ``size`` px inputs."""
     readers, chunks = [], []
     channels, side, growth = 64, size // 4, 32
     for block, layers in enumerate((6, 12, 24, 16)):
+        first, width = channels, channels + layers * growth
         chunks.append((channels, side))
         for _ in range(layers):
-            readers.append((channels, side))
+            readers.append((channels, side, first, width))
             chunks.append((growth, side))
             channels += growth
-        readers.append((channels, side))  # the transition's norm, or norm5
+        readers.append((channels, side, first, width))  # the transition's norm, or norm5
         if block < 3:
             channels, side = channels // 2, side // 2
     return readers, chunks
+
+
+def _channels_last(n: int, c: int, side: int, dtype: torch.dtype, device: torch.device):
+    x = torch.randn(n, c, side, side, device=device).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _var_mean_fp32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,22 +93,33 @@ def measure(args: argparse.Namespace) -> dict:
     def add(name: str, seconds: float) -> None:
         totals[name] = totals.get(name, 0.0) + 1e3 * seconds
 
-    for kind, shapes in (("readers", readers), ("chunks", chunks)):
-        for channels, side in shapes:
-            x = torch.randn(args.batch_size, channels, side, side, device=device).to(dtype)
-            x = x.contiguous(memory_format=torch.channels_last)
-            ones = torch.ones(channels, device=device)
-            zeros = torch.zeros(channels, device=device)
-            for name, method in methods.items():
-                add(f"{name}_{kind}", time_steps(partial(method, x), 1, args.repeats, device))
-            if kind == "readers":
-                train = partial(F.batch_norm, x, zeros.clone(), ones.clone(), ones, zeros, True)
-                apply = partial(F.batch_norm, x, zeros, ones, ones, zeros, False)
-                add("train_readers", time_steps(train, 1, args.repeats, device))
-                add("apply_readers", time_steps(apply, 1, args.repeats, device))
+    b = args.batch_size
+    for channels, side in chunks:
+        x = _channels_last(b, channels, side, dtype, device)
+        for name, method in methods.items():
+            add(f"{name}_chunks", time_steps(partial(method, x), 1, args.repeats, device))
+    for channels, side, first, width in readers:
+        x = _channels_last(b, channels, side, dtype, device)
+        ones, zeros = torch.ones(channels, device=device), torch.zeros(channels, device=device)
+        for name, method in methods.items():
+            add(f"{name}_readers", time_steps(partial(method, x), 1, args.repeats, device))
+        train = partial(F.batch_norm, x, zeros.clone(), ones.clone(), ones, zeros, True)
+        apply = partial(F.batch_norm, x, zeros, ones, ones, zeros, False)
+        add("train_readers", time_steps(train, 1, args.repeats, device))
+        add("apply_readers", time_steps(apply, 1, args.repeats, device))
+        # without autograd: concatenate the maps, or view the block's buffer
+        maps = [x[:, :first].contiguous(memory_format=torch.channels_last)]
+        maps += [
+            x[:, c : c + 32].contiguous(memory_format=torch.channels_last)
+            for c in range(first, channels, 32)
+        ]
+        add("cat_readers", time_steps(partial(torch.cat, maps, 1), 1, args.repeats, device))
+        view = _channels_last(b, width, side, dtype, device)[:, :channels]
+        apply_view = partial(F.batch_norm, view, zeros, ones, ones, zeros, False)
+        add("apply_buffer_views", time_steps(apply_view, 1, args.repeats, device))
     elements = {
-        kind: args.batch_size * sum(c * s * s for c, s in shapes)
-        for kind, shapes in (("readers", readers), ("chunks", chunks))
+        "readers": b * sum(c * s * s for c, s, _, _ in readers),
+        "chunks": b * sum(c * s * s for c, s in chunks),
     }
     return {
         "ms_per_forward": totals,

@@ -66,6 +66,20 @@ def test_training_forward_equals_torchvision_in_float64(drop_rate, device):
     assert all(b.item() == 1 for k, b in net.state_dict().items() if k.endswith("tracked"))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_forward_without_autograd_equals_torchvision_in_float64(device, layout):
+    """A teacher's forward: training-mode statistics, no graph."""
+    net = _densenet().to(device).to(memory_format=layout)
+    ref = copy.deepcopy(net)
+    x = torch.randn(3, 3, 48, 48, dtype=torch.float64, device=device)
+    x = x.contiguous(memory_format=layout)
+    with torch.no_grad():
+        y, y_ref = shared.forward_shared_stats(net.features, x), ref.features(x)
+    assert (y - y_ref).abs().max() < 1e-10 * y_ref.abs().max()
+    assert max_diff(net.state_dict(), ref.state_dict()) < 1e-12
+
+
 def test_densenet121_equals_torchvision_in_float64():
     torch.manual_seed(0)
     net = tvm.densenet121().double().train()
