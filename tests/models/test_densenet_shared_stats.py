@@ -121,6 +121,22 @@ def test_statistics_of_a_constant_channel(device, dtype):
     assert torch.allclose(var, x.float().var(dim=(0, 2, 3), unbiased=False))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_keep_channels_last(device):
+    """Every later gradient operation then runs in one layout."""
+    x = torch.randn(4, 6, 5, 5, device=device).to(memory_format=torch.channels_last)
+    x = x.to(torch.bfloat16).requires_grad_()
+    weight = torch.rand(6, device=device, requires_grad=True)
+    bias = torch.randn(6, device=device, requires_grad=True)
+    mean, var = shared._BatchStats.apply(x)
+    y = shared._NormaliseWithStats.apply(x, mean, var, weight, bias, 1e-5)
+    grad = torch.randn_like(y).contiguous(memory_format=torch.channels_last)
+    (x_grad,) = torch.autograd.grad(y, x, grad)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert x_grad.dtype == torch.bfloat16
+    assert x_grad.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_channel_affine_keeps_dtype_and_layout():
     x = torch.randn(2, 3, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     scale, shift = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, -3.0])

@@ -50,13 +50,16 @@ class _BatchStats(torch.autograd.Function):
         return channel_affine(x, scale, shift - scale * mean)
 
 
-def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def channel_affine(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None = None
+) -> torch.Tensor:
     """x * scale + shift per channel: x (N, C, H, W), scale and shift (C,) -> x's dtype and layout.
 
     One fused kernel with the arithmetic in float32 (BatchNorm's inference kernel with mean 0,
     variance 1 and eps 0), where ``x * scale`` would promote 16-bit x to float32.
     """
     zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
+    shift = zeros if shift is None else shift
     return F.batch_norm(x, zeros, ones, scale, shift, training=False, momentum=0.0, eps=0.0)
 
 
@@ -77,12 +80,15 @@ class _NormaliseWithStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         x, mean, var, weight = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True]
-        )
         # grad_weight = Σ g (x - mean) invstd and grad_bias = Σ g, summed over (N, H, W)
+        _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, weight, mean, var, None, None, False, ctx.eps, [False, True, True]
+        )
         invstd = torch.rsqrt(var + ctx.eps)
         weight_invstd = weight * invstd
+        # g * weight * invstd in g's layout (CUDA's inference backward returns NCHW for
+        # channels-last input, which would make every later gradient operation mix layouts)
+        grad_x = channel_affine(grad_y, weight_invstd)
         grad_mean = -grad_bias * weight_invstd
         grad_var = grad_weight * weight_invstd * invstd * -0.5
         return grad_x, grad_mean, grad_var, grad_weight, grad_bias, None
