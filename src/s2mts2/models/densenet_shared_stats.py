@@ -66,9 +66,10 @@ def channel_affine(
 class _NormaliseWithStats(torch.autograd.Function):
     """Training-mode BatchNorm of x (N, C, H, W) whose batch statistics (C,) are inputs.
 
-    Forward is BatchNorm's inference kernel; backward is its inference backward (gradient of x,
-    weight and bias) plus the gradient of the statistics, which training mode adds:
-    d y / d mean = -weight * invstd and d y / d var = -weight * invstd³ (x - mean) / 2.
+    Forward is BatchNorm's inference kernel. Backward: the weight and bias gradients from its
+    inference backward, the input gradient g * weight * invstd as one per-channel multiply, and
+    the gradient of the statistics, which training mode adds: d y / d mean = -weight * invstd and
+    d y / d var = -weight * invstd³ (x - mean) / 2.
     """
 
     @staticmethod
