@@ -44,23 +44,29 @@ class _BatchStats(torch.autograd.Function):
         x, mean = ctx.saved_tensors
         count = x.numel() // x.shape[1]
         # d mean / dx = 1 / count;  d var / dx = 2 (x - mean) / count
-        scale, shift = grad_var * (2.0 / count), grad_mean / count
-        if x.is_cuda:  # SyncBatchNorm's (x - mean) * invstd * weight + bias, one kernel
-            return torch.batch_norm_elemt(x, None, shift, mean, scale, 0.0)
-        return channel_affine(x, scale, shift - scale * mean)
+        return channel_affine(x, grad_var * (2.0 / count), grad_mean / count, center=mean)
 
 
 def channel_affine(
-    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None = None
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x * scale + shift per channel: x (N, C, H, W), scale and shift (C,) -> x's dtype and layout.
+    """(x - center) * scale + shift per channel: x (N, C, H, W), the others (C,) (None: 0) ->
+    x's dtype and layout.
 
-    One fused kernel with the arithmetic in float32 (BatchNorm's inference kernel with mean 0,
-    variance 1 and eps 0), where ``x * scale`` would promote 16-bit x to float32.
+    One fused kernel with the arithmetic in float32, where ``x * scale`` would promote 16-bit x
+    to float32: on CUDA SyncBatchNorm's elementwise kernel (no weight, ``scale`` as the inverse
+    standard deviation), elsewhere BatchNorm's inference kernel with variance 1 and eps 0.
     """
-    zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
+    zeros = torch.zeros_like(scale)
     shift = zeros if shift is None else shift
-    return F.batch_norm(x, zeros, ones, scale, shift, training=False, momentum=0.0, eps=0.0)
+    center = zeros if center is None else center
+    if x.is_cuda:
+        return torch.batch_norm_elemt(x, None, shift, center, scale, 0.0)
+    ones = torch.ones_like(scale)
+    return F.batch_norm(x, center, ones, scale, shift, training=False, momentum=0.0, eps=0.0)
 
 
 class _NormaliseWithStats(torch.autograd.Function):
