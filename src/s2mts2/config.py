@@ -27,9 +27,15 @@ class DataConfig:
     dir: str = "runs/data"  # output folder of `s2mts2 prepare`
     size: int = 64  # cache resolution in pixels (the cache `DIR/cache-<size>px` must exist)
     labelled: float = 0.2  # fraction of train per class (METHOD.md sampling)
-    labelled_count: int = 0  # absolute number of labelled images instead of a fraction (0 = off)
+    labelled_count: int = 0  # absolute number of labelled images; > 0 replaces `labelled`
     labelled_by_group: bool = False  # sample whole patients/lesions
     split_seed: int = 0  # seed of the labelled-subset draw (files are reused per seed)
+
+    def labelled_draw(self) -> tuple[float | None, int | None, int, bool]:
+        """(fraction, count, seed, by_group) for ``PreparedData.labelled``; a count wins."""
+        if self.labelled_count:
+            return None, self.labelled_count, self.split_seed, self.labelled_by_group
+        return self.labelled, None, self.split_seed, self.labelled_by_group
 
 
 @dataclass

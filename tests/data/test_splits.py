@@ -163,6 +163,16 @@ def test_labelled_file_roundtrip_and_errors(tmp_path):
         load_labelled(tmp_path / "nope.txt", table)
 
 
+def test_a_labelled_list_must_stay_inside_its_split(tmp_path):
+    table = _table()
+    table.split[7] = "test"
+    path = tmp_path / "labelled-f0.2-s0.txt"
+    save_labelled(path, table, np.array([2, 7, 30]))
+    assert np.array_equal(load_labelled(path, table), [2, 7, 30])
+    with pytest.raises(DataError, match=r"line 2: image /data/img_007\.png is in the 'test' split"):
+        load_labelled(path, table, split="train")
+
+
 def test_labelled_files_are_identical_for_the_same_seed(tmp_path):
     table = _table(400)
     files = []

@@ -19,6 +19,18 @@ def test_save_is_atomic_and_round_trips(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_checkpoint_gets_the_mode_of_an_ordinary_new_file(tmp_path: Path, umask: int):
+    old = os.umask(umask)
+    try:
+        save_checkpoint({"kind": "pretrain"}, tmp_path / "ck.pt")
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "ck.pt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_failed_save_keeps_the_previous_file(tmp_path: Path):
     path = tmp_path / "ck.pt"
     save_checkpoint({"kind": "pretrain", "epoch": 1}, path)

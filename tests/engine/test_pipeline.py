@@ -17,6 +17,7 @@ import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
 from s2mts2.cli import main
 from s2mts2.config import load_config
+from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
@@ -187,6 +188,31 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in ("student", "teacher"):
         assert max_diff(resumed[key], full[key]) <= 1e-6, key
+
+
+def test_labelled_count_is_used_and_best_is_written_before_last(data_dir, tmp_path, monkeypatch):
+    """``data.labelled_count`` replaces the fraction in both stages; an epoch that improves writes
+    best.pt before last.pt (last.pt's ``best_val`` must never name weights not yet saved)."""
+    writes = []
+    real = finetune_mod.save_checkpoint
+
+    def record(state, path):
+        writes.append((state["epoch"], Path(path).name))
+        real(state, path)
+
+    monkeypatch.setattr(finetune_mod, "save_checkpoint", record)
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "data.labelled_count=30")
+    data = PreparedData.open(data_dir, cfg.data.size)
+    by_count = data.labelled(None, 30)
+    assert len(by_count) != len(data.labelled(cfg.data.labelled))  # the two draws differ
+    best = finetune(cfg, tmp_path / "n30", progress=False)
+    assert load_checkpoint(best)["meta"]["labelled_images"] == len(by_count)
+    assert np.array_equal(pretrain_mod.monitor_rows(data, cfg)[0], by_count)
+    names: dict[int, list[str]] = {}
+    for epoch, name in writes:
+        names.setdefault(epoch, []).append(name)
+    assert ["best.pt", "last.pt"] in names.values()
+    assert all(n in (["best.pt", "last.pt"], ["last.pt"]) for n in names.values()), names
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -60,7 +60,7 @@ class PreparedData:
         """Sorted table rows of the labelled subset; drawn once per setting and reused from disk."""
         path = self.dir / "labelled" / labelled_file_name(fraction, count, seed, by_group)
         if path.exists():
-            return load_labelled(path, self.table)
+            return load_labelled(path, self.table, split="train")
         idx = labelled_subset(
             self.table.labels,
             self.table.indices("train"),
@@ -75,6 +75,21 @@ class PreparedData:
     def images(self) -> np.ndarray:
         """(N_cache, C, H, W) uint8 store."""
         return self.cache.images
+
+
+def _remove_labelled_lists(data_dir: Path) -> None:
+    """Delete the labelled lists drawn from an earlier table of ``data_dir`` (other split/labels)."""
+    stale = sorted((data_dir / "labelled").glob("labelled-*.txt"))
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.warning(
+            "%s: the table changed (images, split or labels), so %d labelled list(s) drawn from "
+            "the old table were removed: %s",
+            data_dir,
+            len(stale),
+            ", ".join(p.name for p in stale),
+        )
 
 
 def prepare_dataset(
@@ -122,7 +137,10 @@ def prepare_dataset(
             eval_classes=table.eval_classes,
             missing=table.missing,
         )
+    previous = (out / "table.csv").read_bytes() if (out / "table.csv").exists() else None
     table.save(out)
+    if previous is not None and previous != (out / "table.csv").read_bytes():
+        _remove_labelled_lists(out)
     data = PreparedData(out, table, cache, cache.rows_for(table.paths))
     summary: dict[str, Any] = {
         "dataset": name,

@@ -195,8 +195,12 @@ def save_labelled(path: str | Path, table: DatasetTable, idx: np.ndarray) -> Non
     os.replace(tmp, path)
 
 
-def load_labelled(path: str | Path, table: DatasetTable) -> np.ndarray:
-    """Read a list written by ``save_labelled`` back into sorted int64 row indices."""
+def load_labelled(path: str | Path, table: DatasetTable, split: str | None = None) -> np.ndarray:
+    """Read a list written by ``save_labelled`` back into sorted int64 row indices.
+
+    With ``split`` every listed image must be in that split of ``table`` (a list drawn from an
+    earlier table could otherwise put validation or test images into training).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: labelled list not found")
@@ -208,5 +212,11 @@ def load_labelled(path: str | Path, table: DatasetTable) -> np.ndarray:
             continue
         if p not in where:
             raise DataError(f"{path}, line {line_no}: image {p} is not in the {table.name} table")
+        if split is not None and table.split[where[p]] != split:
+            raise DataError(
+                f"{path}, line {line_no}: image {p} is in the '{table.split[where[p]]}' split, "
+                f"not '{split}': the list was drawn from another table. Delete it to draw the "
+                f"labelled subset again from the current table"
+            )
         idx.append(where[p])
     return np.unique(np.asarray(idx, dtype=np.int64))

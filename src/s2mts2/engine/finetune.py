@@ -243,12 +243,7 @@ def _finetune(
     data = PreparedData.open(cfg.data.dir, cfg.data.size)
     t = data.table
     with main_first():  # may write the labelled-subset file into the data folder
-        labelled = data.labelled(
-            cfg.data.labelled,
-            cfg.data.labelled_count or None,
-            cfg.data.split_seed,
-            cfg.data.labelled_by_group,
-        )
+        labelled = data.labelled(*cfg.data.labelled_draw())
     unlabelled = np.setdiff1d(t.indices("train"), labelled)
     if len(unlabelled) == 0:
         unlabelled = t.indices("train")
@@ -402,12 +397,12 @@ def _finetune(
                 config=config_to_dict(cfg),
                 meta=meta,
             )
-            save_checkpoint(state, last_path)
-            if (
+            if (  # best first: last.pt's best_val must never name weights not yet on disk
                 (improved and select_on_val)
                 or (last and not select_on_val)
                 or (last and not best_path.exists())
             ):
                 save_checkpoint(state, best_path)
+            save_checkpoint(state, last_path)
         barrier()
     return best_path

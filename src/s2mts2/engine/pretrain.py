@@ -166,12 +166,7 @@ class ContrastiveStep:
 
 def monitor_rows(data: PreparedData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     """Table rows to fit (labelled train) and score (val, else ≤2,000 unlabelled train) the kNN."""
-    fit = data.labelled(
-        cfg.data.labelled,
-        cfg.data.labelled_count or None,
-        cfg.data.split_seed,
-        cfg.data.labelled_by_group,
-    )
+    fit = data.labelled(*cfg.data.labelled_draw())
     score = data.table.indices("val")
     if len(score) == 0:
         rest = np.setdiff1d(data.table.indices("train"), fit)
