@@ -2,7 +2,7 @@
 
 Per step (METHOD.md): 1 query view + M key views of every image, made on the device from the
 uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> keys (B, M, D);
-loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue normalise(mean key).
+loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue μ (the mean key, as is).
 Every epoch ends with an atomic full-state checkpoint ``OUT/last.pt``; ``resume=True`` continues
 from it and reproduces the uninterrupted run.
 
@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from s2mts2.config import PretrainConfig, RunConfig, config_to_dict
@@ -148,7 +147,7 @@ class ContrastiveStep:
         self.scaler.update()
         self.teacher.update(self.student)
         average_buffers(self.student, self.teacher)
-        self.queue.enqueue(F.normalize(keys.mean(dim=1), dim=1))
+        self.queue.enqueue(keys.mean(dim=1))  # μ, as METHOD.md (and the released code) store it
         return loss.detach()
 
     def _teacher_forward(self, keys_in: torch.Tensor) -> torch.Tensor:
