@@ -52,7 +52,8 @@ log = logging.getLogger("s2mts2.benchmark")
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("supervised", "mean-teacher", "moco-mt", "s2mts2")
 STAGE1_LOSS = {"moco-mt": "moco", "s2mts2": "jcl"}
-# summary metric name -> key of evaluate_checkpoint's metrics (multi-class only beyond the AUC)
+# summary metric name -> key of evaluate_checkpoint's metrics, "a.b" for metrics["a"]["b"]
+# (multi-class only beyond the AUC); srcmt_*: SRC-MT's thresholded one-vs-rest evaluation
 METRICS = {
     "macro_auc": "mean_auc",
     "balanced_accuracy": "balanced_accuracy",
@@ -60,6 +61,10 @@ METRICS = {
     "macro_f1": "f1",
     "sensitivity": "sensitivity",
     "specificity": "specificity",
+    "srcmt_accuracy": "src_mt.accuracy",
+    "srcmt_sensitivity": "src_mt.sensitivity",
+    "srcmt_specificity": "src_mt.specificity",
+    "srcmt_f1": "src_mt.f1",
 }
 QUICK = ("pretrain.epochs=4", "finetune.epochs=5")
 
@@ -285,9 +290,13 @@ def cell_config(cfg: RunConfig, method: str, seed: int, pretrained: Path | None)
 
 def summary_metrics(metrics: dict[str, Any], min_positives: int) -> dict[str, float]:
     """The table's metrics of one evaluation; macro AUC over eval classes with enough positives."""
-    out = {
-        name: float(metrics[key]) for name, key in METRICS.items() if metrics.get(key) is not None
-    }
+    out = {}
+    for name, path in METRICS.items():
+        value: Any = metrics
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            out[name] = float(value)
     if min_positives > 0:
         aucs = [
             metrics["per_class_auc"][c]

@@ -24,6 +24,7 @@ from s2mts2.eval.metrics import (
     mean_auc,
     multiclass_metrics,
     per_class_auc,
+    src_mt_metrics,
 )
 
 CLASSES7 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
@@ -158,6 +159,40 @@ def test_multiclass_absent_and_never_predicted_classes():
     assert m["f1"] == pytest.approx(f1_score(truth, pred, average="macro", **zero))
     assert m["precision"] == pytest.approx(precision_score(truth, pred, average="macro", **zero))
     assert m["accuracy"] == 4 / 8
+
+
+@pytest.mark.parametrize("threshold", [0.18, 0.5])
+def test_src_mt_metrics_are_sklearn_one_vs_rest_at_the_threshold(threshold):
+    probs, onehot = multiclass_data(400, 7, seed=4)
+    m = src_mt_metrics(probs, onehot, threshold=threshold)
+    zero = {"zero_division": 0}
+    expected: dict[str, list[float]] = {k: [] for k in ("accuracy", "sensitivity", "f1")}
+    expected |= {"specificity": [], "precision": []}
+    for k in range(7):  # SRC-MT's released evaluation: a binary problem per class
+        truth, pred = onehot[:, k], probs[:, k] >= threshold
+        expected["accuracy"].append(accuracy_score(truth, pred))
+        expected["sensitivity"].append(recall_score(truth, pred))
+        expected["specificity"].append(recall_score(1 - truth, ~pred))
+        expected["precision"].append(precision_score(truth, pred, **zero))
+        expected["f1"].append(f1_score(truth, pred))
+    assert m["threshold"] == threshold
+    for key, values in expected.items():
+        np.testing.assert_allclose(m[f"per_class_{key}"], values, rtol=1e-12)
+        assert m[key] == pytest.approx(np.mean(values))
+    # not the argmax metrics: at 0.18 an image may carry several classes or none
+    assert m["accuracy"] != pytest.approx(multiclass_metrics(probs, onehot)["accuracy"])
+
+
+def test_src_mt_metrics_reported_by_evaluate_and_checked():
+    probs, onehot = multiclass_data(60, 3, seed=5)
+    result = evaluate_predictions(probs, onehot, classes=list("abc"), task="multiclass", n_boot=0)
+    direct = src_mt_metrics(probs, onehot)
+    assert result["src_mt"] == {k: v for k, v in direct.items() if not k.startswith("per_")}
+    assert "src_mt" not in evaluate_predictions(probs, onehot, classes=list("abc"), n_boot=0)
+    with pytest.raises(ConfigError, match="threshold"):
+        src_mt_metrics(probs, onehot, threshold=1.0)
+    with pytest.raises(DataError, match="src_mt_metrics: labels must be one-hot"):
+        src_mt_metrics(probs, onehot * 2)
 
 
 def test_multiclass_rejects_non_onehot():

@@ -56,6 +56,8 @@ def test_markdown_table_multiclass_columns_and_summary():
     for title in ("Accuracy", "Balanced accuracy", "Macro F1"):
         assert f"- {title}: " in text
     assert f"{metrics['balanced_accuracy']:.4f}" in text
+    srcmt = next(line for line in text.splitlines() if line.startswith("- SRC-MT's evaluation"))
+    assert "p ≥ 0.18" in srcmt and f"accuracy {metrics['src_mt']['accuracy']:.4f}" in srcmt
 
 
 def test_plot_roc_writes_png(tmp_path, multilabel):

@@ -8,6 +8,7 @@ from s2mts2.eval.metrics import (
     mean_auc,
     multiclass_metrics,
     per_class_auc,
+    src_mt_metrics,
 )
 from s2mts2.eval.report import comparison_table, markdown_table, plot_comparison_bars, plot_roc
 
@@ -23,4 +24,5 @@ __all__ = [
     "per_class_auc",
     "plot_comparison_bars",
     "plot_roc",
+    "src_mt_metrics",
 ]

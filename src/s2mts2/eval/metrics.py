@@ -145,6 +145,40 @@ def table_mean_auc(probs: Any, labels: Any, table: DatasetTable) -> float | None
     return mean_auc(per_class_auc(probs, labels), table.classes, table.eval_classes)
 
 
+def _check_onehot(probs: Any, labels_onehot: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) probabilities and one-hot labels as arrays, N > 0; a clear error otherwise."""
+    p, y = _check_pair(probs, labels_onehot, name)
+    if len(p) == 0:
+        raise DataError(f"{name}: no predictions to evaluate (N = 0)")
+    if not (((y == 0) | (y == 1)).all() and (y.sum(axis=1) == 1).all()):
+        rows = np.flatnonzero(~(((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)))
+        raise DataError(f"{name}: labels must be one-hot rows; row {rows[0]} is {y[rows[0]]}")
+    return p, y
+
+
+def _one_vs_rest(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, n: int
+) -> tuple[list[float | None], ...]:
+    """Per-class sensitivity, specificity, precision, F1 and accuracy from (C,) counts of n images.
+
+    None where undefined: sensitivity without positives, specificity without negatives, F1 and
+    precision of a class neither present nor predicted (a present class never predicted has
+    precision 0)."""
+    tn = n - tp - fp - fn
+    positives, predicted = tp + fn, tp + fp
+    c = len(tp)
+    return (
+        [_ratio(tp[k], positives[k]) for k in range(c)],
+        [_ratio(tn[k], tn[k] + fp[k]) for k in range(c)],
+        [
+            _ratio(tp[k], predicted[k]) if predicted[k] else (0.0 if positives[k] else None)
+            for k in range(c)
+        ],
+        [_ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]) for k in range(c)],
+        [float((tp[k] + tn[k]) / n) for k in range(c)],
+    )
+
+
 def multiclass_metrics(probs: Any, labels_onehot: Any) -> dict[str, Any]:
     """SRC-MT / ISIC2018 metrics of a single-label task. probs (N, C) softmax; labels (N, C) one-hot.
 
@@ -159,32 +193,15 @@ def multiclass_metrics(probs: Any, labels_onehot: Any) -> dict[str, Any]:
     or None) and per_class_auc, per_class_sensitivity, per_class_specificity, per_class_precision,
     per_class_f1 (lists of length C).
     """
-    p, y = _check_pair(probs, labels_onehot, "multiclass_metrics")
+    p, y = _check_onehot(probs, labels_onehot, "multiclass_metrics")
     n, c = p.shape
-    if n == 0:
-        raise DataError("multiclass_metrics: no predictions to evaluate (N = 0)")
-    if not (((y == 0) | (y == 1)).all() and (y.sum(axis=1) == 1).all()):
-        rows = np.flatnonzero(~(((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)))
-        raise DataError(
-            f"multiclass_metrics: labels must be one-hot rows; row {rows[0]} is {y[rows[0]]}"
-        )
     truth = y.argmax(axis=1)
     pred = p.argmax(axis=1)
     confusion = np.bincount(truth * c + pred, minlength=c * c).reshape(c, c)
     tp = np.diag(confusion)
-    positives = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    fn = positives - tp
-    fp = predicted - tp
-    tn = n - tp - fn - fp
-
-    sensitivity = [_ratio(tp[k], positives[k]) for k in range(c)]
-    specificity = [_ratio(tn[k], tn[k] + fp[k]) for k in range(c)]
-    precision = [
-        _ratio(tp[k], predicted[k]) if predicted[k] else (0.0 if positives[k] else None)
-        for k in range(c)
-    ]
-    f1 = [_ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]) for k in range(c)]
+    sensitivity, specificity, precision, f1, _ = _one_vs_rest(
+        tp, confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp, n
+    )
     aucs = per_class_auc(p, y)
     return {
         "macro_auc": _mean_or_none(aucs),
@@ -199,6 +216,38 @@ def multiclass_metrics(probs: Any, labels_onehot: Any) -> dict[str, Any]:
         "per_class_specificity": specificity,
         "per_class_precision": precision,
         "per_class_f1": f1,
+    }
+
+
+SRC_MT_THRESHOLD = 0.18  # SRC-MT's released evaluation predicts a class where p >= 0.18
+
+
+def src_mt_metrics(
+    probs: Any, labels_onehot: Any, threshold: float = SRC_MT_THRESHOLD
+) -> dict[str, Any]:
+    """SRC-MT's own multi-class evaluation, for comparison with published SRC-MT / S²MTS² tables.
+
+    Per class, one-vs-rest, the class is predicted where its probability is ``≥ threshold`` (so
+    an image may get several classes or none); accuracy, sensitivity, specificity, precision and
+    F1 of each class are macro-averaged (undefined values are None and left out, as in
+    :func:`multiclass_metrics`). probs (N, C) softmax; labels (N, C) one-hot.
+
+    Returns threshold, accuracy, sensitivity, specificity, precision, f1 (floats or None) and
+    per_class_accuracy, per_class_sensitivity, ... (lists of length C).
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"src_mt_metrics: threshold must be in (0, 1), got {threshold}")
+    p, y = _check_onehot(probs, labels_onehot, "src_mt_metrics")
+    pred, truth = p >= threshold, y == 1
+    tp = (pred & truth).sum(axis=0)
+    fp = (pred & ~truth).sum(axis=0)
+    fn = (~pred & truth).sum(axis=0)
+    names = ("sensitivity", "specificity", "precision", "f1", "accuracy")
+    per_class = dict(zip(names, _one_vs_rest(tp, fp, fn, len(p))))
+    return {
+        "threshold": float(threshold),
+        **{name: _mean_or_none(per_class[name]) for name in names},
+        **{f"per_class_{name}": per_class[name] for name in names},
     }
 
 
@@ -283,7 +332,8 @@ def evaluate_predictions(
     Keys: task, n_images, classes, eval_classes, positives {class: n}, per_class_auc
     {class: float|None}, mean_auc, mean_auc_ci95 ([lo, hi] or None); for "multiclass" also
     macro_auc (= mean_auc), accuracy, balanced_accuracy, sensitivity, specificity, precision, f1
-    and per_class {class: {auc, sensitivity, specificity, precision, f1}}.
+    (of argmax predictions), per_class {class: {auc, sensitivity, specificity, precision, f1}} and
+    src_mt {threshold, accuracy, sensitivity, specificity, precision, f1} (SRC-MT's evaluation).
     """
     _check_task(task)
     p, y = _check_pair(probs, labels, "evaluate_predictions")
@@ -338,6 +388,8 @@ def evaluate_predictions(
             }
             for i, name in enumerate(names)
         }
+        srcmt = src_mt_metrics(p, y)
+        result["src_mt"] = {k: v for k, v in srcmt.items() if not k.startswith("per_class_")}
     return result
 
 

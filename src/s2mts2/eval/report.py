@@ -57,8 +57,8 @@ def _row(cells: Sequence[str]) -> str:
 def markdown_table(metrics: Mapping[str, Any], classes: Sequence[str] | None = None) -> str:
     """Per-class table (class, positives, AUC; multi-class also sensitivity, specificity,
     precision, F1) followed by summary lines (mean AUC with its 95 % CI; multi-class accuracy,
-    balanced accuracy and macro averages). metrics: a dict of evaluate_predictions; classes: the
-    rows, in order (default: all classes of the dict)."""
+    balanced accuracy, macro averages and SRC-MT's thresholded evaluation). metrics: a dict of
+    evaluate_predictions; classes: the rows, in order (default: all classes of the dict)."""
     names = list(metrics["per_class_auc"]) if classes is None else list(classes)
     multiclass = metrics.get("task") == "multiclass"
     eval_classes = set(metrics.get("eval_classes", names))
@@ -85,6 +85,14 @@ def markdown_table(metrics: Mapping[str, Any], classes: Sequence[str] | None = N
     )
     if multiclass:
         lines += [f"- {title}: {_fmt(metrics[key])}" for key, title in MULTICLASS_SUMMARY]
+        if "src_mt" in metrics:
+            s = metrics["src_mt"]
+            lines.append(
+                f"- SRC-MT's evaluation (one-vs-rest, a class predicted where p ≥ "
+                f"{s['threshold']:g}; macro): accuracy {_fmt(s['accuracy'])}, sensitivity "
+                f"{_fmt(s['sensitivity'])}, specificity {_fmt(s['specificity'])}, precision "
+                f"{_fmt(s['precision'])}, F1 {_fmt(s['f1'])}"
+            )
     return "\n".join(lines) + "\n"
 
 
