@@ -40,6 +40,16 @@ def test_int_accepted_for_float_and_nested_sections():
     assert cfg.pretrain.augment.crop_scale_min == 0.5
 
 
+def test_scientific_notation_is_a_float_on_the_command_line_and_in_yaml(tmp_path: Path):
+    (tmp_path / "sci.yaml").write_text("finetune:\n  lr: 1e-3\npretrain:\n  lr: -2.5E+1\n")
+    cfg = load_config(tmp_path / "sci.yaml", ["pretrain.weight_decay=5e-5"])
+    assert (cfg.finetune.lr, cfg.pretrain.lr, cfg.pretrain.weight_decay) == (1e-3, -25.0, 5e-5)
+    with pytest.raises(ConfigError, match="finetune.epochs.*integer"):
+        load_config(None, ["finetune.epochs=1e3"])
+    with pytest.raises(ConfigError, match="expected a float, got '1e'"):
+        load_config(None, ["finetune.lr=1e"])
+
+
 @pytest.mark.parametrize(
     "override, words",
     [

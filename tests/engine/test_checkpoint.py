@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from s2mts2.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from s2mts2.config import config_to_dict, load_config
+from s2mts2.engine.checkpoint import (
+    config_changes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from s2mts2.errors import DataError
 
 
@@ -56,7 +63,7 @@ def test_malicious_checkpoint_is_refused(tmp_path: Path):
         pickle.dump({"kind": "finetune", "x": _Exploit()}, f)
     torch.save({"kind": "finetune", "x": _Exploit()}, tmp_path / "evil2.pt")
     for p in (path, tmp_path / "evil2.pt"):
-        with pytest.raises(DataError, match="refused|not a readable"):
+        with pytest.raises(DataError, match="refused|not a (readable )?PyTorch checkpoint"):
             load_checkpoint(p)
 
 
@@ -66,6 +73,33 @@ def test_not_a_checkpoint(tmp_path: Path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(DataError, match="not an s2mts2 checkpoint"):
         load_checkpoint(tmp_path / "plain.pt")
+    # a text file, an image renamed to .pt: named as such, not as a security refusal
+    (tmp_path / "text.pt").write_text("hello\n")
+    (tmp_path / "image.pt").write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
+    for name in ("text.pt", "image.pt"):
+        with pytest.raises(DataError, match="not a (readable )?PyTorch checkpoint") as info:
+            load_checkpoint(tmp_path / name)
+        assert "refused" not in str(info.value)
+
+
+def test_config_changes_name_what_differs_for_the_stage():
+    saved = config_to_dict(load_config("tiny"))
+    now = config_to_dict(
+        load_config(
+            "tiny",
+            ["pretrain.views=7", "finetune.lr=0.5", "threads=1", "data.dir=/elsewhere", "seed=3"],
+        )
+    )
+    assert config_changes(saved, now, "pretrain") == [
+        f"pretrain.views: {saved['pretrain']['views']} -> 7",
+        "seed: 0 -> 3",
+    ]
+    assert config_changes(saved, now, "finetune") == [
+        f"finetune.lr: {saved['finetune']['lr']} -> 0.5",
+        "seed: 0 -> 3",
+    ]
+    del saved["model"]["shared_bn_stats"]  # a checkpoint older than this setting
+    assert config_changes(saved, saved | {"threads": 2}, "pretrain") == []
 
 
 def test_rng_state_round_trip_through_a_file(tmp_path: Path):

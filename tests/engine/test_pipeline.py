@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,27 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in ("student", "teacher"):
         assert max_diff(resumed[key], full[key]) <= 1e-6, key
+
+
+def test_a_run_folder_is_never_overwritten_and_resume_keeps_the_settings(
+    data_dir, pretrained, tmp_path
+):
+    out = tmp_path / "pre"
+    shutil.copytree(pretrained.parent, out)
+    with pytest.raises(ConfigError, match=r"already holds a run.*--resume"):
+        pretrain(cfg_for(data_dir), out, progress=False)
+    with pytest.raises(ConfigError, match=r"other settings.*pretrain\.views: 2 -> 3"):
+        pretrain(cfg_for(data_dir, "pretrain.views=3"), out, resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"model\.backbone: 'resnet18' -> 'resnet18_small'"):
+        pretrain(
+            cfg_for(data_dir, "model.backbone=resnet18_small"), out, resume=True, progress=False
+        )
+    before = (out / "last.pt").read_bytes()
+    # where it runs may change: the finished run resumes and has nothing left to do
+    pretrain(cfg_for(data_dir, "threads=1", "log_every=3"), out, resume=True, progress=False)
+    assert (out / "last.pt").read_bytes() == before
+    with pytest.raises(ConfigError, match="already holds a run"):
+        finetune(cfg_for(data_dir), out, progress=False)
 
 
 def test_labelled_count_is_used_and_best_is_written_before_last(data_dir, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ would need to run code when unpickled is refused.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -62,13 +63,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # not a pickle of tensors at all (an image, a text file, ...)
+            raise DataError(f"{path}: not a PyTorch checkpoint (cannot be unpickled)") from e
+        detail = next(line for line in str(e).splitlines() if "GLOBAL" in line).strip()
         raise DataError(
             f"{path}: refused to load: the file contains objects other than tensors and plain "
             f"values (it could execute code when unpickled). Only load checkpoints you trust "
-            f"from s2mts2. Detail: {str(e).splitlines()[0]}"
+            f"from s2mts2. Detail: {detail}"
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise DataError(f"{path}: not a readable PyTorch checkpoint: {e}") from e
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
+        raise DataError(f"{path}: not a readable PyTorch checkpoint: {e!r}") from e
     if not isinstance(state, dict) or "kind" not in state:
         raise DataError(f"{path}: not an s2mts2 checkpoint (no 'kind' entry)")
     return state
@@ -129,20 +133,82 @@ def training_state(kind: str, modules: dict[str, Any], **values: Any) -> dict[st
     }
 
 
-def resume_training(path: Path, kind: str, modules: dict[str, Any]) -> dict[str, Any]:
+# config keys a resumed run may change: where it runs and what it only reads or reports
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "device",
+        "threads",
+        "log_every",
+        "data.dir",
+        "model.weights",
+        "pretrain.monitor_every",
+        "finetune.pretrained",
+        "finetune.eval_every",
+    }
+)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], kind: str) -> list[str]:
+    """'key: saved -> current' for each setting of stage ``kind`` that differs between the config
+    a checkpoint was trained with and the current one (keys the checkpoint predates are skipped;
+    the other stage's section and :data:`RESUME_MAY_CHANGE` are not compared)."""
+    other = "finetune." if kind == "pretrain" else "pretrain."
+    old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+    return [
+        f"{key}: {old[key]!r} -> {new.get(key)!r}"
+        for key in sorted(old)
+        if key in new
+        and old[key] != new[key]
+        and key not in RESUME_MAY_CHANGE
+        and not key.startswith(other)
+    ]
+
+
+def check_new_run(out: Path) -> None:
+    """Refuse to start a run in ``out`` over an earlier one (its epochs would be lost)."""
+    last = out / "last.pt"
+    if last.exists():
+        raise ConfigError(
+            f"{out} already holds a run ({last.name}); continue it with --resume, or give "
+            f"another --out (or delete {out}) to start a new one"
+        )
+
+
+def resume_training(
+    path: Path, kind: str, modules: dict[str, Any], config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Restore what :func:`training_state` wrote into ``modules`` (modules, optimisers, loss
     scaler) and the RNGs; returns the state.
 
     The file is read onto the CPU: the RNG states must be CPU tensors, and each module and
     optimiser copies its tensors to the device its parameters are on.
 
-    Raises ConfigError when ``path`` is missing or holds another kind of checkpoint.
+    Raises ConfigError when ``path`` is missing, holds another kind of checkpoint, was trained
+    with other settings than ``config`` (the current run's config dict; see
+    :func:`config_changes`) or does not fit ``modules``.
     """
     if not path.exists():
         raise ConfigError(f"--resume: no checkpoint at {path}")
     state = load_checkpoint(path)
     if state["kind"] != kind:
         raise ConfigError(f"--resume: {path} is a {state['kind']} checkpoint, expected {kind}")
+    changed = config_changes(state.get("config") or {}, config or {}, kind)
+    if changed:
+        raise ConfigError(
+            f"--resume: {path} was trained with other settings; resume with the same config "
+            f"and --set values (saved in {path.parent / 'config.yaml'}). Changed: "
+            + "; ".join(changed)
+        )
     for name, module in modules.items():
         if isinstance(module, torch.amp.GradScaler):
             # a disabled scaler (fp32/bf16 run, or a checkpoint from before scalers were saved)
@@ -150,6 +216,11 @@ def resume_training(path: Path, kind: str, modules: dict[str, Any]) -> dict[str,
             if state.get(name):
                 module.load_state_dict(state[name])
             continue
-        module.load_state_dict(state[name])
+        try:
+            module.load_state_dict(state[name])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError(
+                f"--resume: the {name} in {path} does not fit this run: {str(e).splitlines()[0]}"
+            ) from e
     set_rng_state(state["rng"])
     return state

@@ -2,12 +2,14 @@
 
 generate + prepare -> stage 1 (JCL) once -> stage 2 for supervised, mean-teacher and s2mts2
 -> evaluate each on the test split -> table, ``report.md``, ``results.json``, ROC and bar plots.
+Run again into the same folder, it replaces its earlier stage runs (the prepared data is reused).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,10 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> 
     """Run the demo into ``out``; returns the content of ``results.json``."""
     out = Path(out)
     t0 = time.perf_counter()
+    for stage in ("pretrain", *METHODS):  # a demo starts afresh: replace an earlier demo's runs
+        if (out / stage / "last.pt").exists():
+            log.info("demo: replacing the earlier demo run in %s", out / stage)
+            shutil.rmtree(out / stage)
     overrides = [f"data.dir={out / 'data'}", *(QUICK if quick else ())]
     cfg = load_config(preset_path("demo"), overrides)
     log.info("demo: generating and preparing the synthetic dataset in %s", out / "data")

@@ -37,6 +37,7 @@ from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, build_eval_transform, classifier_network
 from s2mts2.engine.checkpoint import (
+    check_new_run,
     load_checkpoint,
     resume_training,
     save_checkpoint,
@@ -230,6 +231,8 @@ def finetune(
 
     One process, or every process of a ``torchrun`` launch (see the module docstring).
     """
+    if not resume:
+        check_new_run(Path(out_dir))
     with distributed_session(cfg.device) as device:
         return _finetune(cfg, Path(out_dir), device, resume, progress, command)
 
@@ -290,7 +293,7 @@ def _finetune(
     scaler = precision.scaler()
     modules = {"student": net, "teacher": teacher, "optimizer": optimizer, "scaler": scaler}
     if resume:
-        state = resume_training(last_path, "finetune", modules)
+        state = resume_training(last_path, "finetune", modules, config_to_dict(cfg))
         start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
         log.info("resumed %s at epoch %d", last_path, start_epoch)
     step_fn = MeanTeacherStep(

@@ -46,6 +46,7 @@ from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, build_eval_transform, pretrain_network
 from s2mts2.engine.checkpoint import (
+    check_new_run,
     resume_training,
     save_checkpoint,
     seed_everything,
@@ -214,6 +215,8 @@ def pretrain(
 
     One process, or every process of a ``torchrun`` launch (see the module docstring).
     """
+    if not resume:
+        check_new_run(Path(out_dir))
     with distributed_session(cfg.device) as device:
         return _pretrain(cfg, Path(out_dir), device, resume, progress, command)
 
@@ -285,7 +288,7 @@ def _pretrain(
         "scaler": scaler,
     }
     if resume:
-        state = resume_training(ckpt_path, "pretrain", modules)
+        state = resume_training(ckpt_path, "pretrain", modules, config_to_dict(cfg))
         start_epoch, rows = state["epoch"], state["history"]
         log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
     log.info("precision %s on %s", precision.name, device)
