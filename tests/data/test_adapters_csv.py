@@ -65,6 +65,40 @@ def test_class_column_and_split_column(tmp_path):
     assert list(t.groups) == t.paths  # no group column: one group per image
 
 
+def test_label_columns_may_be_a_comma_separated_string(multilabel):
+    t = load_csv(multilabel, csv="labels.csv", label_columns="a, b")
+    assert t.classes == ["a", "b"]
+    assert load_csv(multilabel, csv="labels.csv", label_columns="b").classes == ["b"]
+
+
+def _classes_folder(root: Path, names: list[str]) -> None:
+    rows = [f"{k}.png,{c}" for k, c in enumerate(names)]
+    _folder(root, rows, "path,dx", [f"{k}.png" for k in range(len(names))])
+
+
+def test_class_names_that_differ_in_case_are_refused(tmp_path):
+    _classes_folder(tmp_path, ["nv", "mel", "nv", "NV", "mel", "nv"])
+    with pytest.raises(DataError, match=r"'NV' \(line 5\), 'nv' \(line 2\) differ only in case"):
+        load_csv(tmp_path, csv="labels.csv", class_column="dx")
+
+
+def test_a_rare_class_is_reported_and_the_classes_option_refuses_it(tmp_path, caplog):
+    _classes_folder(tmp_path, ["nv", "mel", "nv", "Melanoma", "mel", "nv", "mel", "bcc"] * 1)
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        t = load_csv(tmp_path, csv="labels.csv", class_column="dx")
+    assert t.classes == ["Melanoma", "bcc", "mel", "nv"]
+    assert "'Melanoma' (1, line 5)" in caplog.text and "'bcc' (1, line 9)" in caplog.text
+    with pytest.raises(DataError, match=r"line 5: class 'Melanoma' is not one of the classes"):
+        load_csv(tmp_path, csv="labels.csv", class_column="dx", classes="nv,mel,bcc")
+    _classes_folder(tmp_path, ["nv", "mel", "nv", "", "mel", "nv"])
+    t = load_csv(tmp_path, csv="labels.csv", class_column="dx", classes=["nv", "mel", "bcc"])
+    assert t.classes == ["nv", "mel", "bcc"]  # the given order, an absent class kept
+    np.testing.assert_array_equal(t.labels[0], [1, 0, 0])
+    assert np.isnan(t.labels[3]).all()
+    with pytest.raises(ConfigError, match="classes goes with class_column"):
+        load_csv(tmp_path, csv="labels.csv", label_columns=["dx"], classes=["nv"])
+
+
 def test_missing_column_names_column_file_and_columns(multilabel):
     with pytest.raises(
         DataError, match=r"labels\.csv: column 'c' not found; columns are: path, a, b"

@@ -38,6 +38,7 @@ def test_markdown_table_multilabel(multilabel):
     assert "| Hernia | 0 | n/a |" in text
     assert "| No Finding * |" in text  # not in the mean
     assert f"{metrics['mean_auc']:.4f}" in text and "95 % CI" in text
+    assert "- Mean AUC over 1 class (Hernia: no AUC without positives and negatives" in text
     assert "sensitivity" not in text
 
 

@@ -93,7 +93,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             if device.type == "cpu" and _cpu_bf16():
                 log.info(
                     "this CPU computes bf16 natively: --set precision=bf16 may train faster "
-                    "(1.6x at 64 px, 2.5x at 224 px on a Xeon with AMX; benchmarks/README.md)"
+                    "(1.6x at 64 px, 2.3x at 224 px on a Xeon with AMX; benchmarks/README.md)"
                 )
             return Precision(device.type)
         name = "bf16" if _cuda_bf16(device) else "fp16"

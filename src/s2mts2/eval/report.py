@@ -79,8 +79,16 @@ def markdown_table(metrics: Mapping[str, Any], classes: Sequence[str] | None = N
         lines += ["\\* not included in the mean AUC", ""]
     ci = metrics.get("mean_auc_ci95")
     ci_text = f" (95 % CI {_fmt(ci[0])}–{_fmt(ci[1])})" if ci else ""
+    scored = [c for c in eval_classes if metrics["per_class_auc"].get(c) is not None]
+    unscored = sorted(eval_classes - set(scored))
+    left_out = (
+        f" ({', '.join(unscored)}: no AUC without positives and negatives, left out)"
+        if unscored
+        else ""
+    )
     lines.append(
-        f"- Mean AUC over {len(eval_classes)} classes: {_fmt(metrics['mean_auc'])}{ci_text}, "
+        f"- Mean AUC over {len(scored)} class{'es' * (len(scored) != 1)}{left_out}: "
+        f"{_fmt(metrics['mean_auc'])}{ci_text}, "
         f"{metrics['n_images']} images"
     )
     if multiclass:

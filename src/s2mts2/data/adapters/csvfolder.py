@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,58 @@ from s2mts2.data.table import SPLITS, DatasetTable
 from s2mts2.errors import ConfigError, DataError
 
 CELL = {"": np.nan, "1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0}
+RARE_CLASS = 3  # a class with fewer images is reported: often a typo in the CSV
+
+log = logging.getLogger("s2mts2")
+
+
+def _names(value: list[str] | str, option: str) -> list[str]:
+    """A list of names from a YAML list or a comma-separated string (``A,B`` or ``A``)."""
+    names = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ConfigError(f"csv dataset: option {option} is empty")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"csv dataset: option {option} repeats a name: {names}")
+    return names
+
+
+def _class_names(
+    table: CsvTable, rows: np.ndarray, names: np.ndarray, expected: list[str] | None
+) -> list[str]:
+    """The classes of a class column: ``expected`` (every named row must use one of them), or the
+    sorted names found; names that differ only in case are refused, rare ones reported."""
+    lines = np.asarray(table.lines)[rows]
+    if expected is not None:
+        bad = np.flatnonzero((names != "") & ~np.isin(names, expected))
+        if len(bad):
+            raise DataError(
+                f"{table.path}, line {lines[bad[0]]}: class {str(names[bad[0]])!r} is not one of "
+                f"the classes option {expected} ({len(bad)} such row(s))"
+            )
+        return expected
+    found = sorted(set(names.tolist()) - {""})
+    first_line = {n: int(lines[np.flatnonzero(names == n)[0]]) for n in found}
+    by_fold: dict[str, list[str]] = {}
+    for n in found:
+        by_fold.setdefault(n.casefold(), []).append(n)
+    clash = next((group for group in by_fold.values() if len(group) > 1), None)
+    if clash:
+        where = ", ".join(f"{n!r} (line {first_line[n]})" for n in clash)
+        raise DataError(
+            f"{table.path}: class names {where} differ only in case; fix the CSV, or give the "
+            f"expected classes with --option classes=[...]"
+        )
+    rare = [n for n in found if int((names == n).sum()) < RARE_CLASS]
+    if rare:
+        log.warning(
+            "%s: class(es) with fewer than %d images: %s -- a typo? --option classes=[...] "
+            "names the expected classes and refuses any other",
+            table.path,
+            RARE_CLASS,
+            ", ".join(f"{n!r} ({int((names == n).sum())}, line {first_line[n]})" for n in rare),
+        )
+    return found
 
 
 def _inside(root: str, table: CsvTable, paths: list[str]) -> list[str]:
@@ -40,8 +93,9 @@ def load_csv(
     *,
     csv: str,
     path_column: str = "path",
-    label_columns: list[str] | None = None,
+    label_columns: list[str] | str | None = None,
     class_column: str | None = None,
+    classes: list[str] | str | None = None,
     group_column: str | None = None,
     split_column: str | None = None,
     channels: int = 3,
@@ -54,6 +108,7 @@ def load_csv(
     unknown; task ``multilabel``, or ``multiclass`` when every labelled row is one-hot) or one
     ``class_column`` (class names, sorted, one-hot; blank = unlabelled row of NaN; task
     ``multiclass``). Rows whose image is not on disk are counted in ``missing`` and left out.
+    Lists may be YAML lists or comma-separated strings.
 
     Args:
         root: the image folder; image paths in the CSV are relative to it (absolute paths
@@ -63,18 +118,23 @@ def load_csv(
             by default, are their own group.
         split_column: ``train``/``val``/``test`` per row; default: a grouped, class-stratified
             70/10/20 split by ``seed``.
+        classes: with ``class_column``, the expected class names in order; a row naming
+            another class is an error (default: the sorted names found; names that differ only
+            in case are an error, classes with fewer than 3 images are reported).
         channels: 1 (grey-scale) or 3 (RGB).
     """
     if (label_columns is None) == (class_column is None):
         raise ConfigError("csv dataset: give exactly one of label_columns or class_column")
+    if classes is not None and class_column is None:
+        raise ConfigError("csv dataset: option classes goes with class_column")
+    if label_columns is not None:
+        label_columns = _names(label_columns, "label_columns")
     check_choice("channels", channels, (1, 3))
     check_choice("task", task, (None, "multilabel", "multiclass"))
     if class_column is not None and task == "multilabel":
         raise ConfigError(
             "csv dataset: class_column gives one class per image; use task multiclass"
         )
-    if label_columns is not None and not label_columns:
-        raise ConfigError("csv dataset: label_columns is empty")
     root_s = os.path.abspath(Path(root).expanduser())
     table = CsvTable(Path(root_s) / csv)
     for c in [path_column, *(label_columns or []), class_column, group_column, split_column]:
@@ -99,7 +159,9 @@ def load_csv(
                 )
     else:
         names = np.asarray(table.values(class_column))[rows]
-        classes = sorted(set(names) - {""})
+        classes = _class_names(
+            table, rows, names, None if classes is None else _names(classes, "classes")
+        )
         labels = (names[:, None] == np.asarray(classes)[None, :]).astype(np.float32)
         labels[names == ""] = np.nan
 
