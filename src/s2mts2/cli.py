@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser(
-        "predict", help="class probabilities (and Grad-CAM heatmaps) for PNG/JPEG/DICOM files"
+        "predict",
+        help="class probabilities (and Grad-CAM heatmaps) for PNG/JPEG/TIFF/BMP/DICOM files",
     )
     p.add_argument(
         "model", type=Path, help="stage-2 checkpoint (best.pt) or model.onnx (with its model.json)"
@@ -227,7 +228,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             progress=not args.no_progress,
         )
         print(result.summary())
-        return 0
+        return 1 if result.all_failed else 0
     if args.command == "export":
         from s2mts2.infer.export import export_model
 

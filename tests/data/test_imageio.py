@@ -89,6 +89,19 @@ def test_palette_png_uses_the_palette(tmp_path):
     np.testing.assert_array_equal(read_image(path, 3), palette[indices])
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied_as_a_viewer_would(tmp_path, suffix):
+    stored = RNG.integers(0, 256, (6, 10), dtype=np.uint8)  # H 6, W 10 as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    path = tmp_path / f"rotated{suffix}"
+    Image.fromarray(stored).save(path, exif=exif, **({"quality": 100} if suffix == ".jpg" else {}))
+    out = read_image(path, 1)[..., 0]
+    assert out.shape == (10, 6)  # displayed upright: H 10, W 6
+    expected = np.rot90(stored, k=-1)
+    assert np.abs(out.astype(int) - expected).max() < (12 if suffix == ".jpg" else 1)
+
+
 def test_jpeg_and_channel_choice_checked(tmp_path):
     ramp = np.linspace(0, 255, 16).astype(np.uint8)
     rgb = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), axis=-1).astype(np.uint8)

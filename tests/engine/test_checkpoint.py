@@ -63,7 +63,7 @@ def test_malicious_checkpoint_is_refused(tmp_path: Path):
         pickle.dump({"kind": "finetune", "x": _Exploit()}, f)
     torch.save({"kind": "finetune", "x": _Exploit()}, tmp_path / "evil2.pt")
     for p in (path, tmp_path / "evil2.pt"):
-        with pytest.raises(DataError, match="refused|not a (readable )?PyTorch checkpoint"):
+        with pytest.raises(DataError, match="refused"):
             load_checkpoint(p)
 
 

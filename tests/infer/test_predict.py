@@ -100,7 +100,15 @@ def test_expand_inputs(tmp_path):
     root = tmp_path / "scans"
     (root / "a" / "b").mkdir(parents=True)
     (root / ".hidden").mkdir()
-    for rel in ("x.png", "a/y.JPG", "a/b/z.dcm", "a/b/w.jpeg", ".hidden/h.png", "a/.h.png"):
+    for rel in (
+        "x.png",
+        "a/y.JPG",
+        "a/b/z.dcm",
+        "a/b/w.jpeg",
+        "t.TIFF",
+        ".hidden/h.png",
+        "a/.h.png",
+    ):
         (root / rel).write_bytes(b"")
     (root / "a" / "readme.txt").write_text("not an image")
     (root / "a" / "b" / "1.2.840.5").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)
@@ -109,7 +117,7 @@ def test_expand_inputs(tmp_path):
     found = expand_inputs([root])
     rel = [p.relative_to(root).as_posix() for p in found]
     dicoms = ["a/b/z.dcm", "a/b/1.2.840.5", "a/b/IM0001"]
-    assert rel == sorted(["x.png", "a/y.JPG", "a/b/w.jpeg", *dicoms])
+    assert rel == sorted(["x.png", "a/y.JPG", "a/b/w.jpeg", "t.TIFF", *dicoms])
     # glob + an overlapping folder: duplicates dropped, order of first appearance kept
     both = expand_inputs([str(root / "a" / "**" / "*.dcm"), root / "a"])
     assert both[0] == root / "a" / "b" / "z.dcm" and len(both) == 5
@@ -124,11 +132,18 @@ def test_expand_inputs(tmp_path):
         expand_inputs([str(tmp_path / "nothing" / "*.png"), tmp_path / "empty"])
 
 
-def test_missing_file_gives_an_error_row(grey_ckpt, tmp_path):
+def test_missing_file_gives_an_error_row(grey_ckpt, tmp_path, capsys):
     out = tmp_path / "r.csv"
     run_predict(grey_ckpt, [tmp_path / "gone.png"], out=out, progress=False)
     (row,) = read_csv(out)
     assert row["error"] and row[GREY_CLASSES[0]] == ""
+    # from the command line: rows are written, and the exit status says nothing was read
+    args = ["predict", str(grey_ckpt), "--out", str(out), "--no-progress"]
+    assert main([*args[:2], str(tmp_path / "gone.png"), *args[2:]]) == 1
+    assert "1 file(s) could not be read" in capsys.readouterr().out
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bytes())
+    assert main([*args[:2], str(tmp_path / "gone.png"), str(image), *args[2:]]) == 0
 
 
 def test_stage1_and_incomplete_checkpoints_are_refused(tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
@@ -98,8 +98,9 @@ def _is_dicom(path: str | Path) -> bool:
 
 def _decode_pil(path: str | Path) -> np.ndarray:
     """Decode with PIL: uint8 (H, W) grey or (H, W, 3) RGB."""
-    with Image.open(path) as img:
-        img.load()  # decode everything now, so a truncated file fails here
+    with Image.open(path) as opened:
+        opened.load()  # decode everything now, so a truncated file fails here
+        img = ImageOps.exif_transpose(opened)  # as viewers show it (EXIF Orientation)
         if img.mode in _HIGH_BIT_MODES:
             values = np.asarray(img, dtype=np.float64)
             return _scale_to_uint8(values, values.min(), values.max())

@@ -63,9 +63,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL" not in str(e):  # not a pickle of tensors at all (an image, a text file, ...)
-            raise DataError(f"{path}: not a PyTorch checkpoint (cannot be unpickled)") from e
-        detail = next(line for line in str(e).splitlines() if "GLOBAL" in line).strip()
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # no torch zip, no pickle
+            raise DataError(
+                f"{path}: not a PyTorch checkpoint (an image, a text file, ...?)"
+            ) from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line), lines[-1])
         raise DataError(
             f"{path}: refused to load: the file contains objects other than tensors and plain "
             f"values (it could execute code when unpickled). Only load checkpoints you trust "

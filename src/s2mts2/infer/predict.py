@@ -49,7 +49,7 @@ from s2mts2.models.heads import Network
 
 log = logging.getLogger("s2mts2")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 CARD_FORMAT = "s2mts2-model-card/1"
 RESULT_SUFFIXES = (".csv", ".json")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -398,6 +398,11 @@ class PredictResult:
     predictions: list[Prediction]
     out: Path
     cam_dir: Path | None = None
+
+    @property
+    def all_failed(self) -> bool:
+        """True when no input could be read (the CLI then exits with status 1)."""
+        return all(p.error is not None for p in self.predictions)
 
     def summary(self) -> str:
         errors = sum(p.error is not None for p in self.predictions)
