@@ -65,6 +65,20 @@ def test_class_column_and_split_column(tmp_path):
     assert list(t.groups) == t.paths  # no group column: one group per image
 
 
+def test_spreadsheet_exports_semicolons_windows_paths_and_missing_files_named(tmp_path, caplog):
+    rows = ["img\\0.png;nv", "img\\1.png;mel", "img\\gone.png;nv", "img\\2.png;mel"]
+    _folder(tmp_path, rows, "path;dx", ["img/0.png", "img/1.png", "img/2.png"])
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        t = load_csv(tmp_path, csv="labels.csv", class_column="dx")
+    assert t.paths == [str(tmp_path / "img" / f"{k}.png") for k in range(3)]
+    assert t.classes == ["mel", "nv"] and t.missing == 1
+    assert "1 of 4 listed images not found" in caplog.text
+    assert "line 4: img\\gone.png" in caplog.text
+    (tmp_path / "latin.csv").write_bytes("path,dx\nimg/0.png,n\xe6vus\n".encode("latin-1"))
+    with pytest.raises(DataError, match="latin.csv: not UTF-8 text.*save the CSV as UTF-8"):
+        load_csv(tmp_path, csv="latin.csv", class_column="dx")
+
+
 def test_label_columns_may_be_a_comma_separated_string(multilabel):
     t = load_csv(multilabel, csv="labels.csv", label_columns="a, b")
     assert t.classes == ["a", "b"]

@@ -105,7 +105,8 @@ def load_chestxray14(
     files = index_files(_image_dirs(root))
     found = keep & np.fromiter((n in files for n in names), dtype=bool, count=len(names))
     rows = np.flatnonzero(found)
-    report_missing("chestxray14", int(keep.sum() - len(rows)), int(keep.sum()), root)
+    absent = [names[i] for i in np.flatnonzero(keep & ~found)]
+    report_missing("chestxray14", absent, int(keep.sum()), root)
     require_images("chestxray14", len(rows), root)
 
     col = {c: j for j, c in enumerate(CLASSES)}

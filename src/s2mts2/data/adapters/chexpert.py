@@ -98,7 +98,7 @@ def load_chexpert(
     dataset = _dataset_dir(Path(root).expanduser().absolute())
 
     paths, labels, groups, split = [], [], [], []
-    listed = missing = 0
+    listed, missing = 0, []
     for csv_name, split_name in (("train", "train"), ("valid", "val")):
         csv_path = find_file(dataset, (f"{csv_name}.csv", f"{csv_name}.csv.gz"))
         if csv_path is None:
@@ -109,9 +109,10 @@ def load_chexpert(
         if frontal_only:
             keep &= np.asarray(table.values("Frontal/Lateral")) == "Frontal"
         full = [os.path.normpath(_resolve(str(dataset), r)) for r in rel]
-        found = np.flatnonzero(keep & existing(full))
+        on_disk = existing(full)
+        found = np.flatnonzero(keep & on_disk)
         listed += int(keep.sum())
-        missing += int(keep.sum()) - len(found)
+        missing += [rel[i] for i in np.flatnonzero(keep & ~on_disk)]
         for i in found:
             m = PATIENT.search(rel[i])
             if m is None:
@@ -139,5 +140,5 @@ def load_chexpert(
         groups=np.asarray(groups),
         split=np.asarray(split),
         channels=1,
-        missing=missing,
+        missing=len(missing),
     )

@@ -45,7 +45,11 @@ class CsvTable:
         try:
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-                reader = csv.reader(f)
+                first = f.readline()
+                f.seek(0)
+                # a spreadsheet saved with ';' or tab separators: read it as such
+                delimiter = next((d for d in ",;\t" if d in first), ",")
+                reader = csv.reader(f, delimiter=delimiter)
                 self.header = [h.strip() for h in next(reader, [])]
                 self.rows: list[list[str]] = []
                 self.lines: list[int] = []
@@ -55,7 +59,9 @@ class CsvTable:
                         self.rows.append(row)
                         self.lines.append(start)
                     start = reader.line_num + 1
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e}); save the CSV as UTF-8") from e
+        except (OSError, csv.Error) as e:
             raise DataError(f"{path}: cannot read CSV ({e})") from e
         if not self.header:
             raise DataError(f"{path}: empty CSV file")
@@ -143,15 +149,18 @@ def existing(paths: Sequence[str]) -> np.ndarray:
     return out
 
 
-def report_missing(dataset: str, missing: int, total: int, where: Path) -> None:
-    """One warning line on the ``s2mts2`` logger when listed images are not on disk."""
+def report_missing(dataset: str, missing: Sequence[str], total: int, where: Path) -> None:
+    """One warning line on the ``s2mts2`` logger when listed images are not on disk, naming the
+    first few (``missing``: the listed names or paths)."""
     if missing:
+        shown = ", ".join(str(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
         LOG.warning(
-            "%s: %d of %d listed images not found under %s; left out",
+            "%s: %d of %d listed images not found under %s; left out (%s)",
             dataset,
-            missing,
+            len(missing),
             total,
             where,
+            shown,
         )
 
 

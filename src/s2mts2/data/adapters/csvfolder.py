@@ -79,6 +79,8 @@ def _inside(root: str, table: CsvTable, paths: list[str]) -> list[str]:
     """Absolute normalised paths; DataError naming the row when one escapes ``root``."""
     out = []
     for p, line in zip(paths, table.lines):
+        if os.sep == "/":  # backslash separators: a CSV written on Windows
+            p = p.replace("\\", "/")
         full = os.path.normpath(os.path.join(root, p))
         if not p or os.path.commonpath([root, full]) != root:
             raise DataError(
@@ -142,8 +144,11 @@ def load_csv(
             table.column(c)
 
     full = _inside(root_s, table, table.values(path_column))
-    rows = np.flatnonzero(existing(full))
-    report_missing("csv", len(full) - len(rows), len(full), Path(root_s))
+    on_disk = existing(full)
+    rows = np.flatnonzero(on_disk)
+    listed = table.values(path_column)
+    absent = [f"line {table.lines[i]}: {listed[i]}" for i in np.flatnonzero(~on_disk)]
+    report_missing("csv", absent, len(full), Path(root_s))
     require_images("csv", len(rows), Path(root_s))
 
     if label_columns is not None:

@@ -149,7 +149,7 @@ def load_isic2018(root: str | Path, *, split: str = "auto", seed: int = 0) -> Da
             )
         images = [k for k in images if k in split_of]
     found = [k for k in images if k in files]
-    report_missing("isic2018", len(images) - len(found), len(images), root)
+    report_missing("isic2018", [k for k in images if k not in files], len(images), root)
     require_images("isic2018", len(found), root)
 
     onehot = np.eye(len(CLASSES), dtype=np.float32)[[label[k] for k in found]]
