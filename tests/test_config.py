@@ -40,6 +40,15 @@ def test_int_accepted_for_float_and_nested_sections():
     assert cfg.pretrain.augment.crop_scale_min == 0.5
 
 
+def test_a_stage_relative_typo_is_reported_among_the_stage_keys():
+    with pytest.raises(ConfigError, match=r"'finetune.epoch' \(did you mean 'finetune.epochs'"):
+        load_config(None, ["epoch=2"], stage="finetune")
+    with pytest.raises(ConfigError, match=r"'sed' \(did you mean 'seed'\?\); valid keys here"):
+        load_config(None, ["sed=2"], stage="finetune")
+    with pytest.raises(ConfigError, match=r"'pretrain.qwerty'; valid keys here: augment, "):
+        load_config(None, ["qwerty=2"], stage="pretrain")
+
+
 def test_scientific_notation_is_a_float_on_the_command_line_and_in_yaml(tmp_path: Path):
     (tmp_path / "sci.yaml").write_text("finetune:\n  lr: 1e-3\npretrain:\n  lr: -2.5E+1\n")
     cfg = load_config(tmp_path / "sci.yaml", ["pretrain.weight_decay=5e-5"])
@@ -53,7 +62,7 @@ def test_scientific_notation_is_a_float_on_the_command_line_and_in_yaml(tmp_path
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("pretrain.epoch=3", ["pretrain.epoch", "epochs"]),
+        ("pretrain.epoch=3", ["pretrain.epoch", "did you mean 'pretrain.epochs'"]),
         ("pretrain.epochs=three", ["pretrain.epochs", "integer"]),
         ("pretrain.loss=simclr", ["pretrain.loss", "jcl"]),
         ("finetune.independent_views=1", ["finetune.independent_views", "true/false"]),

@@ -9,6 +9,7 @@ Unknown keys and values of the wrong type are errors that name the key.
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
@@ -199,8 +200,10 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     for k, v in values.items():
         key = f"{prefix}{k}"
         if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"unknown config key '{key}'; valid keys here: {', '.join(sorted(names))}"
+                f"unknown config key '{key}'{hint}; valid keys here: {', '.join(sorted(names))}"
             )
         current = getattr(obj, k)
         if is_dataclass(current):
@@ -232,7 +235,9 @@ def _resolve_key(key: str, stage: str | None) -> str:
     if head in top or stage is None:
         return key
     stage_fields = {f.name for f in fields(getattr(RunConfig(), stage))}
-    return f"{stage}.{key}" if head in stage_fields else key
+    if head not in stage_fields and difflib.get_close_matches(head, top, n=1):
+        return key  # a misspelt top-level key ("sed"): reported with its suggestion
+    return f"{stage}.{key}"  # else reported among the stage's keys
 
 
 def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:

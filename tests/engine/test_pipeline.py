@@ -103,8 +103,8 @@ def test_finetune_s2mts2_starts_from_the_stage1_backbone(data_dir, pretrained, m
     seen = {}
     real = finetune_mod.init_from_pretrained
 
-    def spy(net, path, channels):
-        real(net, path, channels)
+    def spy(net, path, channels, backbone):
+        real(net, path, channels, backbone)
         seen["backbone"] = {k: v.clone() for k, v in net.backbone.state_dict().items()}
         seen["head"] = {k: v.clone() for k, v in net.head.state_dict().items()}
 
@@ -115,6 +115,12 @@ def test_finetune_s2mts2_starts_from_the_stage1_backbone(data_dir, pretrained, m
     for k, v in seen["backbone"].items():
         assert torch.equal(v, stage1[f"backbone.{k}"]), k
     assert all(not k.startswith("head.") or k not in stage1 for k in seen["head"])
+
+
+def test_a_stage1_checkpoint_of_another_backbone_is_named(data_dir, pretrained, tmp_path):
+    cfg = cfg_for(data_dir, "model.backbone=resnet18_small", f"finetune.pretrained={pretrained}")
+    with pytest.raises(ConfigError, match=r"is a resnet18 network.*model.backbone=resnet18"):
+        finetune(cfg, tmp_path / "other", progress=False)
 
 
 def test_s2mts2_needs_a_pretrained_checkpoint(data_dir, tmp_path):
@@ -352,6 +358,16 @@ def test_cli_stages_end_to_end(data_dir, pretrained, tmp_path, capsys):
     assert 0.0 <= metrics["mean_auc"] <= 1.0 and len(metrics["per_class_auc"]) == 5
     assert (tmp_path / "ft" / "eval-test" / "roc.png").stat().st_size > 0
     assert "Mean AUC" in capsys.readouterr().out
+    student = ["evaluate", str(tmp_path / "ft" / "best.pt"), "--model", "student", "--device"]
+    assert main([*student, "cpu", "--bootstrap", "0"]) == 0
+    assert (
+        json.loads((tmp_path / "ft" / "eval-test-student" / "metrics.json").read_text())["model"]
+        == "student"
+    )
+    assert (
+        json.loads((tmp_path / "ft" / "eval-test" / "metrics.json").read_text())["model"]
+        == "teacher"
+    )  # the teacher's evaluation is kept
 
 
 def test_cli_errors_are_clear(data_dir, tmp_path, capsys):

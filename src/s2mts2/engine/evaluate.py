@@ -61,7 +61,11 @@ def evaluate_checkpoint(
         )
     idx = data.table.indices(split)
     if len(idx) == 0:
-        raise DataError(f"{data.dir}: the {split} split has no images")
+        found = sorted(set(data.table.split.tolist()))
+        raise DataError(
+            f"{data.dir}: the {split} split has no images; this dataset has {found} "
+            f"(--split {found[-1] if found else 'val'})"
+        )
     probs = predict(net, data, idx, meta["size"], dev, fp32, meta["task"])
     t = data.table
     metrics = evaluate_predictions(
@@ -74,7 +78,8 @@ def evaluate_checkpoint(
         n_boot=n_boot,
     )
     metrics.update(checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method"))
-    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}"
+    suffix = "" if model == "teacher" else f"-{model}"  # the student's next to the teacher's
+    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     title = f"{meta.get('method', '')} {model}, {t.name} {split}".strip()
     report = f"# Evaluation: {title}\n\n" + markdown_table(metrics, t.classes)

@@ -154,8 +154,9 @@ def build_optimizer(net: Network, fc: FinetuneConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=fc.lr, weight_decay=fc.weight_decay, foreach=True)
 
 
-def init_from_pretrained(net: Network, path: str, channels: int) -> None:
-    """Load the stage-1 *student* backbone into ``net`` (its head stays new)."""
+def init_from_pretrained(net: Network, path: str, channels: int, backbone: str) -> None:
+    """Load the stage-1 *student* backbone into ``net`` (a ``backbone`` network; its head stays
+    new)."""
     if not path:
         raise ConfigError(
             "finetune.method=s2mts2 needs finetune.pretrained = a stage-1 checkpoint "
@@ -168,6 +169,12 @@ def init_from_pretrained(net: Network, path: str, channels: int) -> None:
         raise ConfigError(
             f"finetune.pretrained: {path} was trained on {state['meta']['channels']}-channel "
             f"images, this dataset has {channels}"
+        )
+    trained = (state.get("config") or {}).get("model", {}).get("backbone")
+    if trained is not None and trained != backbone:
+        raise ConfigError(
+            f"finetune.pretrained: {path} is a {trained} network, this run's model.backbone is "
+            f"{backbone}: --set model.backbone={trained}, or a stage-1 checkpoint of {backbone}"
         )
     ignored = load_backbone_state(net, state["student"])
     log.info("loaded the stage-1 backbone of %s (%d head tensors left out)", path, len(ignored))
@@ -265,7 +272,7 @@ def _finetune(
         cfg.model, t.channels, len(t.classes), init="random" if fc.method == "s2mts2" else None
     )
     if fc.method == "s2mts2":
-        init_from_pretrained(net, fc.pretrained, t.channels)
+        init_from_pretrained(net, fc.pretrained, t.channels, cfg.model.backbone)
     precision = resolve_precision(cfg.precision, device)
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     # The supervised baseline never runs its teacher on training images, so the teacher cannot
