@@ -197,7 +197,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         ckpt = train(
             cfg, args.out, resume=args.resume, progress=not args.no_progress, command=command
         )
-        print(f"checkpoint: {ckpt}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+            print(f"checkpoint: {ckpt}")
         return 0
     if args.command == "evaluate":
         from s2mts2.engine.evaluate import evaluate_checkpoint

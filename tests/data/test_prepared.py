@@ -38,3 +38,13 @@ def test_reprepare_with_another_split_draws_the_labelled_subset_again(tmp_path, 
     assert not np.array_equal(first.table.split, second.table.split)
     assert _labelled_splits(second) == {"train"}
     assert "labelled-f0.2-s0.txt" in caplog.text
+
+
+def test_a_run_drawing_another_subset_than_prepare_is_told(tmp_path, caplog):
+    data = _prepare(tmp_path / "data", seed=0)
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        data.labelled(0.2)
+        assert caplog.text == ""
+        data.labelled(0.1)
+    assert "prepare drew the labelled subset labelled-f0.2-s0.txt" in caplog.text
+    assert "this run draws labelled-f0.1-s0.txt" in caplog.text

@@ -59,6 +59,18 @@ class PreparedData:
     ) -> np.ndarray:
         """Sorted table rows of the labelled subset; drawn once per setting and reused from disk."""
         path = self.dir / "labelled" / labelled_file_name(fraction, count, seed, by_group)
+        summary = self.dir / "summary.json"
+        prepared = (
+            json.loads(summary.read_text()).get("labelled_file") if summary.exists() else None
+        )
+        if prepared and Path(prepared).name != path.name:
+            log.warning(
+                "%s: prepare drew the labelled subset %s; this run draws %s from its data.labelled "
+                "/ data.labelled_count / data.split_seed settings",
+                self.dir,
+                Path(prepared).name,
+                path.name,
+            )
         if path.exists():
             return load_labelled(path, self.table, split="train")
         idx = labelled_subset(
