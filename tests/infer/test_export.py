@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from s2mts2.cli import main
 from s2mts2.config import ModelConfig
 from s2mts2.engine.builders import classifier_network
-from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.engine.checkpoint import load_checkpoint, ordinary_file_mode
 from s2mts2.engine.evaluate import load_classifier
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
 from s2mts2.infer import export
@@ -47,6 +47,8 @@ def test_export_writes_the_three_files_and_reports_parity(exported):
     onnx_path, stdout = exported
     for suffix in (".onnx", ".safetensors", ".json"):
         assert onnx_path.with_suffix(suffix).is_file()
+        mode = onnx_path.with_suffix(suffix).stat().st_mode & 0o777
+        assert mode == ordinary_file_mode(), suffix  # readable like any file the user writes
     assert "ONNX parity" in stdout and "max abs diff" in stdout
     assert not onnx_path.with_suffix(".onnx.data").exists()  # the weights are inside the file
 

@@ -22,10 +22,11 @@ import torch
 from s2mts2.errors import ConfigError, DataError
 
 
-def _umask() -> int:
+def ordinary_file_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file: 0o666 minus the umask."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -41,7 +42,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, ordinary_file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

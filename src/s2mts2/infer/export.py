@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from s2mts2 import __version__
+from s2mts2.engine.checkpoint import ordinary_file_mode
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
 from s2mts2.infer.predict import CARD_FORMAT, ModelInfo, read_checkpoint
 from s2mts2.losses.consistency import probabilities
@@ -212,6 +214,7 @@ def export_model(checkpoint: str | Path, onnx_path: str | Path) -> ExportResult:
         str(weights),
         metadata={"format": "pt", "model_card": onnx_path.with_suffix(".json").name},
     )
+    os.chmod(weights, ordinary_file_mode())  # safetensors writes owner-only files
     card = onnx_path.with_suffix(".json")
     card.write_text(
         json.dumps(model_card(state, info, checkpoint, onnx_path, max_diff), indent=2) + "\n"
