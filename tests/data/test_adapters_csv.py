@@ -79,6 +79,22 @@ def test_spreadsheet_exports_semicolons_windows_paths_and_missing_files_named(tm
         load_csv(tmp_path, csv="latin.csv", class_column="dx")
 
 
+def test_uncertain_labels_need_the_option_and_duplicates_are_refused(tmp_path):
+    rows = ["0.png,1,-1", "1.png,0,1", "2.png,-1.0,0"]
+    _folder(tmp_path, rows, "path,a,b", [f"{k}.png" for k in range(3)])
+    with pytest.raises(DataError, match=r"line 4: column 'a' has '-1.0'.*--option uncertain"):
+        load_csv(tmp_path, csv="labels.csv", label_columns=["a", "b"])
+    expected = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
+    for policy, value in expected.items():
+        t = load_csv(tmp_path, csv="labels.csv", label_columns="a,b", uncertain=policy)
+        np.testing.assert_array_equal(t.labels, [[1, value], [0, 1], [value, 0]])
+    with pytest.raises(ConfigError, match="uncertain"):
+        load_csv(tmp_path, csv="labels.csv", label_columns="a", uncertain="maybe")
+    (tmp_path / "dup.csv").write_text("path,a\n0.png,1\n1.png,0\n./0.png,0\n")
+    with pytest.raises(DataError, match=r"dup.csv, line 4: image .*0.png is listed again .*line 2"):
+        load_csv(tmp_path, csv="dup.csv", label_columns="a")
+
+
 def test_label_columns_may_be_a_comma_separated_string(multilabel):
     t = load_csv(multilabel, csv="labels.csv", label_columns="a, b")
     assert t.classes == ["a", "b"]
@@ -97,7 +113,7 @@ def test_class_names_that_differ_in_case_are_refused(tmp_path):
 
 
 def test_a_rare_class_is_reported_and_the_classes_option_refuses_it(tmp_path, caplog):
-    _classes_folder(tmp_path, ["nv", "mel", "nv", "Melanoma", "mel", "nv", "mel", "bcc"] * 1)
+    _classes_folder(tmp_path, ["nv", "mel", "nv", "Melanoma", "mel", "nv", "mel", "bcc"])
     with caplog.at_level(logging.WARNING, logger="s2mts2"):
         t = load_csv(tmp_path, csv="labels.csv", class_column="dx")
     assert t.classes == ["Melanoma", "bcc", "mel", "nv"]

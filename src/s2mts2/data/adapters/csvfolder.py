@@ -102,6 +102,7 @@ def load_csv(
     split_column: str | None = None,
     channels: int = 3,
     task: str | None = None,
+    uncertain: str | None = None,
     seed: int = 0,
 ) -> DatasetTable:
     """Read images listed in a CSV under ``root``.
@@ -124,6 +125,8 @@ def load_csv(
             another class is an error (default: the sorted names found; names that differ only
             in case are an error, classes with fewer than 3 images are reported).
         channels: 1 (grey-scale) or 3 (RGB).
+        uncertain: what a ``-1`` label cell means (multi-label columns): ``ignore`` (NaN,
+            masked in the loss), ``zeros`` or ``ones``; default: -1 is an error.
     """
     if (label_columns is None) == (class_column is None):
         raise ConfigError("csv dataset: give exactly one of label_columns or class_column")
@@ -133,6 +136,9 @@ def load_csv(
         label_columns = _names(label_columns, "label_columns")
     check_choice("channels", channels, (1, 3))
     check_choice("task", task, (None, "multilabel", "multiclass"))
+    check_choice("uncertain", uncertain, (None, "ignore", "zeros", "ones"))
+    if uncertain is not None and label_columns is None:
+        raise ConfigError("csv dataset: option uncertain goes with label_columns")
     if class_column is not None and task == "multilabel":
         raise ConfigError(
             "csv dataset: class_column gives one class per image; use task multiclass"
@@ -144,6 +150,14 @@ def load_csv(
             table.column(c)
 
     full = _inside(root_s, table, table.values(path_column))
+    first: dict[str, int] = {}
+    for path, line in zip(full, table.lines):
+        if path in first:  # it could land in two splits, or count twice
+            raise DataError(
+                f"{table.path}, line {line}: image {path} is listed again (first on line "
+                f"{first[path]}); list each image once"
+            )
+        first[path] = line
     on_disk = existing(full)
     rows = np.flatnonzero(on_disk)
     listed = table.values(path_column)
@@ -153,7 +167,12 @@ def load_csv(
 
     if label_columns is not None:
         classes = list(label_columns)
-        labels = cell_matrix(table, rows, classes, CELL, "0, 1 or blank")
+        cells = CELL
+        if uncertain is not None:
+            value = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[uncertain]
+            cells = CELL | {"-1": value, "-1.0": value}
+        expected = "0, 1 or blank" + (", -1" if uncertain else " (-1: --option uncertain=...)")
+        labels = cell_matrix(table, rows, classes, cells, expected)
         if task == "multiclass":
             known = ~np.isnan(labels).any(axis=1)
             bad = np.flatnonzero(known & (labels.sum(axis=1) != 1))
