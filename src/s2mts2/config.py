@@ -81,6 +81,9 @@ class PretrainConfig:
     batch_size: int = 256
     views: int = 2  # M key views per image
     queue_size: int = 65536  # K negatives (capped at the number of training images)
+    # what the queue stores of each image: μ, its mean key (METHOD.md, the released code), or
+    # μ/|μ| (then the negatives are unit vectors like MoCo's keys; |μ| < 1 when the views differ)
+    queue_entries: Literal["mean", "normalised_mean"] = "mean"
     temperature: float = 0.07
     lam_max: float = 2.0  # λ ramps linearly to this value: λ_t = λ_max·(epoch+1)/epochs
     ema: float = 0.999  # teacher momentum m

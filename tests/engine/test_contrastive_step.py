@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from s2mts2.engine.bench import BenchSettings, contrastive_step
@@ -9,16 +10,20 @@ from s2mts2.engine.bench import BenchSettings, contrastive_step
 SETTINGS = BenchSettings(device="cpu", model="resnet18", size=32, batch_size=8, queue_size=64)
 
 
-def test_the_queue_receives_each_images_mean_key_as_it_is():
+@pytest.mark.parametrize("entries", ["mean", "normalised_mean"])
+def test_the_queue_receives_each_images_mean_key(entries):
     torch.manual_seed(0)
     step = contrastive_step(SETTINGS, 1, torch.device("cpu"))
+    step.cfg.queue_entries = entries
     views = torch.randn(
         1 + step.cfg.views, 8, 1, 32, 32, generator=torch.Generator().manual_seed(3)
     )
     with torch.no_grad():  # the teacher before the step's EMA update, on the key views
         keys = copy.deepcopy(step.teacher)(views[1:].flatten(0, 1)).view(step.cfg.views, 8, -1)
-    mu = keys.mean(dim=0)  # (B, D), not re-normalised
+    mu = keys.mean(dim=0)  # (B, D)
     assert (mu.norm(dim=1) < 0.999).all()  # the M key views differ, so |μ| < 1
+    if entries == "normalised_mean":
+        mu = mu / mu.norm(dim=1, keepdim=True)
     before = step.queue.queue.clone()
     step.train(views, 1.0)
     assert int(step.queue.ptr) == 8

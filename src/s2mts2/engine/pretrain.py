@@ -2,7 +2,8 @@
 
 Per step (METHOD.md): 1 query view + M key views of every image, made on the device from the
 uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> keys (B, M, D);
-loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue μ (the mean key, as is).
+loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue μ (as is, or μ/|μ|
+with ``pretrain.queue_entries: normalised_mean``).
 Every epoch ends with an atomic full-state checkpoint ``OUT/last.pt``; ``resume=True`` continues
 from it and reproduces the uninterrupted run.
 
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from s2mts2.config import PretrainConfig, RunConfig, config_to_dict
@@ -148,7 +150,8 @@ class ContrastiveStep:
         self.scaler.update()
         self.teacher.update(self.student)
         average_buffers(self.student, self.teacher)
-        self.queue.enqueue(keys.mean(dim=1))  # μ, as METHOD.md (and the released code) store it
+        mu = keys.mean(dim=1)  # (B, D)
+        self.queue.enqueue(F.normalize(mu, dim=1) if self.cfg.queue_entries != "mean" else mu)
         return loss.detach()
 
     def _teacher_forward(self, keys_in: torch.Tensor) -> torch.Tensor:
