@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from s2mts2.config import RunConfig, config_to_dict, load_config
+from s2mts2.config import RunConfig, config_from_dict, config_to_dict, load_config
 from s2mts2.data.prepared import prepare_dataset
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.evaluate import evaluate_checkpoint
@@ -186,7 +186,10 @@ def _recipe(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
 
 
 def _check_recipe(folder: Path, stored: dict[str, Any], cfg: RunConfig, stage: str) -> None:
+    """ConfigError unless ``folder`` was made with ``cfg``'s recipe; settings newer than the
+    folder are taken at their defaults (which keep the behaviour they were added with)."""
     current = json.loads(json.dumps(config_to_dict(cfg)))  # the form stored in JSON
+    stored = json.loads(json.dumps(config_to_dict(config_from_dict(stored))))
     if _recipe(stored, stage) != _recipe(current, stage):
         raise ConfigError(
             f"{folder} was made with another recipe than the current preset/--set values; "

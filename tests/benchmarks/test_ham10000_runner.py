@@ -115,6 +115,15 @@ def test_changed_recipe_is_refused(runner, tmp_path):
     plan = make_plan(runner, tmp_path)
     plan.methods, plan.seeds = ("supervised",), (0,)
     runner.run_benchmark(plan)
+    # a folder older than a setting (its stored config lacks the key) counts as its default
+    result = plan.runs_dir / "supervised-s0" / "result.json"
+    stored = json.loads(result.read_text())
+    del stored["config"]["model"]["shared_bn_stats"]
+    result.write_text(json.dumps(stored))
+    runner.run_benchmark(plan)
+    plan.overrides = (*TINY, "model.shared_bn_stats=true")
+    with pytest.raises(runner.ConfigError, match="another recipe"):
+        runner.run_benchmark(plan)
     plan.overrides = (*TINY, "finetune.lr=0.5")
     with pytest.raises(runner.ConfigError, match="another recipe"):
         runner.run_benchmark(plan)
