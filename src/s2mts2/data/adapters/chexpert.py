@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from s2mts2.data.adapters.common import (
+    UNCERTAIN,
     CsvTable,
     cell_matrix,
     check_choice,
@@ -91,7 +92,7 @@ def load_chexpert(
         frontal_only: keep only ``Frontal`` images.
     """
     check_choice("classes", classes, ("all", "competition"))
-    check_choice("uncertain", uncertain, ("ignore", "zeros", "ones"))
+    check_choice("uncertain", uncertain, tuple(UNCERTAIN))
     check_choice("blank", blank, ("zeros", "ignore"))
     check_choice("frontal_only", frontal_only, (True, False))
     names = list(OBSERVATIONS if classes == "all" else COMPETITION)
@@ -128,7 +129,7 @@ def load_chexpert(
 
     y = np.concatenate(labels)
     blank_value = 0.0 if blank == "zeros" else np.nan
-    uncertain_value = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[uncertain]
+    uncertain_value = UNCERTAIN[uncertain]
     y = np.where(np.isnan(y), blank_value, y)
     y = np.where(y == -1.0, uncertain_value, y)
     return DatasetTable(

@@ -14,6 +14,8 @@ import numpy as np
 from s2mts2.errors import ConfigError, DataError
 
 LOG = logging.getLogger("s2mts2")
+# what an uncertain (-1) label becomes: NaN (masked in the loss), 0 or 1
+UNCERTAIN = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
 
 
 def check_choice(option: str, value: object, choices: Sequence[object]) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from s2mts2.data.adapters.common import (
+    LOG,
+    UNCERTAIN,
     CsvTable,
     cell_matrix,
     check_choice,
@@ -22,8 +24,6 @@ from s2mts2.errors import ConfigError, DataError
 
 CELL = {"": np.nan, "1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0}
 RARE_CLASS = 3  # a class with fewer images is reported: often a typo in the CSV
-
-log = logging.getLogger("s2mts2")
 
 
 def _names(value: list[str] | str, option: str) -> list[str]:
@@ -51,7 +51,8 @@ def _class_names(
                 f"the classes option {expected} ({len(bad)} such row(s))"
             )
         return expected
-    found = sorted(set(names.tolist()) - {""})
+    counts = Counter(names.tolist())
+    found = sorted(set(counts) - {""})
     first_line = {n: int(lines[np.flatnonzero(names == n)[0]]) for n in found}
     by_fold: dict[str, list[str]] = {}
     for n in found:
@@ -63,14 +64,14 @@ def _class_names(
             f"{table.path}: class names {where} differ only in case; fix the CSV, or give the "
             f"expected classes with --option classes=[...]"
         )
-    rare = [n for n in found if int((names == n).sum()) < RARE_CLASS]
+    rare = [n for n in found if counts[n] < RARE_CLASS]
     if rare:
-        log.warning(
+        LOG.warning(
             "%s: class(es) with fewer than %d images: %s -- a typo? --option classes=[...] "
             "names the expected classes and refuses any other",
             table.path,
             RARE_CLASS,
-            ", ".join(f"{n!r} ({int((names == n).sum())}, line {first_line[n]})" for n in rare),
+            ", ".join(f"{n!r} ({counts[n]}, line {first_line[n]})" for n in rare),
         )
     return found
 
@@ -136,7 +137,7 @@ def load_csv(
         label_columns = _names(label_columns, "label_columns")
     check_choice("channels", channels, (1, 3))
     check_choice("task", task, (None, "multilabel", "multiclass"))
-    check_choice("uncertain", uncertain, (None, "ignore", "zeros", "ones"))
+    check_choice("uncertain", uncertain, (None, *UNCERTAIN))
     if uncertain is not None and label_columns is None:
         raise ConfigError("csv dataset: option uncertain goes with label_columns")
     if class_column is not None and task == "multilabel":
@@ -169,7 +170,7 @@ def load_csv(
         classes = list(label_columns)
         cells = CELL
         if uncertain is not None:
-            value = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[uncertain]
+            value = UNCERTAIN[uncertain]
             cells = CELL | {"-1": value, "-1.0": value}
         expected = "0, 1 or blank" + (", -1" if uncertain else " (-1: --option uncertain=...)")
         labels = cell_matrix(table, rows, classes, cells, expected)
