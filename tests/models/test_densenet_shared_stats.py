@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from state_dicts import max_diff
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2mts2.config import load_config
 from s2mts2.errors import ConfigError
@@ -137,13 +138,47 @@ def test_gradients_keep_channels_last(device):
     assert x_grad.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_channel_affine_keeps_dtype_and_layout():
-    x = torch.randn(2, 3, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    scale, shift = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, -3.0])
-    y = shared.channel_affine(x, scale, shift)
-    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
-    expected = x.float() * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
-    assert torch.allclose(y.float(), expected, rtol=1e-2, atol=1e-2)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_affine_keeps_dtype_and_layout(device, layout):
+    """(x - center) * scale + shift in float32 arithmetic, returned in x's bf16 and layout."""
+    x = torch.randn(2, 3, 4, 4, device=device).to(torch.bfloat16).contiguous(memory_format=layout)
+    scale, shift, center = (
+        torch.tensor(v, device=device) for v in ([1.0, -2.0, 0.5], [0.0, 1.0, -3.0], [0.5, 0, -1])
+    )
+    y = shared.channel_affine(x, scale, shift, center=center)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=layout)
+    per_channel = (1, 3, 1, 1)
+    expected = (x.float() - center.view(per_channel)) * scale.view(per_channel)
+    expected = (expected + shift.view(per_channel)).to(torch.bfloat16)
+    assert (y.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
+
+
+def test_the_backward_kernel_gets_the_statistics():
+    """CUDA's BatchNorm backward reads mean and invstd from its save_mean/save_invstd arguments
+    and asserts they are given; the CPU's ignores them in inference mode, so the call is recorded
+    here (the CPU kernel is correct either way)."""
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.native_batch_norm_backward.default:
+                calls.append(args)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    mean, var = shared._BatchStats.apply(x)
+    y = shared._NormaliseWithStats.apply(x, mean, var, weight, bias, 1e-5)
+    with Record():
+        y.backward(torch.randn_like(y))
+    (args,) = calls
+    save_mean, save_invstd = args[5], args[6]
+    assert isinstance(save_mean, torch.Tensor) and isinstance(save_invstd, torch.Tensor)
+    assert torch.equal(save_mean, mean.detach())
+    assert torch.allclose(save_invstd, torch.rsqrt(var.detach() + 1e-5))
 
 
 def _relative_error(a: torch.Tensor, truth: torch.Tensor) -> float:
@@ -238,7 +273,8 @@ def test_the_option_is_for_densenets_only():
 def test_no_host_synchronisation_on_cuda():
     net = _densenet(dtype=torch.float32).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(8, 3, 48, 48, device="cuda").contiguous(memory_format=torch.channels_last)
-    _forward_backward(net.features, x, fast=True)  # warm-up: kernels loaded, allocator filled
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # warm-up of the checked step's kernels
+        _forward_backward(net.features, x, fast=True)
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -87,11 +87,13 @@ class _NormaliseWithStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         x, mean, var, weight = ctx.saved_tensors
-        # grad_weight = Σ g (x - mean) invstd and grad_bias = Σ g, summed over (N, H, W)
-        _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y, x, weight, mean, var, None, None, False, ctx.eps, [False, True, True]
-        )
         invstd = torch.rsqrt(var + ctx.eps)
+        # grad_weight = Σ g (x - mean) invstd and grad_bias = Σ g, summed over (N, H, W); CUDA's
+        # kernel reads the statistics from the saved mean/invstd arguments (the CPU's from the
+        # running ones in inference mode), so both are given
+        _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, weight, mean, var, mean, invstd, False, ctx.eps, [False, True, True]
+        )
         weight_invstd = weight * invstd
         # g * weight * invstd in g's layout (CUDA's inference backward returns NCHW for
         # channels-last input, which would make every later gradient operation mix layouts)
