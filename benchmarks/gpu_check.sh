@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# CUDA check in one go, for a session lent an H100/H200 (about 7 minutes of device time: tests
-# 0.5, shared 1.5, bench 2, bench_shared 2, profile 0.5, cli 0.7-1.3 on an H100 / H200).
+# CUDA check in one go, for a session lent an H100/H200 (about 8 minutes of device time: tests
+# 0.5, cli 0.7-1.3, bench_shared 2, shared 1.5, profile 0.5, bench 2 on an H100 / H200; give the
+# run call timeout_s 600). Parts run in that order, most needed first; each is stopped after
+# PART_LIMIT seconds (default 240) and none starts past BUDGET seconds (default 540), so the log
+# and the finished parts' files come back even when one part hangs.
 # Run from the repository root; results go to $OUT (set by the device tool) or benchmarks/results.
 #
-#   bash benchmarks/gpu_check.sh [PART ...]   # default: tests shared bench bench_shared profile cli
+#   bash benchmarks/gpu_check.sh [PART ...]   # default: tests cli bench_shared shared profile bench
 #                                              # also: precision (fp32/bf16/fp16, 0.8 min; decided:
 #                                              # bf16), cudnn (autotuning on/off, 2 min; decided: off)
 #
@@ -34,14 +37,22 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     .whl/*.whl
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
-export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 OUT
+PART_LIMIT="${PART_LIMIT:-240}" BUDGET="${BUDGET:-540}"
 failed=0
-part() {  # part NAME COMMAND...: run, time and report one part
-  echo "=== $1 ($(date -u +%T))"
-  local name=$1
-  shift
-  if ! "$@"; then
-    echo "=== FAILED: $name"
+part() {  # part NAME: run the function NAME under a time limit, report its status
+  local name=$1 left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    echo "=== SKIPPED: $name (${SECONDS} s of the ${BUDGET} s budget spent)"
+    failed=$((failed + 1))
+    return
+  fi
+  local limit=$((left < PART_LIMIT ? left : PART_LIMIT))
+  echo "=== $name ($(date -u +%T), limit ${limit} s)"
+  timeout -k 10 "$limit" bash -c "$name"
+  local status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "=== FAILED: $name (exit $status$([ "$status" -eq 124 ] && echo ", time limit"))"
     failed=$((failed + 1))
   fi
 }
@@ -66,9 +77,10 @@ precision() {
   precision_steps --precisions fp32 bf16 fp16 --json "$OUT/precision-cuda.json"
 }
 shared() {  # model.shared_bn_stats off / on, alternating (exact: tests/models/...shared_stats.py)
+  precision_steps --precisions bf16 --shared-bn-stats both --json "$OUT/shared-bn-stats-cuda.json"
+  local steps=$?
   python3 benchmarks/bn_stats_kernels.py --device cuda --batch-size 128 \
-    --json "$OUT/bn-stats-kernels-cuda.json" &&
-    precision_steps --precisions bf16 --shared-bn-stats both --json "$OUT/shared-bn-stats-cuda.json"
+    --json "$OUT/bn-stats-kernels-cuda.json" && return "$steps"
 }
 cudnn() {  # measured on an H100: no gain, so the engine leaves autotuning off
   precision_steps --precisions fp32 bf16 --cudnn-benchmark \
@@ -89,7 +101,7 @@ cli() {  # the whole CLI on CUDA, as a user runs it (tiny, seconds per stage)
       --config tiny --no-progress "${sets[@]}" --set data.size=32 --set pretrain.epochs=2 \
       --set pretrain.monitor_every=1 --out "$t/pre" &&
     python3 -m s2mts2 pretrain --config tiny --no-progress "${sets[@]}" --set data.size=32 \
-      --set pretrain.epochs=3 --set pretrain.monitor_every=1 --out "$t/pre" --resume &&
+      --set pretrain.epochs=2 --set pretrain.monitor_every=1 --out "$t/pre" --resume &&
     python3 -m s2mts2 finetune --config tiny --no-progress "${sets[@]}" --set data.size=32 \
       --set finetune.pretrained="$t/pre/last.pt" --out "$t/ft" &&
     python3 -m s2mts2 evaluate "$t/ft/best.pt" --split test --device cuda &&
@@ -98,15 +110,16 @@ cli() {  # the whole CLI on CUDA, as a user runs it (tiny, seconds per stage)
     python3 -c "import sys; from s2mts2.engine.checkpoint import load_checkpoint as l; \
 s = l(sys.argv[1]); print('stage 1 history', [(h['epoch'], h.get('loss'), \
 h.get('knn_mean_auc')) for h in s['history']])" "$t/pre/last.pt" &&
-    head -3 "$t/predictions.csv" && ls "$t/cam" | head -3
+    head -3 "$t/predictions.csv" && { ls "$t/cam" | head -3 || true; }
 }
+export -f bench bench_shared profile precision_steps precision shared cudnn tests cli
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, torch.cuda.get_device_name())"
   nproc
   local parts=("$@")
-  [ ${#parts[@]} -gt 0 ] || parts=(tests shared bench bench_shared profile cli)
+  [ ${#parts[@]} -gt 0 ] || parts=(tests cli bench_shared shared profile bench)
   for name in "${parts[@]}"; do
     part "$name" "$name"
   done
