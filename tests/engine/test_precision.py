@@ -314,8 +314,9 @@ def test_resume_restores_a_step_on_its_device(device, tmp_path):
     saved = _step_modules(step)
     save_checkpoint(training_state("pretrain", saved, epoch=1), tmp_path / "a.pt")
     saved_rng = load_checkpoint(tmp_path / "a.pt")["rng"]
-    torch.manual_seed(7)  # every torch RNG (CPU and CUDA) away from the saved states
-    fresh = _step_modules(_stage1("fp32", device))
+    fresh = _step_modules(_stage1("fp32", device))  # seeds as the saved step was seeded
+    torch.manual_seed(7)  # then every torch RNG (CPU and CUDA) away from the saved states
+    assert not torch.equal(torch.get_rng_state(), saved_rng["torch"])
     resume_training(tmp_path / "a.pt", "pretrain", fresh)
     for name in ("student", "teacher", "queue", "optimizer"):
         want, got = (

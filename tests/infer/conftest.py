@@ -25,19 +25,21 @@ RGB_CLASSES = ("mel", "nv")
 def write_checkpoint(
     path: Path, task: str, channels: int, classes: Sequence[str], seed: int = 0
 ) -> Path:
-    """A stage-2 checkpoint in ``finetune``'s layout; student and teacher hold the same weights."""
+    """A stage-2 checkpoint in ``finetune``'s layout; student and teacher hold different random
+    weights (inference and export must use the teacher's)."""
     cfg = RunConfig()
     cfg.model.backbone = "resnet18_small"
     cfg.data.size = SIZE
     cfg.finetune.method = "supervised"
     torch.manual_seed(seed)
-    net = classifier_network(cfg.model, channels, len(classes)).eval()
+    teacher = classifier_network(cfg.model, channels, len(classes)).eval()
+    student = classifier_network(cfg.model, channels, len(classes)).eval()
     stats = eval_transform(channels, SIZE)
     state = {
         "kind": "finetune",
         "epoch": 3,
-        "student": net.state_dict(),
-        "teacher": EmaTeacher(net).state_dict(),
+        "student": student.state_dict(),
+        "teacher": EmaTeacher(teacher).state_dict(),
         "best_val": 0.5,
         "config": config_to_dict(cfg),
         "meta": {
@@ -73,6 +75,14 @@ def rgb_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Multi-label, 3 channels, classes RGB_CLASSES."""
     folder = tmp_path_factory.mktemp("rgb_run")
     return write_checkpoint(folder / "best.pt", "multilabel", 3, RGB_CLASSES, seed=1)
+
+
+def teacher_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The teacher's weights as ``write_checkpoint`` stored them (EmaTeacher's ``module.``)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return {
+        k.removeprefix("module."): v for k, v in state["teacher"].items() if k != "_extra_state"
+    }
 
 
 def png_bytes(height: int = 40, width: int = 48, mode: str = "L") -> bytes:

@@ -21,7 +21,7 @@ from s2mts2.infer.export import PARITY_TOLERANCE
 from s2mts2.infer.predict import ModelInfo, run_predict
 from s2mts2.models.heads import Network
 
-from .conftest import GREY_CLASSES, SIZE
+from .conftest import GREY_CLASSES, SIZE, teacher_weights
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,9 @@ def test_safetensors_weights_rebuild_the_teacher(exported, grey_ckpt):
     cfg = ModelConfig(backbone=card["model"]["backbone"], head_hidden=card["model"]["head_hidden"])
     net = classifier_network(cfg, card["channels"], len(card["classes"]))
     net.load_state_dict(load_file(str(onnx_path.with_suffix(".safetensors"))))
-    teacher = load_classifier(load_checkpoint(grey_ckpt))
-    for name, value in teacher.state_dict().items():
+    teacher = teacher_weights(grey_ckpt)
+    assert net.state_dict().keys() == teacher.keys()
+    for name, value in teacher.items():
         assert torch.equal(net.state_dict()[name], value), name
 
 

@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from s2mts2.cli import main
+from s2mts2.config import config_from_dict
 from s2mts2.data.imageio import load_preprocessed
+from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
 from s2mts2.engine.evaluate import load_classifier
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.infer.predict import expand_inputs, run_predict
 
-from .conftest import GREY_CLASSES, RGB_CLASSES, png_bytes
+from .conftest import GREY_CLASSES, RGB_CLASSES, png_bytes, teacher_weights
 
 REAL_NAMES = {
     "00000001_000.png",
@@ -36,8 +38,11 @@ def manual_probabilities(ckpt: Path, images: list[Path]) -> np.ndarray:
     pixels = [load_preprocessed(p, meta["size"], meta["channels"]) for p in images]
     x = (np.stack(pixels).astype(np.float64) / 255.0 - meta["mean"]) / meta["std"]
     x = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32)
+    model = config_from_dict(state["config"]).model
+    net = classifier_network(model, meta["channels"], len(meta["classes"])).eval()
+    net.load_state_dict(teacher_weights(ckpt))
     with torch.no_grad():
-        logits = load_classifier(state)(x)
+        logits = net(x)
     return (torch.softmax(logits, 1) if meta["task"] == "multiclass" else logits.sigmoid()).numpy()
 
 
@@ -192,3 +197,15 @@ def test_malicious_checkpoint_is_refused_by_predict(tmp_path, capsys):
         assert code == 2
         assert f"{path}: refused to load" in capsys.readouterr().err
     assert not marker.exists() and not out.exists()
+
+
+def test_load_classifier_gives_the_teacher_unless_asked_for_the_student(grey_ckpt):
+    state = load_checkpoint(grey_ckpt)
+    student_weights = state["student"]
+    teacher, student = load_classifier(state), load_classifier(state, "student")
+    for name, value in teacher_weights(grey_ckpt).items():
+        assert torch.equal(teacher.state_dict()[name], value), name
+        assert torch.equal(student.state_dict()[name], student_weights[name]), name
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(teacher(x), student(x))
