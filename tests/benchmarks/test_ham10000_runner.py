@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -127,3 +128,32 @@ def test_changed_recipe_is_refused(runner, tmp_path):
     plan.overrides = (*TINY, "finetune.lr=0.5")
     with pytest.raises(runner.ConfigError, match="another recipe"):
         runner.run_benchmark(plan)
+
+
+def test_digits_folder_is_read_by_the_csv_adapter(runner, tmp_path):
+    """The digits benchmark's folder: every bundled image, pixel for pixel, with its digit."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from s2mts2.data.adapters.csvfolder import load_csv
+
+    bench = runner.benchmark_for("digits", "stratified", tmp_path)
+    folder = bench.make_root(tmp_path)
+    assert folder == tmp_path / "digits-images"
+    table = load_csv(folder, **bench.options)
+    digits = load_digits()
+    assert table.classes == [str(d) for d in range(10)] and table.task == "multiclass"
+    assert table.channels == 1 and table.missing == 0
+    assert len(table.paths) == len(digits.target) == 1797
+    assert (table.labels.argmax(1) == digits.target).all()  # CSV rows keep sklearn's order
+    for i in (0, 1, 1796):
+        pixels = np.asarray(Image.open(table.paths[i]))
+        assert pixels.shape == (8, 8) and pixels.dtype == np.uint8
+        np.testing.assert_array_equal(pixels, np.rint(digits.images[i] * 255 / 16))
+    for split in ("train", "val", "test"):  # stratified: every digit in every split
+        assert set(table.labels[table.split == split].argmax(1)) == set(range(10))
+    (folder / "images" / "digit-0000.png").unlink()
+    assert runner.write_digits_folder(tmp_path) == folder  # kept once labels.csv exists
+    assert not (folder / "images" / "digit-0000.png").exists()
+    with pytest.raises(runner.ConfigError, match="stratified"):
+        runner.benchmark_for("digits", "grouped", tmp_path)

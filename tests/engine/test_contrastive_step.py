@@ -4,10 +4,9 @@ import copy
 
 import pytest
 import torch
+from step_settings import SETTINGS
 
-from s2mts2.engine.bench import BenchSettings, contrastive_step
-
-SETTINGS = BenchSettings(device="cpu", model="resnet18", size=32, batch_size=8, queue_size=64)
+from s2mts2.engine.bench import contrastive_step
 
 
 @pytest.mark.parametrize("entries", ["mean", "normalised_mean"])

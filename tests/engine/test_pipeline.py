@@ -65,19 +65,7 @@ def test_pretrain_writes_full_state(pretrained: Path):
     assert state["kind"] == "pretrain" and state["epoch"] == 2
     for key in ("student", "teacher", "queue", "optimizer", "rng", "config", "history"):
         assert key in state
-    assert state["queue"]["queue"].shape == (64, 128)
-    # the teacher is an EMA, not a copy of the student
-    assert (
-        max_diff(
-            state["student"],
-            {
-                k.removeprefix("module."): v
-                for k, v in state["teacher"].items()
-                if k != "_extra_state"
-            },
-        )
-        > 0
-    )
+    assert state["queue"]["queue"].shape == (64, 128)  # the EMA itself: test_teacher_updates.py
     csv = (pretrained.parent / "metrics.csv").read_text().splitlines()
     assert csv[0].startswith("epoch") and len(csv) == 1 + 3  # random-init row + 2 epochs
     assert (pretrained.parent / "config.yaml").exists() and (

@@ -9,13 +9,13 @@ import contextlib
 import sys
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 from state_dicts import flat_tensors
+from step_settings import DATA, SETTINGS
 
 from s2mts2.engine import runtime
-from s2mts2.engine.bench import BenchData, BenchSettings, contrastive_step, mean_teacher_step
+from s2mts2.engine.bench import contrastive_step, mean_teacher_step
 from s2mts2.engine.checkpoint import (
     load_checkpoint,
     resume_training,
@@ -26,16 +26,6 @@ from s2mts2.engine.runtime import Precision, resolve_precision
 from s2mts2.errors import ConfigError
 
 CPU = torch.device("cpu")
-SETTINGS = BenchSettings(device="cpu", model="resnet18", size=32, batch_size=8, queue_size=64)
-DATA = BenchData(
-    paths=[],
-    images=np.zeros((0, 1, 32, 32), np.uint8),
-    rows=np.zeros(0, np.int64),
-    train=np.zeros(0, np.int64),
-    labels=np.zeros((1, 3), np.float32),
-    task="multilabel",
-    channels=1,
-)
 
 
 # --- choosing the precision ---------------------------------------------------------------------
