@@ -1,7 +1,7 @@
 """The S²MTS² ablation on real data, resumable per cell: one command builds the whole table.
 
     python benchmarks/ham10000.py [--quick] [--device cuda] [--keep-checkpoints DIR]
-                                  [--split srcmt|lesion] [--dataset ham10000|nih-sample]
+                                  [--split srcmt|lesion] [--dataset ham10000|nih-sample|digits]
 
 Methods (same backbone, resolution and fine-tuning budget, from the preset):
 ``supervised`` (labelled images only), ``mean-teacher`` (no stage 1), ``moco-mt`` (stage 1 with
@@ -31,12 +31,15 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from s2mts2.config import RunConfig, config_from_dict, config_to_dict, load_config
 from s2mts2.data.prepared import prepare_dataset
@@ -80,10 +83,13 @@ class Benchmark:
     preset: str = "ham10000-cpu"
     overrides: tuple[str, ...] = ()  # applied after the preset, before the user's --set
     min_test_positives: int = 0  # macro AUC over eval classes with at least this many positives
+    # writes the dataset folder into the given data folder and returns it (data that ships as
+    # arrays, not files); used instead of ``root``
+    make_root: Callable[[Path], Path] | None = None
 
 
 def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
-    """The benchmark definitions of issue 5 (HAM10000 SRC-MT / lesion split, NIH sample)."""
+    """The benchmark definitions: HAM10000 (SRC-MT / lesion split), NIH sample, digits."""
     if dataset == "ham10000":
         if split not in ("srcmt", "lesion"):
             raise ConfigError(f"--split {split!r}: HAM10000 has the splits srcmt and lesion")
@@ -111,7 +117,55 @@ def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
             ),
             min_test_positives=10,
         )
-    raise ConfigError(f"--dataset {dataset!r}: expected ham10000 or nih-sample")
+    if dataset == "digits":
+        if split != "stratified":
+            raise ConfigError(f"--split {split!r}: the digits have the stratified split")
+        return Benchmark(
+            "digits",
+            "csv",
+            None,
+            {"csv": "labels.csv", "class_column": "digit", "channels": 1},
+            make_root=write_digits_folder,
+            # set before any run, from what the images are (no tuning): 8x8 digits upscaled to
+            # 32 px; few labels (5 % of training, ~6 per class); a flip turns one digit into
+            # another (the augmentations' rotation is at most 10 degrees), so no flips; grey
+            # images get METHOD.md's brightness/contrast jitter back; 1,258 training images:
+            # more epochs and small fine-tuning batches so that the EMA teachers (0.99) move
+            overrides=(
+                "data.size=32",
+                "data.labelled=0.05",
+                "pretrain.epochs=100",
+                "pretrain.monitor_every=10",
+                "pretrain.augment.jitter_p=0.8",
+                "pretrain.augment.hflip_p=0",
+                "pretrain.augment.vflip_p=0",
+                "finetune.augment_overrides.hflip_p=0",
+                "finetune.augment_overrides.vflip_p=0",
+                "finetune.batch_size=32",
+                "finetune.steps_per_epoch=20",
+            ),
+        )
+    raise ConfigError(f"--dataset {dataset!r}: expected ham10000, nih-sample or digits")
+
+
+def write_digits_folder(data_dir: Path) -> Path:
+    """scikit-learn's bundled handwritten digits (the UCI test set, 1,797 8x8 images of 43
+    writers, values 0..16) as a user brings images: ``<data_dir>/digits-images/`` with
+    ``images/digit-NNNN.png`` (grey, 0..16 scaled to 0..255) and ``labels.csv`` (path,digit).
+    Kept when ``labels.csv`` exists (written last)."""
+    folder = data_dir / "digits-images"
+    if (folder / "labels.csv").is_file():
+        return folder
+    digits = load_digits()
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["path,digit"]
+    for i, (image, digit) in enumerate(zip(digits.images, digits.target)):
+        name = f"images/digit-{i:04d}.png"
+        pixels = np.rint(image * (255 / 16)).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+        rows.append(f"{name},{digit}")
+    _write_text(folder / "labels.csv", "\n".join(rows) + "\n")
+    return folder
 
 
 @dataclass
@@ -160,10 +214,11 @@ def prepare(plan: Plan, cfg: RunConfig) -> None:
     if (out / "summary.json").is_file():
         return
     b = plan.bench
+    root = b.make_root(out.parent) if b.make_root else b.root if b.root is not None else out
     log.info("preparing %s into %s", b.adapter, out)
     prepare_dataset(
         b.adapter,
-        b.root if b.root is not None else out,
+        root,
         out,
         size=cfg.data.size,
         labelled=cfg.data.labelled,
@@ -208,10 +263,14 @@ def _add_minutes(folder: Path, minutes: float) -> float:
     return timing["minutes"]
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2))
 
 
 def _keep(plan: Plan, files: list[Path]) -> None:
@@ -464,7 +523,7 @@ def run_benchmark(plan: Plan) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="ham10000", choices=["ham10000", "nih-sample"])
+    p.add_argument("--dataset", default="ham10000", choices=["ham10000", "nih-sample", "digits"])
     p.add_argument("--split", default=None, help="ham10000: srcmt (default) | lesion")
     p.add_argument("--quick", action="store_true", help="one seed, few epochs (a smoke run)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the preset's)")
@@ -483,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    split = args.split or ("srcmt" if args.dataset == "ham10000" else "grouped")
+    default_split = {"ham10000": "srcmt", "nih-sample": "grouped", "digits": "stratified"}
+    split = args.split or default_split[args.dataset]
     try:
         bench = benchmark_for(args.dataset, split, args.data_root)
         if args.preset:
