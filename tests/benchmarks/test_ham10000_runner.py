@@ -91,7 +91,12 @@ def test_runner_cells_resume_and_schema(runner, tmp_path, monkeypatch):
         assert key in written
     # the seed drives the labelled subset
     cell0 = json.loads((plan.runs_dir / "s2mts2-s0" / "result.json").read_text())
+    cell1 = json.loads((plan.runs_dir / "s2mts2-s1" / "result.json").read_text())
     assert cell0["config"]["data"]["split_seed"] == 0
+    assert cell1["config"]["data"]["split_seed"] == 1
+    lists = sorted((Path(cell0["config"]["data"]["dir"]) / "labelled").glob("*.txt"))
+    assert [p.name for p in lists] == ["labelled-f0.3-s0.txt", "labelled-f0.3-s1.txt"]
+    assert lists[0].read_text() != lists[1].read_text()
     assert cell0["config"]["finetune"]["pretrained"].endswith("stage1-jcl/last.pt")
 
     # a re-run skips every finished cell and the finished stage 1

@@ -214,6 +214,31 @@ def test_rotation_matches_torchvision(hw):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("angle", [12.0, -25.0])
+def test_rotated_non_square_crop_is_the_rotation_of_the_resized_crop(angle):
+    """Crop a 20x30 box, resize it to 16x16, then rotate (torchvision's order): on a linear
+    image bilinear sampling is exact, so one sample of ours equals the two-step composition
+    wherever the rotated samples stay inside the box (the centre)."""
+    height, width, out = 40, 50, 16
+    rows = torch.arange(height, dtype=torch.float32).view(-1, 1)
+    cols = torch.arange(width, dtype=torch.float32).view(1, -1)
+    images = (2 * cols + 3 * rows).to(torch.uint8).expand(1, 1, height, width)  # max 215
+    top, left, box_h, box_w = 6.0, 10.0, 20.0, 30.0
+    params = identity_params(1)
+    params.crop[0] = torch.tensor(
+        [(left + box_w / 2) / width, (top + box_h / 2) / height, box_w / width, box_h / height]
+    )
+    params.angle[:] = angle
+    ours = BatchAugment(AugmentConfig(out_size=out, **RAW1)).apply(images, params)
+    resized = TF.resized_crop(unit(images), 6, 10, 20, 30, [out, out], antialias=False)
+    theirs = TF.rotate(resized, angle, interpolation=TF.InterpolationMode.BILINEAR)
+    centre = slice(4, 12)
+    assert ours[0, 0, centre, centre].std() > 0.03  # a real gradient, not a flat patch
+    torch.testing.assert_close(
+        ours[..., centre, centre], theirs[..., centre, centre], atol=1e-4, rtol=0
+    )
+
+
 def test_rotation_by_90_degrees_is_rot90():
     images = random_images(1, 1, 9, 9, seed=5)
     params = identity_params(1)
@@ -303,6 +328,22 @@ def blur_params(sigmas: list[float], on: list[bool]) -> AugmentParams:
     params.blur = torch.tensor(on)
     params.blur_sigma = torch.tensor(sigmas)
     return params
+
+
+def test_the_gpu_paths_kernels_blur_where_on_and_keep_the_image_where_off():
+    """On a GPU every sample is convolved (no data-dependent selection): with a delta kernel
+    where the blur is off. The kernels and the convolution are checked here on the CPU."""
+    sigma, radius = torch.tensor([1.5, 0.7]), 3
+    kernels = augment_module._gaussian_kernels(sigma, torch.tensor([True, False]), radius)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    gauss = torch.exp(-(offsets**2) / (2 * 1.5**2))
+    torch.testing.assert_close(kernels[0], gauss / gauss.sum())
+    assert torch.equal(kernels[1], (offsets == 0).float())
+    x = unit(random_images(2, 3, 12, 12, seed=9))
+    y = augment_module._convolve_separable(x, kernels, radius)
+    torch.testing.assert_close(y[1], x[1], atol=1e-6, rtol=0)  # off: the image itself
+    blurred = TF.gaussian_blur(x[0], [2 * radius + 1] * 2, [1.5, 1.5])  # reflect padding too
+    torch.testing.assert_close(y[0], blurred, atol=1e-5, rtol=0)
 
 
 def test_blur_of_a_delta_is_a_gaussian():

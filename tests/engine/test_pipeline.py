@@ -93,6 +93,7 @@ def test_finetune_s2mts2_starts_from_the_stage1_backbone(data_dir, pretrained, m
     real = finetune_mod.init_from_pretrained
 
     def spy(net, path, channels, backbone):
+        seen["new head"] = {k: v.clone() for k, v in net.head.state_dict().items()}
         real(net, path, channels, backbone)
         seen["backbone"] = {k: v.clone() for k, v in net.backbone.state_dict().items()}
         seen["head"] = {k: v.clone() for k, v in net.head.state_dict().items()}
@@ -103,7 +104,9 @@ def test_finetune_s2mts2_starts_from_the_stage1_backbone(data_dir, pretrained, m
     stage1 = load_checkpoint(pretrained)["student"]
     for k, v in seen["backbone"].items():
         assert torch.equal(v, stage1[f"backbone.{k}"]), k
-    assert all(not k.startswith("head.") or k not in stage1 for k in seen["head"])
+    assert seen["head"].keys() == seen["new head"].keys() and seen["head"]
+    for k, v in seen["head"].items():  # the classifier head stays as initialised
+        assert torch.equal(v, seen["new head"][k]), k
 
 
 def test_a_stage1_checkpoint_of_another_backbone_is_named(data_dir, pretrained, tmp_path):

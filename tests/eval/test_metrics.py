@@ -270,7 +270,9 @@ def test_evaluate_multilabel_json_and_null_for_missing_positives():
     labels = rng.integers(0, 2, (120, 3)).astype(float)
     labels[:, 1] = 0.0  # Hernia: no positives in this split
     labels[:5, 0] = np.nan
-    probs = rng.random((120, 3)) * 0.5 + 0.5 * np.nan_to_num(labels)
+    # noisy scores: Atelectasis AUC well above 0.5, "No Finding" (left out) well below
+    signal = np.array([0.6, 0.0, -0.6])
+    probs = np.clip(rng.random((120, 3)) * 0.7 + signal * np.nan_to_num(labels), 0, 1)
     groups = np.repeat(np.arange(40), 3)
     out = evaluate_predictions(
         probs,
@@ -284,13 +286,26 @@ def test_evaluate_multilabel_json_and_null_for_missing_positives():
     text = json.dumps(out)
     assert '"Hernia": null' in text
     assert out["per_class_auc"]["Hernia"] is None
-    assert out["mean_auc"] == pytest.approx(out["per_class_auc"]["Atelectasis"])
+    known = ~np.isnan(labels[:, 0])
+    atelectasis = roc_auc_score(labels[known, 0], probs[known, 0])
+    assert 0.7 < atelectasis < 0.99 and roc_auc_score(labels[:, 2], probs[:, 2]) < 0.3
+    assert out["per_class_auc"]["Atelectasis"] == pytest.approx(atelectasis)
+    assert out["mean_auc"] == pytest.approx(atelectasis)  # eval classes with positives only
     assert out["positives"] == {
         name: int(np.sum(labels[:, i] == 1)) for i, name in enumerate(classes)
     }
     assert out["n_images"] == 120 and out["task"] == "multilabel"
     low, high = out["mean_auc_ci95"]
-    assert low <= out["mean_auc"] <= high
+    assert low <= out["mean_auc"] <= high and high - low > 0.02
+
+    # the CI resamples patients (3 images each) over the eval classes' columns
+    def atelectasis_auc(p, y):  # the only eval class with positives
+        return roc_auc_score(y[~np.isnan(y[:, 0]), 0], p[~np.isnan(y[:, 0]), 0])
+
+    grouped = bootstrap_ci(probs, labels, atelectasis_auc, groups=groups, n_boot=200)
+    assert out["mean_auc_ci95"] == pytest.approx(list(grouped))
+    per_image = bootstrap_ci(probs, labels, atelectasis_auc, n_boot=200)
+    assert list(per_image) != pytest.approx(list(grouped))
     assert "accuracy" not in out
     assert evaluate_predictions(probs, labels, classes=classes, n_boot=0)["mean_auc_ci95"] is None
 

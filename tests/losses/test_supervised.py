@@ -52,14 +52,17 @@ def test_multilabel_pos_weight_matches_manual():
 
 def test_multiclass_is_cross_entropy_on_known_rows():
     torch.manual_seed(2)
-    logits = torch.randn(4, 3)
-    targets = torch.tensor([[0, 1, 0], [1, 0, 0], [NAN, NAN, NAN], [0, 0, 1]], dtype=torch.float32)
+    logits = torch.randn(5, 3)
+    targets = torch.tensor(
+        [[0, 1, 0], [1, 0, 0], [NAN, NAN, NAN], [0, 0, 1], [NAN, 1, 0]], dtype=torch.float32
+    )  # rows 2 and 4 are not fully known: left out
     expected = F.cross_entropy(logits[[0, 1, 3]], torch.tensor([1, 0, 2]))
     assert torch.allclose(supervised_loss(logits, targets, "multiclass"), expected)
+    logits = logits[:4]
     empty = supervised_loss(logits.requires_grad_(), torch.full((4, 3), NAN), "multiclass")
     assert empty.item() == 0.0 and empty.requires_grad
     with pytest.raises(ValueError, match="pos_weight"):
-        supervised_loss(logits, targets, "multiclass", pos_weight=torch.ones(3))
+        supervised_loss(logits, targets[:4], "multiclass", pos_weight=torch.ones(3))
 
 
 def test_bf16_logits_give_float32():

@@ -51,7 +51,8 @@ def _run_student_and_teacher(policy: str):
     teacher = EmaTeacher(student, decay=0.75, buffers=policy)
     student.train()
     teacher.train()
-    student(torch.randn(8, 4, dtype=torch.float64) + 3.0)
+    for _ in range(2):  # the student's BN has counted 2 batches, the teacher's 1
+        student(torch.randn(8, 4, dtype=torch.float64) + 3.0)
     teacher(torch.randn(8, 4, dtype=torch.float64) - 3.0)
     bn_t, bn_s = teacher.module[1], student[1]
     before = (bn_t.running_mean.clone(), bn_t.num_batches_tracked.clone())
@@ -70,6 +71,7 @@ def test_buffers_copy():
     bn_t, bn_s, _ = _run_student_and_teacher("copy")
     assert torch.equal(bn_t.running_mean, bn_s.running_mean)
     assert torch.equal(bn_t.running_var, bn_s.running_var)
+    assert bn_t.num_batches_tracked == bn_s.num_batches_tracked == 2
     bn_s.running_mean.add_(1.0)  # a copy, not shared storage
     assert not torch.equal(bn_t.running_mean, bn_s.running_mean)
 
@@ -79,7 +81,7 @@ def test_buffers_ema():
     bn_t, bn_s, (mean_before, _) = _run_student_and_teacher("ema")
     expected = 0.75 * mean_before + 0.25 * bn_s.running_mean
     assert torch.allclose(bn_t.running_mean, expected, rtol=1e-12)
-    assert torch.equal(bn_t.num_batches_tracked, bn_s.num_batches_tracked)
+    assert bn_t.num_batches_tracked == bn_s.num_batches_tracked == 2  # an integer: copied
 
 
 def test_teacher_gets_no_gradient():
