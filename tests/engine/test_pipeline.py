@@ -86,6 +86,10 @@ def test_pretrain_resume_matches_uninterrupted_run(data_dir, pretrained, tmp_pat
         assert max_diff(resumed[key], full[key]) <= 1e-6, key
     assert resumed["queue"]["ptr"] == full["queue"]["ptr"]
     assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2]
+    for got, want in zip(resumed["history"], full["history"]):  # losses, λ, kNN scores
+        assert got.keys() == want.keys()
+        for key in want.keys() - {"seconds", "img_s"}:
+            assert got[key] == pytest.approx(want[key], abs=1e-5), (want["epoch"], key)
 
 
 def test_finetune_s2mts2_starts_from_the_stage1_backbone(data_dir, pretrained, monkeypatch):
@@ -198,6 +202,13 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in ("student", "teacher"):
         assert max_diff(resumed[key], full[key]) <= 1e-6, key
+    # the epoch rows (losses, weights, LRs, validation AUCs) and the best score come back too
+    assert resumed["best_val"] == pytest.approx(full["best_val"], abs=1e-6)
+    assert len(resumed["history"]) == len(full["history"]) == cfg.finetune.epochs
+    for got, want in zip(resumed["history"], full["history"]):
+        assert got.keys() == want.keys()
+        for key in want.keys() - {"seconds"}:
+            assert got[key] == pytest.approx(want[key], abs=1e-5), (want["epoch"], key)
 
 
 def test_a_run_folder_is_never_overwritten_and_resume_keeps_the_settings(
