@@ -210,7 +210,10 @@ def prepare(plan: Plan, cfg: RunConfig) -> None:
     if (out / "summary.json").is_file():
         return
     b = plan.bench
-    root = b.make_root(out.parent) if b.make_root else b.root if b.root is not None else out
+    if b.make_root is not None:  # data that ships as arrays: written next to the prepared data
+        root = b.make_root(out.parent)
+    else:  # the dataset's folder, or none for generated data
+        root = b.root if b.root is not None else out
     log.info("preparing %s into %s", b.adapter, out)
     prepare_dataset(
         b.adapter,
