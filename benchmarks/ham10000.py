@@ -49,6 +49,7 @@ from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval.report import comparison_table, plot_comparison_bars
+from s2mts2.files import write_text_atomic
 
 log = logging.getLogger("s2mts2.benchmark")
 
@@ -160,7 +161,7 @@ def write_digits_folder(data_dir: Path) -> Path:
         pixels = np.rint(image * (255 / 16)).astype(np.uint8)
         Image.fromarray(pixels).save(folder / name)
         rows.append(f"{name},{digit}")
-    _write_text(folder / "labels.csv", "\n".join(rows) + "\n")
+    write_text_atomic(folder / "labels.csv", "\n".join(rows) + "\n")
     return folder
 
 
@@ -258,18 +259,12 @@ def _add_minutes(folder: Path, minutes: float) -> float:
     timing["minutes"] += minutes
     if machine() not in timing["machines"]:
         timing["machines"].append(machine())
-    path.write_text(json.dumps(timing, indent=2))
+    _write_json(path, timing)
     return timing["minutes"]
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2))
+    write_text_atomic(path, json.dumps(value, indent=2))
 
 
 def _keep(plan: Plan, files: list[Path]) -> None:

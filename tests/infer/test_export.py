@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from s2mts2.cli import main
 from s2mts2.config import ModelConfig
 from s2mts2.engine.builders import classifier_network
-from s2mts2.engine.checkpoint import load_checkpoint, ordinary_file_mode
+from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.evaluate import load_classifier
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
+from s2mts2.files import ordinary_file_mode
 from s2mts2.infer import export
 from s2mts2.infer.export import PARITY_TOLERANCE
 from s2mts2.infer.predict import ModelInfo, run_predict

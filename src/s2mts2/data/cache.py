@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from s2mts2.data.imageio import ImageReadError, load_preprocessed
 from s2mts2.errors import ConfigError, DataError
+from s2mts2.files import write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -189,7 +190,7 @@ def build_cache(
         "images_per_s": round(len(inputs) / seconds, 1),
         "workers": workers,
     }
-    _write_atomic(cache_dir / MANIFEST_NAME, json.dumps(manifest, indent=1))
+    write_text_atomic(cache_dir / MANIFEST_NAME, json.dumps(manifest, indent=1))
     logger.info(
         "built the image cache in %s: %d images in %.1f s (%.0f images/s, %d workers)",
         cache_dir,
@@ -296,13 +297,3 @@ def _shrink_rows(npy_path: Path, offset: int, shape: tuple[int, ...]) -> None:
         f.truncate(offset + math.prod(shape))
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

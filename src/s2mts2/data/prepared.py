@@ -19,6 +19,7 @@ from s2mts2.data.cache import ImageCache, build_cache
 from s2mts2.data.splits import labelled_file_name, labelled_subset, load_labelled, save_labelled
 from s2mts2.data.table import DatasetTable
 from s2mts2.errors import DataError
+from s2mts2.files import write_text_atomic
 
 log = logging.getLogger("s2mts2")
 
@@ -184,5 +185,5 @@ def prepare_dataset(
         )
     else:
         summary.update(labelled=n_train, unlabelled=0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

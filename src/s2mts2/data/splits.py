@@ -9,13 +9,13 @@ fraction, union over classes.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from s2mts2.data.table import SPLITS, DatasetTable
 from s2mts2.errors import ConfigError, DataError
+from s2mts2.files import write_text_atomic
 
 
 def _positive(labels: np.ndarray) -> np.ndarray:
@@ -74,11 +74,12 @@ def grouped_split(
 
     need_class = frac[:, None] * totals[None, :]
     need_size = frac * n
-    closed = np.where(frac > 0, 0.0, -np.inf)
     assign = np.empty(len(uniq), dtype=np.int64)
     for g in order:
         c = rarest[g]
-        score = need_class[:, c] + closed
+        # Positives of c not yet placed (>= this group's) are still needed by some split with a
+        # share > 0, so a split with share 0 never reaches the maximum.
+        score = need_class[:, c]
         best = np.flatnonzero(score == score.max())
         s = best[np.argmax(need_size[best])]
         assign[g] = s
@@ -188,11 +189,8 @@ def labelled_file_name(
 
 def save_labelled(path: str | Path, table: DatasetTable, idx: np.ndarray) -> None:
     """Write the image paths of rows ``idx`` (one per line, in row order)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(table.paths[i] + "\n" for i in np.unique(np.asarray(idx, np.int64))))
-    os.replace(tmp, path)
+    rows = np.unique(np.asarray(idx, np.int64))
+    write_text_atomic(path, "".join(table.paths[i] + "\n" for i in rows))
 
 
 def load_labelled(path: str | Path, table: DatasetTable, split: str | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@ Data flows: files -> adapter (DatasetTable) -> split/labelled subset -> uint8 ca
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from s2mts2.errors import DataError
+from s2mts2.files import write_text_atomic
 
 Task = Literal["multilabel", "multiclass"]
 SPLITS = ("train", "val", "test")
@@ -86,16 +88,15 @@ class DatasetTable:
         """Write ``table.csv`` (path, group, split, one column per class) and ``table.json``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "table.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "group", "split", *self.classes])
-            for i, p in enumerate(self.paths):
-                w.writerow(
-                    [p, self.groups[i], self.split[i]]
-                    + ["" if np.isnan(v) else f"{v:g}" for v in self.labels[i]]
-                )
-        tmp.replace(out / "table.csv")
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["path", "group", "split", *self.classes])
+        for i, p in enumerate(self.paths):
+            w.writerow(
+                [p, self.groups[i], self.split[i]]
+                + ["" if np.isnan(v) else f"{v:g}" for v in self.labels[i]]
+            )
+        write_text_atomic(out / "table.csv", text.getvalue())
         meta = {
             "name": self.name,
             "classes": self.classes,
@@ -104,7 +105,7 @@ class DatasetTable:
             "eval_classes": self.eval_classes,
             "missing": self.missing,
         }
-        (out / "table.json").write_text(json.dumps(meta, indent=2))
+        write_text_atomic(out / "table.json", json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, data_dir: str | Path) -> DatasetTable:

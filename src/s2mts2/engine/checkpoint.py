@@ -1,18 +1,16 @@
 """Checkpoints: atomic writes, safe loading, RNG state capture.
 
 A checkpoint is a dict of tensors and plain Python values (no pickled classes), saved with
-``torch.save`` to a temporary file in the same folder, fsync'ed, then renamed over the target,
-so an interrupted write never leaves a half file. Loading uses ``weights_only=True``: a file that
-would need to run code when unpickled is refused.
+``torch.save`` through ``files.write_atomic``, so an interrupted write never leaves a half
+file. Loading uses ``weights_only=True``: a file that would need to run code when unpickled is
+refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,40 +18,12 @@ import numpy as np
 import torch
 
 from s2mts2.errors import ConfigError, DataError
-
-
-def ordinary_file_mode() -> int:
-    """The permissions ``open(path, "w")`` would give a new file: 0o666 minus the umask."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+from s2mts2.files import write_atomic
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + rename + fsync of the folder).
-
-    The file gets the permissions of an ordinary new file (0o666 minus the umask), not the
-    owner-only mode of the temporary file, so a shared run folder stays readable.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.chmod(tmp, ordinary_file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """Write ``state`` to ``path`` atomically (``files.write_atomic``)."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

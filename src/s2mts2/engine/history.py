@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
+import io
 from pathlib import Path
 from typing import Any
+
+from s2mts2.files import write_text_atomic
 
 
 class History:
@@ -26,12 +28,11 @@ class History:
         columns: list[str] = []
         for r in self.rows:
             columns += [c for c in r if c not in columns]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=columns)
+        w.writeheader()
+        w.writerows(self.rows)
+        write_text_atomic(self.path, text.getvalue())
         if self._tb is not None:
             step = int(row.get("epoch", len(self.rows)))
             for k, v in row.items():

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from s2mts2 import __version__
-from s2mts2.engine.checkpoint import ordinary_file_mode
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
+from s2mts2.files import ordinary_file_mode, write_text_atomic
 from s2mts2.infer.predict import CARD_FORMAT, ModelInfo, read_checkpoint
 from s2mts2.losses.consistency import probabilities
 
@@ -216,7 +216,7 @@ def export_model(checkpoint: str | Path, onnx_path: str | Path) -> ExportResult:
     )
     os.chmod(weights, ordinary_file_mode())  # safetensors writes owner-only files
     card = onnx_path.with_suffix(".json")
-    card.write_text(
-        json.dumps(model_card(state, info, checkpoint, onnx_path, max_diff), indent=2) + "\n"
+    write_text_atomic(
+        card, json.dumps(model_card(state, info, checkpoint, onnx_path, max_diff), indent=2) + "\n"
     )
     return ExportResult(onnx_path, weights, card, max_diff)
