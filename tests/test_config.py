@@ -5,6 +5,7 @@ import yaml
 
 from s2mts2.config import (
     PRESET_DIR,
+    DataConfig,
     RunConfig,
     config_from_dict,
     config_to_dict,
@@ -20,6 +21,8 @@ def test_defaults_are_the_released_settings():
     assert cfg.pretrain.ema == 0.999 and cfg.finetune.ema == 0.999
     assert cfg.pretrain.queue_size == 65536 and cfg.pretrain.lam_max == 2.0
     assert (cfg.pretrain.lr, cfg.pretrain.momentum, cfg.pretrain.weight_decay) == (0.03, 0.9, 1e-4)
+    fc = cfg.finetune
+    assert (fc.lr, fc.consistency_ramp_epochs, fc.batch_size) == (1e-4, 10.0, 32)
 
 
 def test_dotted_and_stage_relative_overrides():
@@ -68,6 +71,10 @@ def test_scientific_notation_is_a_float_on_the_command_line_and_in_yaml(tmp_path
         ("finetune.independent_views=1", ["finetune.independent_views", "true/false"]),
         ("pretrain=3", ["pretrain", "section"]),
         ("novalue", ["key=value"]),
+        ("pretrain.lr=true", ["pretrain.lr", "float"]),
+        ("pretrain.epochs=true", ["pretrain.epochs", "integer"]),
+        ("finetune.lr=1e-3x", ["finetune.lr", "float"]),
+        ("pretrain.augment.hue_p=0.1", ["'pretrain.augment.hue_p'", "'pretrain.augment.hue'"]),
     ],
 )
 def test_bad_overrides_name_the_key(override, words):
@@ -77,15 +84,35 @@ def test_bad_overrides_name_the_key(override, words):
         assert w in str(e.value)
 
 
+def test_text_keys_take_the_value_as_typed():
+    cfg = load_config(None, ["data.dir=2024", "model.weights=", "finetune.pretrained=0012"])
+    assert (cfg.data.dir, cfg.model.weights, cfg.finetune.pretrained) == ("2024", "", "0012")
+    cfg = load_config(None, ["data.dir=/data/run=2", "finetune.pretrained='/a b/last.pt'"])
+    assert (cfg.data.dir, cfg.finetune.pretrained) == ("/data/run=2", "/a b/last.pt")
+
+
+def test_a_stage_key_resembling_a_top_level_key_stays_in_the_stage():
+    cfg = load_config(None, ["pretrained=/x/last.pt"], stage="finetune")
+    assert cfg.finetune.pretrained == "/x/last.pt"
+
+
 def test_yaml_file_errors_name_the_file(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("pretrain:\n  epochz: 3\n")
     with pytest.raises(ConfigError, match="bad.yaml.*epochz"):
         load_config(bad)
+    bad.write_text("data:\n  dir: 2024\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*'data.dir': expected text.*quote it"):
+        load_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="built-in presets"):
         load_config("no-such-preset")
+
+
+def test_a_count_of_one_replaces_the_fraction():
+    assert DataConfig(labelled_count=1, split_seed=2).labelled_draw() == (None, 1, 2, False)
+    assert DataConfig(labelled=0.3).labelled_draw() == (0.3, None, 0, False)
 
 
 def test_round_trip_and_parse_override():

@@ -192,8 +192,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp in (float, str) and not isinstance(value, tp):
-        raise ConfigError(f"config key '{key}': expected a {tp.__name__}, got {value!r}")
+    if tp is float and not isinstance(value, float):
+        raise ConfigError(f"config key '{key}': expected a float, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"config key '{key}': expected text, got {value!r} (quote it in YAML)")
     return value
 
 
@@ -243,19 +245,37 @@ def _resolve_key(key: str, stage: str | None) -> str:
     return f"{stage}.{key}"  # else reported among the stage's keys
 
 
+def _field_type(dotted: str) -> Any:
+    """The annotated type of a dotted config key, or None when there is no such key."""
+    obj: Any = RunConfig()
+    *sections, name = dotted.split(".")
+    for section in sections:
+        obj = getattr(obj, section, None)
+        if not is_dataclass(obj):
+            return None
+    return get_type_hints(type(obj)).get(name)
+
+
 def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:
-    """``"pretrain.epochs=3"`` -> ``{"pretrain": {"epochs": 3}}`` (value parsed as YAML)."""
+    """``"pretrain.epochs=3"`` -> ``{"pretrain": {"epochs": 3}}``.
+
+    The value is parsed as YAML, except for text keys (paths, names), which take it as typed
+    (``data.dir=2024`` is the folder ``2024``) unless it is quoted.
+    """
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"--set expects key=value, got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
-    return _nest(_resolve_key(key, stage), value)
+    key = _resolve_key(key, stage)
+    value = raw.strip()
+    if _field_type(key) is not str or value[:1] in ("'", '"'):
+        try:
+            value = yaml.safe_load(raw) if value else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+    return _nest(key, value)
 
 
 def load_config(
