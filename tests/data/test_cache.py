@@ -130,8 +130,7 @@ def test_reuse_without_decoding_and_rebuild_on_change(tmp_path, monkeypatch, cap
 
     # Replace one input (new content, new mtime): rebuilt, and the new pixels are in the store.
     Image.fromarray(np.full((10, 10), 7, dtype=np.uint8)).save(paths[2])
-    stat = os.stat(paths[2])
-    os.utime(paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    _touch(paths[2])
     rebuilt, _ = build_cache(paths, cache_dir, size=SIZE, channels=1, workers=1, progress=False)
     assert rebuilt.manifest["input_hash"] != manifest["input_hash"]
     assert (rebuilt.images[2] == 7).all()
@@ -141,6 +140,57 @@ def test_reuse_without_decoding_and_rebuild_on_change(tmp_path, monkeypatch, cap
     assert resized.images.shape == (4, 1, 16, 16)
     fewer, _ = build_cache(paths[:3], cache_dir, size=16, channels=1, workers=1, progress=False)
     assert fewer.paths == paths[:3]
+
+
+def _touch(path: str) -> None:
+    """A new mtime, same bytes."""
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def _rewrite_keeping_mtime(path: str) -> None:
+    """New content under the old mtime, as ``cp -p`` or ``rsync -t`` leave it (size differs)."""
+    stat = os.stat(path)
+    Image.fromarray(np.full((10, 10), 7, dtype=np.uint8)).save(path)
+    assert os.stat(path).st_size != stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change", ["touch", "rewrite_keeping_mtime", "channels"])
+def test_each_part_of_the_input_signature_rebuilds(tmp_path, change):
+    paths = _images(tmp_path / "img", 3)
+    first, _ = build_cache(paths, tmp_path / "c", size=SIZE, channels=1, workers=1, progress=False)
+    channels = 3 if change == "channels" else 1
+    if change == "touch":
+        _touch(paths[1])
+    elif change == "rewrite_keeping_mtime":
+        _rewrite_keeping_mtime(paths[1])
+    again, _ = build_cache(
+        paths, tmp_path / "c", size=SIZE, channels=channels, workers=1, progress=False
+    )
+    assert again.manifest["input_hash"] != first.manifest["input_hash"]
+    assert again.images.shape == (3, channels, SIZE, SIZE)
+    _assert_matches_direct(again, paths)
+
+
+def test_a_crash_between_the_new_store_and_its_manifest_leaves_no_valid_cache(
+    tmp_path, monkeypatch
+):
+    paths = _images(tmp_path / "img", 4)
+    cache_dir = tmp_path / "c"
+    build_cache(paths[:2], cache_dir, size=SIZE, channels=1, workers=1, progress=False)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module, "write_text_atomic", crash)
+        with pytest.raises(KeyboardInterrupt):  # same row count, other images
+            build_cache(paths[2:], cache_dir, size=SIZE, channels=1, workers=1, progress=False)
+    with pytest.raises(DataError, match="no valid image cache"):
+        ImageCache.open(cache_dir)  # the old manifest must not describe the new store
+    again, _ = build_cache(paths[2:], cache_dir, size=SIZE, channels=1, workers=1, progress=False)
+    _assert_matches_direct(again, paths[2:])
 
 
 def test_interrupted_build_leaves_the_old_cache_or_none(tmp_path, monkeypatch):
@@ -171,6 +221,10 @@ def test_damaged_or_missing_cache(tmp_path):
     manifest["n_images"] = 5
     (cache_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="damaged"):
+        ImageCache.open(cache_dir)
+    manifest["n_images"], manifest["format_version"] = 3, 0  # an older cache layout
+    (cache_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="format version 0"):
         ImageCache.open(cache_dir)
     rebuilt, _ = build_cache(paths, cache_dir, size=SIZE, channels=1, workers=1, progress=False)
     assert len(rebuilt) == 3

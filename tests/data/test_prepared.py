@@ -1,10 +1,16 @@
-"""The prepared folder: a re-prepare with another split or other labels draws its subset again."""
+"""The prepared folder: its table, summary and labelled lists; a re-prepare with another split or
+other labels draws its subset again."""
 
+import json
 import logging
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from s2mts2.data.prepared import PreparedData, prepare_dataset
+from s2mts2.data.splits import labelled_subset, save_labelled
+from s2mts2.errors import DataError
 
 
 def _prepare(out, seed: int) -> PreparedData:
@@ -48,3 +54,53 @@ def test_a_run_drawing_another_subset_than_prepare_is_told(tmp_path, caplog):
         data.labelled(0.1)
     assert "prepare drew the labelled subset labelled-f0.2-s0.txt" in caplog.text
     assert "this run draws labelled-f0.1-s0.txt" in caplog.text
+
+
+def test_a_stale_list_holding_a_non_training_image_is_refused(tmp_path):
+    data = _prepare(tmp_path / "data", seed=0)
+    t = data.table
+    rows = np.concatenate([t.indices("train")[:3], t.indices("val")[:1]])
+    save_labelled(tmp_path / "data" / "labelled" / "labelled-f0.3-s0.txt", t, rows)
+    with pytest.raises(DataError, match="'val' split"):
+        data.labelled(0.3)
+
+
+def test_by_group_draws_whole_groups(tmp_path):
+    data = _prepare(tmp_path / "data", seed=0)
+    t = data.table
+    got = data.labelled(0.2, by_group=True)
+    want = labelled_subset(t.labels, t.indices("train"), fraction=0.2, groups=t.groups)
+    assert np.array_equal(got, want)
+    assert not np.array_equal(got, data.labelled(0.2))
+
+
+def test_an_unreadable_image_is_left_out_not_fatal(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    rows = []
+    for k in range(12):
+        Image.fromarray(np.full((8, 8), 10 * k, np.uint8)).save(root / f"{k}.png")
+        rows.append(f"{k}.png,{'ab'[k % 2]}")
+    (root / "5.png").write_text("not an image")
+    (root / "labels.csv").write_text("path,dx\n" + "\n".join(rows) + "\n")
+    summary = prepare_dataset(
+        "csv",
+        root,
+        tmp_path / "out",
+        size=8,
+        workers=1,
+        progress=False,
+        labelled=0.5,
+        options={"csv": "labels.csv", "class_column": "dx", "channels": 1},
+    )
+    assert summary["unreadable_images"] == 1
+    data = PreparedData.open(tmp_path / "out", 8)
+    assert len(data.table) == 11 and str(root / "5.png") not in data.table.paths
+
+
+def test_the_summary_counts_labelled_and_unlabelled_training_images(tmp_path):
+    data = _prepare(tmp_path / "data", seed=0)
+    summary = json.loads((tmp_path / "data" / "summary.json").read_text())
+    n_train = len(data.table.indices("train"))
+    assert summary["labelled"] == len(data.labelled(0.2)) < n_train
+    assert summary["unlabelled"] == n_train - summary["labelled"]

@@ -46,6 +46,37 @@ def test_grouped_split_keeps_groups_and_balances_classes():
     assert not np.array_equal(split, grouped_split(groups, labels, seed=4))
 
 
+def test_rare_classes_are_split_to_within_one_image():
+    """Groups carrying a rare class are placed first, while every split still needs them."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    labels = (rng.random((n, 4)) < np.array([0.004, 0.01, 0.3, 0.5])).astype(np.float32)
+    groups = np.repeat(np.arange(n), rng.integers(1, 6, n))[:n].astype(str)
+    pos = labels == 1
+    for seed in range(5):
+        split = grouped_split(groups, labels, seed=seed)
+        for c in range(4):
+            for s, f in zip(("train", "val", "test"), (0.7, 0.1, 0.2)):
+                assert abs(pos[split == s, c].sum() - f * pos[:, c].sum()) <= 1.0, (seed, c, s)
+
+
+def test_a_tie_between_splits_goes_to_the_one_needing_most_images():
+    # two strata (positive, negative) of two single-image groups each: every order of visits
+    # ties val and test on some stratum; only the size tie-break gives each split its share
+    labels = np.array([[1.0], [0.0], [0.0], [1.0]])
+    for seed in range(20):
+        split = grouped_split(np.arange(4), labels, fractions=(0.5, 0.25, 0.25), seed=seed)
+        assert [(split == s).sum() for s in ("train", "val", "test")] == [2, 1, 1], seed
+
+
+def test_a_split_with_share_zero_stays_empty_with_labels():
+    labels, groups = _multilabel()
+    for fractions in [(0.8, 0.2, 0.0), (0.7, 0.0, 0.3)]:
+        split = grouped_split(groups, labels, fractions=fractions, seed=1)
+        empty = ("train", "val", "test")[fractions.index(0.0)]
+        assert empty not in set(split)
+
+
 def test_grouped_split_without_labels_and_bad_fractions():
     groups = np.repeat(np.arange(500), 2).astype(str)
     split = grouped_split(groups, None, fractions=(0.8, 0.2, 0.0), seed=0)
@@ -103,6 +134,27 @@ def test_by_group_sampling_keeps_whole_groups():
         assert pos[idx, c].sum() >= math.ceil(0.1 * pos[train, c].sum())
 
 
+def test_count_takes_the_reachable_size_closest_to_it():
+    """Sizes change only where ceil(f x positives) of some stratum steps, at f = k / positives:
+    those fractions give every reachable size (ties go to the larger size)."""
+    ml, groups = _multilabel(800, seed=2)
+    train = np.arange(600)
+    positives = [int(p) for p in (np.nan_to_num(ml[train]) == 1).sum(axis=0) if p]
+    positives.append(int((~(np.nan_to_num(ml[train]) == 1).any(axis=1)).sum()))
+    steps = sorted({k / p for p in positives for k in range(1, p + 1)})
+    for g in (None, groups):
+        reachable = {len(labelled_subset(ml, train, fraction=f, seed=0, groups=g)) for f in steps}
+        for count in (20, 57, 101, 150, 333):
+            want = min(reachable, key=lambda size, c=count: (abs(size - c), size < c))
+            assert len(labelled_subset(ml, train, count=count, seed=0, groups=g)) == want
+
+
+def test_rows_are_sorted_for_unsorted_training_indices():
+    labels, _ = _multilabel()
+    idx = labelled_subset(labels, np.arange(2400)[::-1], fraction=0.1, seed=0)
+    assert np.all(np.diff(idx) > 0)
+
+
 def test_count_reaches_the_requested_number():
     labels = _onehot()
     train = np.arange(1500)
@@ -156,6 +208,8 @@ def test_labelled_file_roundtrip_and_errors(tmp_path):
     assert path.name == "labelled-f0.2-s0.txt"
     assert path.read_text().splitlines() == [table.paths[i] for i in (2, 7, 30)]
     assert np.array_equal(load_labelled(path, table), [2, 7, 30])
+    path.write_text("".join(table.paths[i] + "\n" for i in (30, 2, 7, 2)))  # written by hand
+    assert load_labelled(path, table).tolist() == [2, 7, 30]
     path.write_text(f"{table.paths[1]}\n/elsewhere/x.png\n")
     with pytest.raises(DataError, match=r"labelled-f0\.2-s0\.txt, line 2"):
         load_labelled(path, table)

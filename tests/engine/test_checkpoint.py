@@ -11,11 +11,13 @@ from s2mts2.config import config_to_dict, load_config
 from s2mts2.engine.checkpoint import (
     config_changes,
     load_checkpoint,
+    resume_training,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    training_state,
 )
-from s2mts2.errors import DataError
+from s2mts2.errors import ConfigError, DataError
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path):
@@ -100,6 +102,22 @@ def test_config_changes_name_what_differs_for_the_stage():
     ]
     del saved["model"]["shared_bn_stats"]  # a checkpoint older than this setting
     assert config_changes(saved, saved | {"threads": 2}, "pretrain") == []
+
+
+def test_the_labelled_draw_may_not_change_on_resume():
+    saved = config_to_dict(load_config("tiny"))
+    now = config_to_dict(load_config("tiny", ["data.labelled=0.5", "data.split_seed=2"]))
+    assert config_changes(saved, now, "finetune") == [
+        f"data.labelled: {saved['data']['labelled']} -> 0.5",
+        f"data.split_seed: {saved['data']['split_seed']} -> 2",
+    ]
+
+
+def test_resume_refuses_the_other_stages_checkpoint(tmp_path: Path):
+    net = torch.nn.Linear(2, 2)
+    save_checkpoint(training_state("pretrain", {"student": net}, epoch=1), tmp_path / "a.pt")
+    with pytest.raises(ConfigError, match="is a pretrain checkpoint, expected finetune"):
+        resume_training(tmp_path / "a.pt", "finetune", {"student": torch.nn.Linear(2, 2)})
 
 
 def test_rng_state_round_trip_through_a_file(tmp_path: Path):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from s2mts2.data.loader import BatchLoader, IndexStream
@@ -51,3 +52,11 @@ def test_loader_stops_early_without_hanging():
     it = loader.steps(0, 50)
     next(it)
     it.close()
+
+
+def test_a_failing_fetch_is_raised_not_a_short_epoch():
+    images = np.zeros((4, 1, 2, 2), dtype=np.uint8)
+    cache_rows = np.array([0, 1, 2, 99])  # table row 3 points past the store
+    loader = BatchLoader(images, IndexStream(np.arange(4), 2, 0), torch.device("cpu"), cache_rows)
+    with pytest.raises(IndexError):
+        list(loader.steps(0, 4))

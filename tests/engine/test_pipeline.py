@@ -211,6 +211,69 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
             assert got[key] == pytest.approx(want[key], abs=1e-5), (want["epoch"], key)
 
 
+@pytest.mark.parametrize("module", [pretrain_mod, finetune_mod], ids=["pretrain", "finetune"])
+def test_each_epoch_continues_the_streams_where_the_last_one_stopped(
+    data_dir, tmp_path, monkeypatch, module
+):
+    calls = []
+
+    class RecordingLoader(module.BatchLoader):
+        def steps(self, start, stop):
+            calls.append((id(self), start, stop))
+            return super().steps(start, stop)
+
+    monkeypatch.setattr(module, "BatchLoader", RecordingLoader)
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher")
+    run = pretrain if module is pretrain_mod else finetune
+    run(cfg, tmp_path / "run", progress=False)
+    by_loader: dict[int, list[tuple[int, int]]] = {}
+    for loader, start, stop in calls:
+        by_loader.setdefault(loader, []).append((start, stop))
+    assert len(by_loader) == (1 if module is pretrain_mod else 2)  # stage 2: labelled, unlabelled
+    for ranges in by_loader.values():
+        per_epoch = ranges[0][1]
+        assert per_epoch > 0 and ranges == [(0, per_epoch), (per_epoch, 2 * per_epoch)]
+
+
+def _stage2_streams(monkeypatch, stop_after: int | None = None) -> list:
+    """Record the IndexStreams stage 2 builds (labelled, then unlabelled)."""
+    streams = []
+
+    class RecordingStream(finetune_mod.IndexStream):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            streams.append(self)
+            if len(streams) == stop_after:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_mod, "IndexStream", RecordingStream)
+    return streams
+
+
+def test_stage2_streams_are_the_labelled_subset_and_the_other_training_images(
+    data_dir, tmp_path, monkeypatch
+):
+    streams = _stage2_streams(monkeypatch)
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1")
+    finetune(cfg, tmp_path / "run", progress=False)
+    data = PreparedData.open(data_dir, cfg.data.size)
+    labelled, unlabelled = (np.sort(s.rows) for s in streams)
+    assert np.array_equal(labelled, data.labelled(*cfg.data.labelled_draw()))
+    train = data.table.indices("train")
+    assert np.array_equal(unlabelled, np.setdiff1d(train, labelled))  # no val or test image
+
+
+def test_under_ddp_both_stage2_streams_take_this_ranks_slice(data_dir, tmp_path, monkeypatch):
+    streams = _stage2_streams(monkeypatch, stop_after=2)
+    monkeypatch.setattr(finetune_mod, "rank", lambda: 1)  # as rank 1 of 2 sees it
+    monkeypatch.setattr(finetune_mod, "world_size", lambda: 2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(
+            cfg_for(data_dir, "finetune.method=mean-teacher"), tmp_path / "run", progress=False
+        )
+    assert [(s.rank, s.world_size) for s in streams] == [(1, 2), (1, 2)]
+
+
 def test_a_run_folder_is_never_overwritten_and_resume_keeps_the_settings(
     data_dir, pretrained, tmp_path
 ):

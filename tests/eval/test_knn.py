@@ -32,3 +32,10 @@ def test_knn_separates_clusters_and_caps_k():
     )
     scores = knn_scores(train, labels, centres, k=100)  # k larger than the training set
     assert scores[0, 0] > 0.9 and scores[1, 1] > 0.9
+
+
+def test_an_unknown_label_of_a_neighbour_counts_as_negative():
+    train = torch.eye(2)
+    labels = torch.tensor([[float("nan"), 1.0], [1.0, 0.0]])
+    scores = knn_scores(train, labels, torch.tensor([[1.0, 0.0]]), k=1)
+    assert scores.tolist() == [[0.0, 1.0]]

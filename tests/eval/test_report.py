@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from matplotlib.axes import Axes
 from PIL import Image
 
 from s2mts2.errors import ConfigError
+from s2mts2.eval import report as report_module
 from s2mts2.eval.metrics import evaluate_predictions
 from s2mts2.eval.report import (
     comparison_table,
@@ -36,7 +38,7 @@ def test_markdown_table_multilabel(multilabel):
     effusion = next(line for line in lines if line.startswith("| Effusion |"))
     assert f"{metrics['per_class_auc']['Effusion']:.4f}" in effusion
     assert "| Hernia | 0 | n/a |" in text
-    assert "| No Finding * |" in text  # not in the mean
+    assert "| No Finding * |" in text and "\\* not included in the mean AUC" in text
     assert f"{metrics['mean_auc']:.4f}" in text and "95 % CI" in text
     assert "- Mean AUC over 1 class (Hernia: no AUC without positives and negatives" in text
     assert "sensitivity" not in text
@@ -59,6 +61,28 @@ def test_markdown_table_multiclass_columns_and_summary():
     assert f"{metrics['balanced_accuracy']:.4f}" in text
     srcmt = next(line for line in text.splitlines() if line.startswith("- SRC-MT's evaluation"))
     assert "p ≥ 0.18" in srcmt and f"accuracy {metrics['src_mt']['accuracy']:.4f}" in srcmt
+    src = metrics["src_mt"]
+    assert f"sensitivity {src['sensitivity']:.4f}, specificity {src['specificity']:.4f}" in srcmt
+    assert "not included in the mean AUC" not in text  # every class is in the mean
+
+
+def test_multiclass_cells_and_summary_lines_hold_their_own_values():
+    rng = np.random.default_rng(1)
+    truth = np.concatenate([[0, 1, 2], rng.integers(0, 3, 57)])
+    onehot = np.eye(3)[truth]
+    probs = rng.dirichlet(np.ones(3), 60) * 0.6 + 0.4 * onehot
+    m = evaluate_predictions(probs, onehot, classes=["a", "b", "c"], task="multiclass", n_boot=50)
+    text = markdown_table(m)
+    keys = ("sensitivity", "specificity", "precision", "f1")
+    for name in ("a", "b", "c"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3:] == [f"{m['per_class'][name][k]:.4f}" for k in keys]
+    assert len({m["sensitivity"], m["specificity"]}) == 2  # the data tell the two apart
+    assert f"- Macro sensitivity: {m['sensitivity']:.4f}" in text
+    assert f"- Macro specificity: {m['specificity']:.4f}" in text
+    lo, hi = m["mean_auc_ci95"]
+    assert lo < hi and f"(95 % CI {lo:.4f}–{hi:.4f})" in text
 
 
 def test_plot_roc_writes_png(tmp_path, multilabel):
@@ -69,6 +93,24 @@ def test_plot_roc_writes_png(tmp_path, multilabel):
         assert image.format == "PNG" and image.size[0] > 100
     with pytest.raises(ConfigError):
         plot_roc(probs, labels, classes, tmp_path / "x.png", eval_classes=["Mass"])
+
+
+def test_roc_curves_use_the_known_labels_of_the_eval_classes_only(
+    tmp_path, monkeypatch, multilabel
+):
+    probs, labels, classes = multilabel
+    curves = []
+
+    def recording_roc_curve(y, p):
+        curves.append((y.copy(), p.copy()))
+        return real(y, p)
+
+    real = report_module.roc_curve
+    monkeypatch.setattr(report_module, "roc_curve", recording_roc_curve)
+    plot_roc(probs, labels, classes, tmp_path / "roc.png", eval_classes=["Effusion"])
+    ((y, p),) = curves  # Effusion only; Hernia (no positives) and No Finding are left out
+    known = ~np.isnan(labels[:, 0])  # four unknown labels
+    assert np.array_equal(y, labels[known, 0]) and np.array_equal(p, probs[known, 0])
 
 
 def test_comparison_table_rows():
@@ -85,13 +127,22 @@ def test_comparison_table_rows():
     assert comparison_table(results, keys=["f1"]).splitlines()[2] == "| supervised | n/a |"
 
 
-def test_plot_comparison_bars_writes_png(tmp_path):
+def test_plot_comparison_bars_writes_png(tmp_path, monkeypatch):
     results = {
         "supervised": {"mean_auc": (0.70, 0.02)},
         "mean-teacher": {"mean_auc": 0.73},
         "s2mts2": {"mean_auc": None},
     }
+    texts = []
+    real = Axes.annotate
+
+    def recording_annotate(self, text, *args, **kwargs):
+        texts.append(text)
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "annotate", recording_annotate)
     path = plot_comparison_bars(results, "mean_auc", tmp_path / "bars.png", title="2 %")
+    assert texts == ["0.700", "0.730", "n/a"]  # a missing value is not drawn as 0
     assert path.stat().st_size > 1000
     with Image.open(path) as image:
         assert image.format == "PNG"

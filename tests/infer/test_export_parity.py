@@ -32,3 +32,21 @@ def test_card_records_the_best_validation_score(grey_ckpt, tmp_path):
     export.export_model(grey_ckpt, tmp_path / "m.onnx")
     card = json.loads((tmp_path / "m.json").read_text())
     assert card["training"]["best_val_mean_auc"] == 0.5 and card["training"]["epochs"] == 3
+
+
+def test_a_model_in_training_mode_is_exported_and_compared_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),  # batch statistics in training mode
+        torch.nn.Dropout(0.5),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    net = Network(backbone, torch.nn.Linear(4, 2))
+    net.backbone[1].running_mean.fill_(0.3)
+    model = export.ProbabilityModel(net.train(), "multiclass")
+    info = ModelInfo(["a", "b"], "multiclass", 1, 8, (0.5,), (0.25,))
+    export.export_onnx(model, info, tmp_path / "m.onnx")
+    assert not model.training and not net.training
+    assert export.onnx_parity(model, info, tmp_path / "m.onnx") < PARITY_TOLERANCE

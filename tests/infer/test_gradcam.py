@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -81,16 +82,28 @@ def test_default_layer_is_the_last_feature_map(backbone, batch, grid):
         assert torch.allclose(result.logits, net(x), atol=1e-5)
 
 
-def test_resize_cam_and_overlay():
-    cam = np.array([[0.0, 1.0], [2.0, 4.0]], dtype=np.float32)
+def test_resize_cam_is_bilinear_divided_by_its_peak():
+    cam = np.array([[0.0, 1.0, 0.5], [2.0, 4.0, 3.0]], dtype=np.float32) * 0.1
     heat = resize_cam(cam, 7, 9)
+    # PIL's bilinear resize of a float image: pixel centres as in align_corners=False
+    up = np.asarray(Image.fromarray(cam, mode="F").resize((9, 7), Image.BILINEAR))
+    np.testing.assert_allclose(heat, up / up.max(), atol=1e-6)
     assert heat.shape == (7, 9) and heat.max() == pytest.approx(1.0, abs=1e-6)
-    assert heat[0, 0] == pytest.approx(0.0) and heat[-1, -1] == pytest.approx(1.0)
     assert np.all(resize_cam(np.zeros((2, 2)), 3, 3) == 0)
-    grey = np.full((7, 9, 1), 100, dtype=np.uint8)
-    out = overlay(grey, cam)
-    assert out.shape == (7, 9, 3) and out.dtype == np.uint8
-    assert not np.array_equal(out[0, 0], out[-1, -1])  # cold and hot corners differ
+
+
+def test_overlay_blends_45_percent_heat_and_keeps_the_orientation():
+    grey = np.full((20, 30, 1), 100, dtype=np.uint8)
+    cold = overlay(grey, np.zeros((2, 3), np.float32))
+    jet0 = np.asarray(matplotlib.colormaps["jet"](0.0)[:3])
+    expected = np.rint((0.55 * 100 / 255 + 0.45 * jet0) * 255).astype(np.uint8)
+    assert cold.shape == (20, 30, 3) and cold.dtype == np.uint8 and (cold == expected).all()
+    cam = np.zeros((2, 3), np.float32)
+    cam[0, 2] = 1.0  # hot top-right corner
+    out = overlay(grey, cam).astype(int)
+    assert (
+        out[0, -1, 0] > out[0, -1, 2] and out[-1, 0, 2] > out[-1, 0, 0]
+    )  # red there, blue opposite
 
 
 def test_predict_writes_overlays_of_the_input_size(shared_data, grey_ckpt, tmp_path):

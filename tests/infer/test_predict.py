@@ -14,7 +14,7 @@ from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
 from s2mts2.engine.evaluate import load_classifier
 from s2mts2.errors import ConfigError, DataError
-from s2mts2.infer.predict import expand_inputs, run_predict
+from s2mts2.infer.predict import ModelInfo, expand_inputs, run_predict
 
 from .conftest import GREY_CLASSES, RGB_CLASSES, png_bytes, teacher_weights
 
@@ -126,6 +126,8 @@ def test_expand_inputs(tmp_path):
     # glob + an overlapping folder: duplicates dropped, order of first appearance kept
     both = expand_inputs([str(root / "a" / "**" / "*.dcm"), root / "a"])
     assert both[0] == root / "a" / "b" / "z.dcm" and len(both) == 5
+    # two spellings of one file: one row, under the first spelling
+    assert expand_inputs([root / "x.png", root / "a" / ".." / "x.png"]) == [root / "x.png"]
     # a file given explicitly is kept whatever it is; a missing one too (its row reports it)
     missing = tmp_path / "missing.png"
     assert expand_inputs([root / "a" / "readme.txt", missing]) == [
@@ -171,6 +173,43 @@ def test_bad_options_are_config_errors(grey_ckpt, tmp_path):
         run_predict(grey_ckpt, [image], out=tmp_path / "r.csv", cam_classes=["nodule"])
     with pytest.raises(ConfigError, match="--batch-size"):
         run_predict(grey_ckpt, [image], out=tmp_path / "r.csv", batch_size=0, progress=False)
+    for k in (0, len(GREY_CLASSES) + 1):
+        with pytest.raises(ConfigError, match="--top-k"):
+            run_predict(grey_ckpt, [image], out=tmp_path / "r.csv", cam_dir=tmp_path / "c", top_k=k)
+
+
+def test_the_checkpoints_own_mean_and_std_are_used(grey_ckpt, tmp_path):
+    state = load_checkpoint(grey_ckpt)
+    state["meta"]["mean"], state["meta"]["std"] = [0.3], [0.1]  # not the preset's values
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(state, ckpt)
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bytes())
+    result = run_predict(ckpt, [image], out=tmp_path / "r.csv", progress=False)
+    np.testing.assert_allclose(
+        result.predictions[0].probabilities, manual_probabilities(ckpt, [image])[0], atol=2e-6
+    )
+
+
+def test_overlays_of_images_with_the_same_name_do_not_overwrite_each_other(grey_ckpt, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "scan.png").write_bytes(png_bytes())
+    result = run_predict(
+        grey_ckpt,
+        [tmp_path / "a", tmp_path / "b"],
+        out=tmp_path / "r.csv",
+        cam_dir=tmp_path / "cams",
+        progress=False,
+    )
+    cams = [c for p in result.predictions for c in p.cams]
+    assert len(cams) == len(set(cams)) == 2 and all(Path(c).is_file() for c in cams)
+
+
+def test_a_card_with_an_unknown_task_is_refused():
+    values = {"classes": ["a"], "task": "regression", "channels": 1, "size": 8}
+    with pytest.raises(DataError, match="card.json.*regression"):
+        ModelInfo.from_mapping(values | {"mean": [0.5], "std": [0.2]}, "card.json")
 
 
 class _Exploit:

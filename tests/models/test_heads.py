@@ -22,6 +22,10 @@ def test_projection_head_shapes_and_norm():
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(16, 32), (32, 128)]
     assert ProjectionHead(16, out_dim=8)(torch.randn(2, 16)).shape == (2, 8)
+    x = torch.randn(3, 16)
+    first, last = linears
+    expected = nn.functional.normalize(last(torch.relu(first(x))), dim=1)  # linear-ReLU-linear
+    assert torch.allclose(head(x), expected, atol=1e-6)
 
 
 def test_classifier_head_shape_and_no_last_bias():
@@ -63,3 +67,7 @@ def test_load_backbone_state_errors():
     other = Network(nn.Sequential(nn.Conv2d(1, 4, 3)), ProjectionHead(4))
     with pytest.raises(ConfigError, match="model.backbone"):
         load_backbone_state(net, other.state_dict())
+    partial = dict(Network(_backbone(), ProjectionHead(8, 8)).state_dict())
+    del partial["backbone.1.running_var"]  # one backbone entry missing: refused, not half-loaded
+    with pytest.raises(ConfigError, match="model.backbone"):
+        load_backbone_state(net, partial)
