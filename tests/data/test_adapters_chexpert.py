@@ -141,3 +141,33 @@ def test_bad_options_and_cells(small_root, tmp_path):
         load_chexpert(tmp_path)
     with pytest.raises(DataError, match=r"train\.csv, line 3: column 'Edema' has '2\.0'"):
         load_chexpert(dataset)
+
+
+def test_a_generated_csv_whose_paths_start_at_the_split_folder(tmp_path):
+    # some copies list "train/patient.../..." without the dataset folder in front
+    dataset = tmp_path / "chexpert"
+    rows = [
+        ("train/patient00001/study1/view1_frontal.jpg", "Frontal", "1.0", "-1.0"),
+        ("CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", "Frontal", "", "0.0"),
+        ("train/patient00002/study1/view2_lateral.jpg", "Lateral", "0.0", "1.0"),
+    ]
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *OBSERVATIONS]
+    dataset.mkdir()
+    with open(dataset / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for path, view, atelectasis, edema in rows:
+            cells = dict.fromkeys(OBSERVATIONS, "") | {"Atelectasis": atelectasis, "Edema": edema}
+            w.writerow([path, "Female", "60", view, "AP", *(cells[c] for c in OBSERVATIONS)])
+    expected = [dataset / "train/patient00001/study1/view1_frontal.jpg"]
+    expected += [dataset / "train/patient00002/study1/view1_frontal.jpg"]
+    expected += [dataset / "train/patient00002/study1/view2_lateral.jpg"]
+    for p in expected:
+        _jpeg(p)
+    table = load_chexpert(dataset)
+    assert table.paths == [str(p) for p in expected] and table.missing == 0
+    assert list(table.groups) == ["patient00001", "patient00002", "patient00002"]
+    assert table.counts() == {"train": 3}
+    edema, atelectasis = COMPETITION.index("Edema"), COMPETITION.index("Atelectasis")
+    np.testing.assert_array_equal(table.labels[:, atelectasis], [1.0, 0.0, 0.0])  # blank -> 0
+    np.testing.assert_array_equal(table.labels[:, edema], [np.nan, 0.0, 1.0])  # -1 -> ignored

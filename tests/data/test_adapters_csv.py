@@ -181,3 +181,31 @@ def test_registry(multilabel):
         load_dataset("csv", multilabel, csv="labels.csv", label_column=["a"])
     with pytest.raises(ConfigError, match="option 'csv' is required"):
         load_dataset("csv", multilabel, label_columns=["a"])
+
+
+def test_a_spreadsheet_export_with_bom_padded_header_blank_lines_and_short_rows(tmp_path):
+    # Excel's "CSV UTF-8" starts with a byte-order mark; hand edits leave spaces and blank lines
+    _folder(tmp_path, [], "x", [f"{k}.png" for k in range(3)])
+    text = "\ufeffpath , dx ,site\r\n0.png,nv,back\r\n\r\n1.png,mel\r\n2.png,nv,arm\r\n"
+    (tmp_path / "labels.csv").write_bytes(text.encode("utf-8"))
+    t = load_csv(tmp_path, csv="labels.csv", class_column="dx", group_column="site")
+    assert t.paths == [str(tmp_path / f"{k}.png") for k in range(3)] and t.classes == ["mel", "nv"]
+    assert list(t.groups) == ["back", str(tmp_path / "1.png"), "arm"]  # short row: no group
+
+
+def test_rows_without_a_group_are_their_own_group(tmp_path):
+    rows = [f"{k}.png,{k % 2},{'p' if k < 2 else ''}" for k in range(6)]
+    _folder(tmp_path, rows, "path,a,patient", [f"{k}.png" for k in range(6)])
+    t = load_csv(tmp_path, csv="labels.csv", label_columns="a", group_column="patient")
+    assert list(t.groups) == ["p", "p", *(str(tmp_path / f"{k}.png") for k in range(2, 6))]
+
+
+def test_repeated_names_in_an_option_are_refused(multilabel):
+    with pytest.raises(ConfigError, match="label_columns repeats a name"):
+        load_csv(multilabel, csv="labels.csv", label_columns="a,b,a")
+
+
+def test_a_multiclass_row_of_zeros_is_refused(tmp_path):
+    _folder(tmp_path, ["x.png,1,0", "y.png,0,0"], "path,a,b", ["x.png", "y.png"])
+    with pytest.raises(DataError, match=r"line 3: task multiclass needs exactly one 1"):
+        load_csv(tmp_path, csv="labels.csv", label_columns=["a", "b"], task="multiclass")

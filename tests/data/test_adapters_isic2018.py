@@ -142,3 +142,37 @@ def test_split_files_must_agree_with_metadata(tmp_path):
     (tmp_path / "testing.csv").write_text(head + "ISIC_1,0,1,0,0,0,0,0\n")
     with pytest.raises(DataError, match="already in the train split"):
         load_isic2018(tmp_path)
+
+
+def _generated_folder(root: Path) -> list[str]:
+    """Nine tiny images, metadata (one row without a lesion id) and SRC-MT CSVs for six."""
+    from PIL import Image
+
+    ids = [f"ISIC_{k:07d}" for k in range(9)]
+    (root / "images").mkdir(parents=True)
+    for k in ids:
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "images" / f"{k}.jpg")
+    lesions = ["HAM_0", "HAM_0", "", "HAM_1", "HAM_2", "HAM_2", "HAM_3", "HAM_4", "HAM_5"]
+    dx = ["nv", "nv", "mel", "bcc", "nv", "nv", "df", "vasc", "akiec"]
+    meta = ["lesion_id,image_id,dx"] + [f"{le},{k},{d}" for le, k, d in zip(lesions, ids, dx)]
+    (root / "HAM10000_metadata.csv").write_text("\n".join(meta) + "\n")
+    head = "image," + ",".join(CLASSES) + "\n"
+    for name, rows in zip(SPLIT_FILES.values(), ([0, 1, 2, 3], [4], [5])):
+        onehot = [",".join("1" if c == dx[k].upper() else "0" for c in CLASSES) for k in rows]
+        (root / name).write_text(head + "".join(f"{ids[k]},{o}\n" for k, o in zip(rows, onehot)))
+    return ids
+
+
+def test_generated_folder_split_files_and_lesion_ids(tmp_path, caplog):
+    ids = _generated_folder(tmp_path)
+    with caplog.at_level("WARNING", logger="s2mts2"):
+        table = load_isic2018(tmp_path)  # auto: the SRC-MT CSVs are there
+    assert "3 labelled images are in no SRC-MT split file; left out" in caplog.text
+    assert [Path(p).stem for p in table.paths] == ids[:6] and table.missing == 0
+    assert list(table.split) == ["train"] * 4 + ["val", "test"]
+    assert list(table.groups) == ["HAM_0", "HAM_0", ids[2], "HAM_1", "HAM_2", "HAM_2"]
+    assert [CLASSES[c] for c in table.labels.argmax(1)] == ["NV", "NV", "MEL", "BCC", "NV", "NV"]
+    lesion = load_isic2018(tmp_path, split="lesion")  # the CSVs are there but not used
+    assert len(lesion) == 9 and ids[2] in lesion.groups
+    for g in np.unique(lesion.groups):
+        assert len(set(lesion.split[lesion.groups == g])) == 1

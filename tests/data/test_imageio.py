@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from s2mts2.data.imageio import load_preprocessed, read_image, resize_square
+from s2mts2.data.imageio import ImageReadError, load_preprocessed, read_image, resize_square
 from s2mts2.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
@@ -64,6 +64,7 @@ def test_32bit_integer_image_is_scaled_by_its_range(tmp_path):
     np.testing.assert_array_equal(read_image(path, 1)[:, :, 0], [[0, 13], [38, 255]])
 
 
+@pytest.mark.filterwarnings("error")  # no division by a zero range on the way
 def test_constant_16bit_png_is_all_zero(tmp_path):
     path = _save(tmp_path, "flat.png", np.full((4, 4), 777, dtype=np.uint16))
     assert not read_image(path, 1).any()
@@ -195,10 +196,22 @@ def test_dicom_voi_lut_sequence(tmp_path):
     lut.LUTDescriptor = [entries, first, 10]
     table = (np.arange(entries) * 4).astype(np.uint16)[::-1]  # 10-bit output, descending
     lut.LUTData = table.astype("<u2").tobytes()
-    path = _write_dicom(tmp_path / "v.dcm", RAW, "MONOCHROME2", VOILUTSequence=Sequence([lut]))
-    looked_up = table[np.clip(RAW.astype(int) - first, 0, entries - 1)]
-    expected = np.rint(looked_up.astype(np.float64) * 255 / 1023)
+    raw = np.concatenate([RAW.ravel(), first + np.arange(entries)]).reshape(20, 16)  # every entry
+    path = _write_dicom(tmp_path / "v.dcm", raw, "MONOCHROME2", VOILUTSequence=Sequence([lut]))
+    looked_up = table[np.clip(raw.astype(int) - first, 0, entries - 1)]
+    expected = np.rint(looked_up.astype(np.float64) * 255 / 1023)  # 10-bit output: 0..1023
     np.testing.assert_array_equal(read_image(path, 1)[:, :, 0], expected)
+
+
+def test_dicom_by_an_upper_case_suffix_and_multi_frame_refused(tmp_path):
+    path = _write_dicom(tmp_path / "scan.DCM", RAW, "MONOCHROME2")
+    path.write_bytes(path.read_bytes()[132:])  # no preamble and magic: found by the suffix
+    expected = np.rint(RAW.astype(np.float64) * 255 / RAW.max())
+    np.testing.assert_array_equal(read_image(path, 1)[:, :, 0], expected)
+    two = np.concatenate([RAW, RAW]).astype("<u2").tobytes()
+    frames = _write_dicom(tmp_path / "two.dcm", RAW, "MONOCHROME2", NumberOfFrames=2, PixelData=two)
+    with pytest.raises(ImageReadError, match="multi-frame DICOM \\(2 frames\\)"):
+        read_image(frames, 1)
 
 
 def test_rgb_dicom(tmp_path):

@@ -15,16 +15,18 @@ import pytest
 import torch
 from state_dicts import max_diff
 
+import s2mts2.engine.evaluate as evaluate_mod
 import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
 from s2mts2.cli import main
 from s2mts2.config import load_config
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.engine.evaluate import evaluate_checkpoint
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.engine.runtime import Precision
-from s2mts2.errors import ConfigError, DivergenceError
+from s2mts2.errors import ConfigError, DataError, DivergenceError
 
 pytestmark = pytest.mark.slow
 
@@ -398,6 +400,39 @@ def test_a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint(
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["student"].values())
+
+
+def test_evaluate_scores_the_eval_classes_by_patient_and_checks_the_data(
+    data_dir, tmp_path, monkeypatch
+):
+    ckpt = finetune(
+        cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1"),
+        tmp_path / "ft",
+        progress=False,
+    )
+    data = tmp_path / "data"  # a copy whose mean AUC leaves the last class out
+    shutil.copytree(data_dir, data)
+    meta = json.loads((data / "table.json").read_text())
+    meta["eval_classes"] = meta["classes"][:-1]
+    (data / "table.json").write_text(json.dumps(meta))
+    calls = []
+    real = evaluate_mod.evaluate_predictions
+    monkeypatch.setattr(
+        evaluate_mod, "evaluate_predictions", lambda *a, **k: (calls.append(k), real(*a, **k))[1]
+    )
+    metrics = evaluate_checkpoint(ckpt, split="val", data_dir=data, n_boot=20, device="cpu")
+    table = PreparedData.open(data, 16).table
+    ((kwargs,),) = [calls]
+    assert kwargs["eval_classes"] == meta["classes"][:-1]
+    assert list(kwargs["groups"]) == list(table.groups[table.indices("val")])
+    assert len(set(kwargs["groups"])) < len(kwargs["groups"])  # patients with several images
+    assert metrics["eval_classes"] == meta["classes"][:-1]
+    with pytest.raises(DataError, match="the nosuch split has no images"):
+        evaluate_checkpoint(ckpt, split="nosuch", data_dir=data, device="cpu")
+    meta["classes"][0] = "Renamed"
+    (data / "table.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"classes \['Renamed'.* differ from the checkpoint's"):
+        evaluate_checkpoint(ckpt, split="val", data_dir=data, device="cpu")
 
 
 def test_cli_stages_end_to_end(data_dir, pretrained, tmp_path, capsys):

@@ -59,6 +59,8 @@ def test_ramps():
     assert consistency_weight(0.0, **sigmoid) == pytest.approx(10 * math.exp(-5))
     assert consistency_weight(2.0, **sigmoid) == pytest.approx(10 * math.exp(-1.25))
     assert consistency_weight(5.0, **sigmoid) == 10.0
+    assert consistency_weight(-1.0, **linear) == 0.0  # t < 0 counts as 0
+    assert consistency_weight(-1.0, **sigmoid) == pytest.approx(10 * math.exp(-5))
     for kind in ("linear", "sigmoid"):
         assert consistency_weight(0.0, max_weight=3.0, ramp_epochs=0, kind=kind) == 3.0
     with pytest.raises(ValueError, match="kind"):

@@ -109,6 +109,7 @@ def test_imagenet_without_file_names_the_file(tmp_path, monkeypatch):
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message
     assert str(tmp_path / "checkpoints") in message and "model.weights" in message
+    assert "not available offline" in message and "model.init: random" in message
 
 
 def test_imagenet_from_hub_cache_and_safetensors(tmp_path, monkeypatch, resnet18_state):
@@ -147,3 +148,13 @@ def test_errors(tmp_path, resnet18_state):
         build_backbone("resnet18", init="imagenet", weights=tmp_path / "missing.pth")
     with pytest.raises(ConfigError, match="model.init"):
         build_backbone("resnet18", init="scratch")
+    state = resnet18_state[0]
+    variants = {
+        "extra.pth": (state | {"extra.weight": torch.zeros(1)}, r"unexpected \['extra.weight'\]"),
+        "shape.pth": (state | {"bn1.weight": torch.ones(3)}, r"wrong shapes.*bn1.weight \(3,\)"),
+        "mixed.pth": ({"conv1.weight": torch.zeros(1), "note": 1}, "not a plain state_dict"),
+    }
+    for name, (bad, message) in variants.items():
+        torch.save(bad, tmp_path / name)
+        with pytest.raises(ConfigError, match=message):
+            build_backbone("resnet18", init="imagenet", weights=tmp_path / name)
