@@ -16,16 +16,14 @@ from s2mts2.errors import S2MTS2Error
 DATASETS = ("chestxray14", "chexpert", "isic2018", "csv", "synthetic")
 
 
-def _parse_kv(items: list[str], flag: str) -> dict[str, object]:
-    """``["view=PA", "frontal_only=true"]`` -> dict with YAML-parsed values."""
-    import yaml
-
-    out: dict[str, object] = {}
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    """``["view=PA", "frontal_only=true"]`` -> ``{"view": "PA", "frontal_only": "true"}``."""
+    out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise S2MTS2Error(f"{flag} expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        out[k.strip()] = v.strip()
     return out
 
 
@@ -163,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     command = "s2mts2 " + shlex.join(argv)
     if args.command == "prepare":
+        from s2mts2.data.adapters import parse_option
         from s2mts2.data.prepared import prepare_dataset
 
         if args.root is None and args.dataset != "synthetic":
@@ -178,7 +177,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             by_group=args.by_patient,
             workers=args.workers,
             progress=not args.no_progress,
-            options=_parse_kv(args.option, "--option"),
+            options={
+                k: parse_option(args.dataset, k, v)
+                for k, v in _key_values(args.option, "--option").items()
+            },
         )
         print(json.dumps(summary, indent=2))
         print(f"wrote {args.out / 'summary.json'}")

@@ -209,3 +209,24 @@ def test_a_multiclass_row_of_zeros_is_refused(tmp_path):
     _folder(tmp_path, ["x.png,1,0", "y.png,0,0"], "path,a,b", ["x.png", "y.png"])
     with pytest.raises(DataError, match=r"line 3: task multiclass needs exactly one 1"):
         load_csv(tmp_path, csv="labels.csv", label_columns=["a", "b"], task="multiclass")
+
+
+def test_prepare_cli_takes_column_names_as_typed_and_parses_the_other_options(tmp_path):
+    from s2mts2.cli import main
+    from s2mts2.data.prepared import PreparedData
+
+    rows = [f"{k}.png,{'ab'[k % 2]},{k // 2:04d}" for k in range(12)]
+    _folder(tmp_path / "src", rows, "file,2024,0012", [f"{k}.png" for k in range(12)])
+    options = ["csv=labels.csv", "path_column=file", "class_column=2024", "group_column=0012"]
+    flags = [a for o in [*options, "channels=1", "classes=[b, a]"] for a in ("--option", o)]
+    out = tmp_path / "out"
+    common = ["--size", "8", "--labelled", "0.5", "--workers", "1", "--no-progress"]
+    assert (
+        main(
+            ["prepare", "csv", "--root", str(tmp_path / "src"), "--out", str(out), *common, *flags]
+        )
+        == 0
+    )
+    table = PreparedData.open(out, 8).table
+    assert table.classes == ["b", "a"] and table.channels == 1
+    assert sorted(set(table.groups)) == [f"{k:04d}" for k in range(6)]  # "0012" is no number

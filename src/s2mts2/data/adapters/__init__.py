@@ -9,6 +9,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args, get_type_hints
+
+import yaml
 
 from s2mts2.data.adapters.chestxray14 import load_chestxray14
 from s2mts2.data.adapters.chexpert import load_chexpert
@@ -31,6 +34,24 @@ def adapter_options(name: str) -> dict[str, object]:
     """Option name -> default (``inspect.Parameter.empty`` when required) of adapter ``name``."""
     params = inspect.signature(ADAPTERS[name]).parameters.values()
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def parse_option(name: str, key: str, text: str) -> object:
+    """The value of ``--option key=text`` for adapter ``name``: text options (paths, column
+    names) as typed, so ``group_column=2024`` names the column ``2024``; the others parsed as
+    YAML (``true``, ``0.1``, ``[a, b]``). An unknown key keeps its text (``load_dataset``
+    reports it)."""
+    hint = get_type_hints(ADAPTERS[name]).get(key) if name in ADAPTERS else None
+    if hint is None:
+        return text
+    types = set(get_args(hint)) or {hint}
+    if types <= {str, type(None)}:
+        return text
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--option {key}: cannot parse value {text!r}: {e}") from e
+    return text if str in types and not isinstance(value, list) else value
 
 
 def load_dataset(name: str, root: str | Path, **options: object) -> DatasetTable:
