@@ -1,4 +1,5 @@
-"""ChestX-ray14 adapter on the real NIH sample (1,000 images, full official CSV and lists)."""
+"""ChestX-ray14 adapter on the real NIH sample (1,000 images, full official CSV and lists) and on
+a folder generated in the original layout."""
 
 import csv
 import gzip
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from s2mts2.data.adapters.chestxray14 import CLASSES, FINDINGS, load_chestxray14
 from s2mts2.errors import ConfigError, DataError
@@ -159,3 +161,57 @@ def test_bad_split_options(nih):
         load_chestxray14(nih, val_fraction=1.5)
     with pytest.raises(ConfigError, match="split"):
         load_chestxray14(nih, split="random")
+
+
+def _generated_nih(root: Path) -> list[dict[str, str]]:
+    """A ChestX-ray14 folder in the original layout, written here (no ../shared needed): the
+    original CSV (trailing unnamed column), the two official lists, and images for 16 of the 20
+    listed names, spread over images/ and the archive folders images_001/images, images_002/..."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(20):
+        patient = 1 + k // 2
+        picked = rng.choice(FINDINGS, size=int(rng.integers(0, 3)), replace=False)
+        findings = "|".join(picked) if len(picked) else "No Finding"
+        name = f"{patient:08d}_{k % 2:03d}.png"
+        view = "PA" if k % 3 else "AP"
+        rows.append({"name": name, "findings": findings, "patient": str(patient), "view": view})
+    header = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    header += "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+    lines = [header] + [
+        f"{r['name']},{r['findings']},{k % 2},{r['patient']},50,F,{r['view']},2500,2048,0.14,0.14,"
+        for k, r in enumerate(rows)
+    ]
+    root.mkdir(parents=True)
+    (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    test = [r["name"] for r in rows if int(r["patient"]) % 4 == 0]  # patient-level, as NIH's
+    (root / "test_list.txt").write_text("\n".join(test))  # no trailing newline, as NIH's
+    train = [r["name"] for r in rows if r["name"] not in test]
+    (root / "train_val_list.txt").write_text("\n".join(train))
+    for k, r in enumerate(rows[:16]):
+        folder = root / ("images" if k < 6 else f"images_{1 + k % 2:03d}/images")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), k, np.uint8)).save(folder / r["name"])
+    return rows
+
+
+def test_a_generated_folder_in_the_original_layout(tmp_path, caplog):
+    rows = _generated_nih(tmp_path / "nih")
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        table = load_chestxray14(tmp_path / "nih")
+    assert "4 of 20 listed images not found" in caplog.text
+    assert [Path(p).name for p in table.paths] == [r["name"] for r in rows[:16]]
+    assert table.missing == 4 and all(os.path.isfile(p) for p in table.paths)
+    for i, r in enumerate(rows[:16]):
+        assert {c for c, v in zip(CLASSES, table.labels[i]) if v == 1} == set(
+            r["findings"].split("|")
+        )
+        assert table.groups[i] == r["patient"]
+        assert table.split[i] == ("test" if int(r["patient"]) % 4 == 0 else "train")
+    assert table.eval_classes == FINDINGS
+    pa = load_chestxray14(tmp_path / "nih", view="PA")
+    assert [Path(p).name for p in pa.paths] == [r["name"] for r in rows[:16] if r["view"] == "PA"]
+    held = load_chestxray14(tmp_path / "nih", val_fraction=0.3)
+    assert (held.split == "test").sum() == (table.split == "test").sum()
+    val, train = set(held.groups[held.split == "val"]), set(held.groups[held.split == "train"])
+    assert val and train and not (val & train) and len(val) < len(train)  # 30 % of patients

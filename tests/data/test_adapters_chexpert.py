@@ -171,3 +171,15 @@ def test_a_generated_csv_whose_paths_start_at_the_split_folder(tmp_path):
     edema, atelectasis = COMPETITION.index("Edema"), COMPETITION.index("Atelectasis")
     np.testing.assert_array_equal(table.labels[:, atelectasis], [1.0, 0.0, 0.0])  # blank -> 0
     np.testing.assert_array_equal(table.labels[:, edema], [np.nan, 0.0, 1.0])  # -1 -> ignored
+    assert load_chexpert(dataset, blank="ignore").labels[1, atelectasis] != 0  # NaN
+    frontal = load_chexpert(dataset, frontal_only=True)
+    assert frontal.paths == [str(p) for p in expected[:2]]
+    (dataset / "valid.csv").write_text((dataset / "train.csv").read_text().split("\n", 2)[0] + "\n")
+    with open(dataset / "valid.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["valid/patient64541/study1/view1_frontal.jpg", "", "", "Frontal"])
+    _jpeg(dataset / "valid/patient64541/study1/view1_frontal.jpg")
+    assert load_chexpert(dataset).counts() == {"train": 3, "val": 1}
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "train.csv").write_text("Path\n")
+    with pytest.raises(DataError, match="several folders: chexpert, copy"):
+        load_chexpert(tmp_path)
