@@ -22,10 +22,10 @@ from s2mts2.cli import main
 from s2mts2.config import load_config
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.checkpoint import load_checkpoint
-from s2mts2.engine.evaluate import evaluate_checkpoint
+from s2mts2.engine.evaluate import evaluate_checkpoint, load_classifier
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
-from s2mts2.engine.runtime import Precision
+from s2mts2.engine.runtime import Precision, cosine_lr
 from s2mts2.errors import ConfigError, DataError, DivergenceError
 
 pytestmark = pytest.mark.slow
@@ -214,18 +214,27 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("module", [pretrain_mod, finetune_mod], ids=["pretrain", "finetune"])
-def test_each_epoch_continues_the_streams_where_the_last_one_stopped(
+def test_each_epoch_continues_the_streams_and_the_schedule_where_the_last_one_stopped(
     data_dir, tmp_path, monkeypatch, module
 ):
-    calls = []
+    calls, lrs, generators = [], [], []
 
     class RecordingLoader(module.BatchLoader):
         def steps(self, start, stop):
             calls.append((id(self), start, stop))
             return super().steps(start, stop)
 
+    real_generator = module.epoch_generator
+
+    def recording_generator(device, seed, epoch, **kwargs):
+        generators.append(epoch)
+        return real_generator(device, seed, epoch, **kwargs)
+
     monkeypatch.setattr(module, "BatchLoader", RecordingLoader)
-    cfg = cfg_for(data_dir, "finetune.method=mean-teacher")
+    monkeypatch.setattr(module, "set_lr", lambda optimizer, lr: lrs.append(lr))
+    monkeypatch.setattr(module, "epoch_generator", recording_generator)
+    warmup = ["pretrain.warmup_epochs=1", "finetune.warmup_epochs=1"]
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", *warmup)
     run = pretrain if module is pretrain_mod else finetune
     run(cfg, tmp_path / "run", progress=False)
     by_loader: dict[int, list[tuple[int, int]]] = {}
@@ -235,6 +244,11 @@ def test_each_epoch_continues_the_streams_where_the_last_one_stopped(
     for ranges in by_loader.values():
         per_epoch = ranges[0][1]
         assert per_epoch > 0 and ranges == [(0, per_epoch), (per_epoch, 2 * per_epoch)]
+    # one warm-up + cosine over the whole run, not restarted each epoch; new augmentations
+    base = (cfg.pretrain if module is pretrain_mod else cfg.finetune).lr
+    total = 2 * per_epoch
+    assert lrs == [cosine_lr(base, s, total, per_epoch) for s in range(total)]
+    assert generators == [0, 1]
 
 
 def _stage2_streams(monkeypatch, stop_after: int | None = None) -> list:
@@ -263,6 +277,42 @@ def test_stage2_streams_are_the_labelled_subset_and_the_other_training_images(
     assert np.array_equal(labelled, data.labelled(*cfg.data.labelled_draw()))
     train = data.table.indices("train")
     assert np.array_equal(unlabelled, np.setdiff1d(train, labelled))  # no val or test image
+
+
+@pytest.mark.parametrize(
+    "eval_every, scores, evaluated, best_epoch, best_val",
+    [
+        (1, [0.6, 0.8, 0.7], [1, 2, 3], 2, 0.8),
+        (2, [0.6, 0.8], [2, 3], 3, 0.8),
+        (1, [None, None, None], [1, 2, 3], 3, None),  # no AUC (e.g. no positives): the last
+    ],
+)
+def test_stage2_keeps_the_teacher_of_the_best_validation_epoch(
+    data_dir, tmp_path, monkeypatch, eval_every, scores, evaluated, best_epoch, best_val
+):
+    scores = iter(scores)
+    monkeypatch.setattr(finetune_mod, "table_mean_auc", lambda *args: next(scores))
+    scored = []  # the weights each validation pass ran
+    real_predict = finetune_mod.predict
+
+    def recording_predict(net, *args):
+        scored.append({k: v.clone() for k, v in net.state_dict().items()})
+        return real_predict(net, *args)
+
+    monkeypatch.setattr(finetune_mod, "predict", recording_predict)
+    cfg = cfg_for(
+        data_dir,
+        "finetune.method=mean-teacher",
+        "finetune.epochs=3",
+        f"finetune.eval_every={eval_every}",
+    )
+    best = load_checkpoint(finetune(cfg, tmp_path / "run", progress=False))
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert [r["epoch"] for r in last["history"] if "val_mean_auc" in r] == evaluated
+    assert best["epoch"] == best_epoch and best["best_val"] == last["best_val"] == best_val
+    teacher = load_classifier(last).state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in scored[-1].items())  # not the student
+    assert max_diff(load_classifier(last, "student").state_dict(), scored[-1]) > 0
 
 
 def test_under_ddp_both_stage2_streams_take_this_ranks_slice(data_dir, tmp_path, monkeypatch):

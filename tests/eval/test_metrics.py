@@ -191,6 +191,9 @@ def test_src_mt_metrics_reported_by_evaluate_and_checked():
     assert "src_mt" not in evaluate_predictions(probs, onehot, classes=list("abc"), n_boot=0)
     with pytest.raises(ConfigError, match="threshold"):
         src_mt_metrics(probs, onehot, threshold=1.0)
+    at = np.array([[0.18, 0.5, 0.32], [0.1, 0.72, 0.18]])  # p = threshold counts as predicted
+    m = src_mt_metrics(at, np.eye(3)[[0, 1]])
+    assert m["per_class_sensitivity"][0] == 1.0 and m["per_class_precision"][2] == 0.0
     with pytest.raises(DataError, match="src_mt_metrics: labels must be one-hot"):
         src_mt_metrics(probs, onehot * 2)
 
