@@ -22,6 +22,7 @@ def test_cuda_without_a_gpu_is_a_config_error(monkeypatch):
 def test_threads_setting_is_applied_and_zero_keeps_the_default():
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         setup_threads(1)
         assert torch.get_num_threads() == 1
         setup_threads(0)
