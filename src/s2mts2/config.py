@@ -256,12 +256,25 @@ def _field_type(dotted: str) -> Any:
     return get_type_hints(type(obj)).get(name)
 
 
-def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:
-    """``"pretrain.epochs=3"`` -> ``{"pretrain": {"epochs": 3}}``.
+def parse_value(text: str, hint: Any, where: str) -> Any:
+    """A command-line value for a setting typed ``hint`` (None: an unknown setting).
 
-    The value is parsed as YAML, except for text keys (paths, names), which take it as typed
-    (``data.dir=2024`` is the folder ``2024``) unless it is quoted.
+    Text settings (paths, names, column names) take the value as typed, so ``2024`` stays the
+    text ``2024`` and ``0012`` is not read as octal, unless it is quoted or a ``[list]``; every
+    other value is parsed as YAML (``true``, ``0.1``, ``[a, b]``). ``where`` names the flag.
     """
+    text = text.strip()
+    typed_text = hint is not None and str in (set(get_args(hint)) or {hint})
+    if typed_text and not text.startswith(("'", '"', "[")):
+        return text
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: cannot parse value {text!r}: {e}") from e
+
+
+def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:
+    """``"pretrain.epochs=3"`` -> ``{"pretrain": {"epochs": 3}}`` (values: ``parse_value``)."""
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
@@ -269,13 +282,7 @@ def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:
     if not key:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key = _resolve_key(key, stage)
-    value = raw.strip()
-    if _field_type(key) is not str or value[:1] in ("'", '"'):
-        try:
-            value = yaml.safe_load(raw) if value else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
-    return _nest(key, value)
+    return _nest(key, parse_value(raw, _field_type(key), f"--set {key}"))
 
 
 def load_config(

@@ -9,10 +9,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import get_args, get_type_hints
+from typing import get_type_hints
 
-import yaml
-
+from s2mts2.config import parse_value
 from s2mts2.data.adapters.chestxray14 import load_chestxray14
 from s2mts2.data.adapters.chexpert import load_chexpert
 from s2mts2.data.adapters.csvfolder import load_csv
@@ -37,21 +36,10 @@ def adapter_options(name: str) -> dict[str, object]:
 
 
 def parse_option(name: str, key: str, text: str) -> object:
-    """The value of ``--option key=text`` for adapter ``name``: text options (paths, column
-    names) as typed, so ``group_column=2024`` names the column ``2024``; the others parsed as
-    YAML (``true``, ``0.1``, ``[a, b]``). An unknown key keeps its text (``load_dataset``
-    reports it)."""
+    """The value of ``--option key=text`` for adapter ``name`` (``config.parse_value``: column
+    and file names as typed, ``group_column=2024`` names the column ``2024``)."""
     hint = get_type_hints(ADAPTERS[name]).get(key) if name in ADAPTERS else None
-    if hint is None:
-        return text
-    types = set(get_args(hint)) or {hint}
-    if types <= {str, type(None)}:
-        return text
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--option {key}: cannot parse value {text!r}: {e}") from e
-    return text if str in types and not isinstance(value, list) else value
+    return parse_value(text, hint, f"--option {key}")
 
 
 def load_dataset(name: str, root: str | Path, **options: object) -> DatasetTable:
