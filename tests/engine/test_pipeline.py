@@ -176,10 +176,10 @@ def test_consistency_compares_student_with_teacher_and_trains_the_student(data_d
     with torch.no_grad():
         teacher_logits = teacher(ut)
     expected = consistency_loss(reference(torch.cat([x, us]))[4:], teacher_logits, "multilabel")
-    expected.backward()
+    (0.3 * expected).backward()  # weighted by the ramp's w
     y = torch.full((4, len(data.table.classes)), float("nan"))  # no labels: no supervised term
-    _, sup, cons = step.train(x, y, us, ut, weight=1.0)
-    assert sup.item() == 0.0
+    loss, sup, cons = step.train(x, y, us, ut, weight=0.3)
+    assert sup.item() == 0.0 and loss.item() == pytest.approx(0.3 * cons.item(), rel=1e-6)
     assert cons.item() > 1e-4
     assert cons.item() == pytest.approx(expected.item(), rel=1e-4)
     assert all(p.grad is None for p in teacher.parameters())
