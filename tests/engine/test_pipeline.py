@@ -75,6 +75,18 @@ def test_pretrain_writes_full_state(pretrained: Path):
     ).exists()
 
 
+def test_the_knn_monitor_fits_the_labelled_images_and_scores_others(data_dir):
+    cfg = cfg_for(data_dir)
+    data = PreparedData.open(data_dir, cfg.data.size)
+    fit, score = pretrain_mod.monitor_rows(data, cfg)
+    assert np.array_equal(fit, data.labelled(*cfg.data.labelled_draw()))
+    assert np.array_equal(score, data.table.indices("val"))
+    data.table.split[data.table.split == "val"] = "train"  # a dataset without a val split
+    fit, score = pretrain_mod.monitor_rows(data, cfg)
+    train = data.table.indices("train")
+    assert np.array_equal(score, np.setdiff1d(train, fit))  # all of them (< 2,000), not fit's
+
+
 def test_pretrain_resume_matches_uninterrupted_run(data_dir, pretrained, tmp_path, monkeypatch):
     out = tmp_path / "pre"
     _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
@@ -119,6 +131,10 @@ def test_a_stage1_checkpoint_of_another_backbone_is_named(data_dir, pretrained, 
     cfg = cfg_for(data_dir, "model.backbone=resnet18_small", f"finetune.pretrained={pretrained}")
     with pytest.raises(ConfigError, match=r"is a resnet18 network.*model.backbone=resnet18"):
         finetune(cfg, tmp_path / "other", progress=False)
+    cfg = cfg_for(data_dir, f"finetune.pretrained={pretrained}")
+    net = finetune_mod.classifier_network(cfg.model, 3, 5)  # an RGB dataset's network
+    with pytest.raises(ConfigError, match="trained on 1-channel images, this dataset has 3"):
+        finetune_mod.init_from_pretrained(net, str(pretrained), 3, cfg.model.backbone)
 
 
 def test_s2mts2_needs_a_pretrained_checkpoint(data_dir, tmp_path):
@@ -270,13 +286,20 @@ def test_stage2_streams_are_the_labelled_subset_and_the_other_training_images(
     data_dir, tmp_path, monkeypatch
 ):
     streams = _stage2_streams(monkeypatch)
-    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1")
+    ratio = ["finetune.unlabelled_ratio=1.5", "finetune.batch_size=6"]
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1", *ratio)
     finetune(cfg, tmp_path / "run", progress=False)
     data = PreparedData.open(data_dir, cfg.data.size)
     labelled, unlabelled = (np.sort(s.rows) for s in streams)
     assert np.array_equal(labelled, data.labelled(*cfg.data.labelled_draw()))
     train = data.table.indices("train")
     assert np.array_equal(unlabelled, np.setdiff1d(train, labelled))  # no val or test image
+    assert [s.batch_size for s in streams] == [6, 9]  # unlabelled: ratio × labelled batch
+    # every training image labelled: the unlabelled stream is the training set again
+    streams.clear()
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1", "data.labelled=1")
+    finetune(cfg, tmp_path / "all", progress=False)
+    assert np.array_equal(np.sort(streams[1].rows), train)
 
 
 @pytest.mark.parametrize(
@@ -313,6 +336,34 @@ def test_stage2_keeps_the_teacher_of_the_best_validation_epoch(
     teacher = load_classifier(last).state_dict()
     assert all(torch.equal(teacher[k], v) for k, v in scored[-1].items())  # not the student
     assert max_diff(load_classifier(last, "student").state_dict(), scored[-1]) > 0
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_positive_weights_come_from_the_labelled_images_only(
+    data_dir, tmp_path, monkeypatch, enabled
+):
+    from s2mts2.losses.supervised import positive_weights
+
+    weights = []
+
+    def recording_step(student, teacher, optimizer, augment, task, pos_weight, *rest):
+        weights.append(pos_weight)
+        raise KeyboardInterrupt  # nothing to train
+
+    monkeypatch.setattr(finetune_mod, "MeanTeacherStep", recording_step)
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", f"finetune.pos_weight={enabled}")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg, tmp_path / "run", progress=False)
+    data = PreparedData.open(data_dir, cfg.data.size)
+    if not enabled:
+        assert weights == [None]
+        return
+    labelled = data.labelled(*cfg.data.labelled_draw())
+    expected = positive_weights(data.table.labels[labelled])  # the unlabelled stay unseen
+    assert not torch.equal(
+        expected, positive_weights(data.table.labels[data.table.indices("train")])
+    )
+    assert torch.equal(weights[0], expected)
 
 
 def test_under_ddp_both_stage2_streams_take_this_ranks_slice(data_dir, tmp_path, monkeypatch):
@@ -455,16 +506,17 @@ def test_a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint(
 def test_evaluate_scores_the_eval_classes_by_patient_and_checks_the_data(
     data_dir, tmp_path, monkeypatch
 ):
-    ckpt = finetune(
-        cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1"),
-        tmp_path / "ft",
-        progress=False,
-    )
     data = tmp_path / "data"  # a copy whose mean AUC leaves the last class out
     shutil.copytree(data_dir, data)
     meta = json.loads((data / "table.json").read_text())
     meta["eval_classes"] = meta["classes"][:-1]
     (data / "table.json").write_text(json.dumps(meta))
+    ckpt = finetune(
+        cfg_for(data, "finetune.method=mean-teacher", "finetune.epochs=1"),
+        tmp_path / "ft",
+        progress=False,
+    )
+    assert load_checkpoint(ckpt)["meta"]["eval_classes"] == meta["classes"][:-1]
     calls = []
     real = evaluate_mod.evaluate_predictions
     monkeypatch.setattr(
@@ -483,6 +535,24 @@ def test_evaluate_scores_the_eval_classes_by_patient_and_checks_the_data(
     (data / "table.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"classes \['Renamed'.* differ from the checkpoint's"):
         evaluate_checkpoint(ckpt, split="val", data_dir=data, device="cpu")
+
+
+def test_predict_on_the_image_files_equals_evaluation_on_the_cache(data_dir, tmp_path):
+    """Inference (files, the checkpoint's stored preprocessing) sees what training and
+    evaluation saw (the cache, the evaluation transform)."""
+    from s2mts2.infer.predict import run_predict
+
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1")
+    ckpt = finetune(cfg, tmp_path / "ft", progress=False)
+    data = PreparedData.open(data_dir, cfg.data.size)
+    idx = data.table.indices("val")[:6]
+    net = load_classifier(load_checkpoint(ckpt))
+    cpu = torch.device("cpu")
+    expected = finetune_mod.predict(net, data, idx, 16, cpu, Precision("cpu"), "multilabel")
+    files = [data.table.paths[i] for i in idx]
+    result = run_predict(ckpt, files, out=tmp_path / "p.csv", device="cpu", progress=False)
+    got = np.array([p.probabilities for p in result.predictions])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_cli_stages_end_to_end(data_dir, pretrained, tmp_path, capsys):
