@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from spies import spy
 from step_settings import SETTINGS
 
 from s2mts2.engine.bench import contrastive_step
@@ -59,14 +60,7 @@ def test_the_step_scores_the_students_query_against_each_images_own_teacher_keys
 def test_shuffled_bn_draws_a_new_permutation_every_step(monkeypatch):
     import s2mts2.engine.pretrain as pretrain_mod
 
-    seeds = []
-    real = pretrain_mod.shuffled_forward
-
-    def recording(run, x, seed):
-        seeds.append(seed)
-        return real(run, x, seed)
-
-    monkeypatch.setattr(pretrain_mod, "shuffled_forward", recording)
+    calls = spy(monkeypatch, pretrain_mod, "shuffled_forward")
     step = contrastive_step(SETTINGS, 1, torch.device("cpu"))
     step.shuffle_bn, step.seed = True, 5
     views = torch.randn(
@@ -74,4 +68,7 @@ def test_shuffled_bn_draws_a_new_permutation_every_step(monkeypatch):
     )
     step.train(views, 1.0)
     step.train(views, 1.0)
-    assert seeds == [5 * 1_000_003, 5 * 1_000_003 + 1]  # (seed, teacher updates so far)
+    assert [args[2] for args, _ in calls] == [
+        5 * 1_000_003,
+        5 * 1_000_003 + 1,
+    ]  # (seed, teacher updates so far)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from spies import spy
 from state_dicts import max_diff
 
 import s2mts2.engine.evaluate as evaluate_mod
@@ -233,22 +234,16 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
 def test_each_epoch_continues_the_streams_and_the_schedule_where_the_last_one_stopped(
     data_dir, tmp_path, monkeypatch, module
 ):
-    calls, lrs, generators = [], [], []
+    calls, lrs = [], []
 
     class RecordingLoader(module.BatchLoader):
         def steps(self, start, stop):
             calls.append((id(self), start, stop))
             return super().steps(start, stop)
 
-    real_generator = module.epoch_generator
-
-    def recording_generator(device, seed, epoch, **kwargs):
-        generators.append(epoch)
-        return real_generator(device, seed, epoch, **kwargs)
-
     monkeypatch.setattr(module, "BatchLoader", RecordingLoader)
     monkeypatch.setattr(module, "set_lr", lambda optimizer, lr: lrs.append(lr))
-    monkeypatch.setattr(module, "epoch_generator", recording_generator)
+    generators = spy(monkeypatch, module, "epoch_generator")
     warmup = ["pretrain.warmup_epochs=1", "finetune.warmup_epochs=1"]
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", *warmup)
     run = pretrain if module is pretrain_mod else finetune
@@ -264,7 +259,7 @@ def test_each_epoch_continues_the_streams_and_the_schedule_where_the_last_one_st
     base = (cfg.pretrain if module is pretrain_mod else cfg.finetune).lr
     total = 2 * per_epoch
     assert lrs == [cosine_lr(base, s, total, per_epoch) for s in range(total)]
-    assert generators == [0, 1]
+    assert [args[2] for args, _ in generators] == [0, 1]  # (device, seed, epoch)
 
 
 def _stage2_streams(monkeypatch, stop_after: int | None = None) -> list:
@@ -517,14 +512,10 @@ def test_evaluate_scores_the_eval_classes_by_patient_and_checks_the_data(
         progress=False,
     )
     assert load_checkpoint(ckpt)["meta"]["eval_classes"] == meta["classes"][:-1]
-    calls = []
-    real = evaluate_mod.evaluate_predictions
-    monkeypatch.setattr(
-        evaluate_mod, "evaluate_predictions", lambda *a, **k: (calls.append(k), real(*a, **k))[1]
-    )
+    calls = spy(monkeypatch, evaluate_mod, "evaluate_predictions")
     metrics = evaluate_checkpoint(ckpt, split="val", data_dir=data, n_boot=20, device="cpu")
     table = PreparedData.open(data, 16).table
-    ((kwargs,),) = [calls]
+    ((_, kwargs),) = calls
     assert kwargs["eval_classes"] == meta["classes"][:-1]
     assert list(kwargs["groups"]) == list(table.groups[table.indices("val")])
     assert len(set(kwargs["groups"])) < len(kwargs["groups"])  # patients with several images

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from PIL import Image
+from spies import spy
 
 from s2mts2.errors import ConfigError
 from s2mts2.eval import report as report_module
@@ -99,16 +100,9 @@ def test_roc_curves_use_the_known_labels_of_the_eval_classes_only(
     tmp_path, monkeypatch, multilabel
 ):
     probs, labels, classes = multilabel
-    curves = []
-
-    def recording_roc_curve(y, p):
-        curves.append((y.copy(), p.copy()))
-        return real(y, p)
-
-    real = report_module.roc_curve
-    monkeypatch.setattr(report_module, "roc_curve", recording_roc_curve)
+    curves = spy(monkeypatch, report_module, "roc_curve")
     plot_roc(probs, labels, classes, tmp_path / "roc.png", eval_classes=["Effusion"])
-    ((y, p),) = curves  # Effusion only; Hernia (no positives) and No Finding are left out
+    (((y, p), _),) = curves  # Effusion only; Hernia (no positives) and No Finding are left out
     known = ~np.isnan(labels[:, 0])  # four unknown labels
     assert np.array_equal(y, labels[known, 0]) and np.array_equal(p, probs[known, 0])
 
@@ -133,16 +127,13 @@ def test_plot_comparison_bars_writes_png(tmp_path, monkeypatch):
         "mean-teacher": {"mean_auc": 0.73},
         "s2mts2": {"mean_auc": None},
     }
-    texts = []
-    real = Axes.annotate
-
-    def recording_annotate(self, text, *args, **kwargs):
-        texts.append(text)
-        return real(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "annotate", recording_annotate)
+    calls = spy(monkeypatch, Axes, "annotate")
     path = plot_comparison_bars(results, "mean_auc", tmp_path / "bars.png", title="2 %")
-    assert texts == ["0.700", "0.730", "n/a"]  # a missing value is not drawn as 0
+    assert [args[1] for args, _ in calls] == [
+        "0.700",
+        "0.730",
+        "n/a",
+    ]  # a missing value is not drawn as 0
     assert path.stat().st_size > 1000
     with Image.open(path) as image:
         assert image.format == "PNG"
