@@ -123,6 +123,7 @@ def test_sampled_params_ranges_and_frequencies():
         assert factor.min() >= 0.6 and factor.max() <= 1.4
         assert abs(factor.mean().item() - 1.0) < 0.02
     assert hue.abs().max() <= 0.1 and hue.abs().max() > 0.09
+    assert hue.min() < -0.09 and hue.max() > 0.09  # both ways round the colour circle
     assert params.blur_sigma.min() >= 0.1 and params.blur_sigma.max() <= 2.0
 
     box = params.erase_box[params.erase]
@@ -130,6 +131,24 @@ def test_sampled_params_ranges_and_frequencies():
     assert erased_area.min() >= 0.02 - 1e-6 and erased_area.max() <= 0.33 + 1e-6
     box_ratio = box[:, 2] / box[:, 3]
     assert box_ratio.min() >= 0.3 - 1e-5 and box_ratio.max() <= 3.3 + 1e-5
+
+
+def test_strong_jitter_never_gives_negative_factors_and_unfit_boxes_are_not_erased():
+    erase = dict(erase_p=1.0, erase_scale=(0.9, 1.0), erase_ratio=(8.0, 9.0))  # never fits
+    cfg = AugmentConfig(brightness=1.5, contrast=1.2, **erase)
+    params = BatchAugment(cfg).sample_params(2000, generator=torch.Generator().manual_seed(4))
+    b, c, _, _ = params.jitter_factors.unbind(1)
+    assert b.min() >= 0.0 and c.min() >= 0.0 and b.max() > 2.4  # [max(0, 1 - v), 1 + v]
+    assert params.erase is not None and not params.erase.any()
+
+
+@pytest.mark.parametrize("mode", ["reflection", "border"])
+def test_the_configured_padding_fills_what_a_rotation_uncovers(mode):
+    cfg = AugmentConfig(padding_mode=mode, mean=(0.0,), std=(1.0,))
+    params = identity_params(1)
+    params.angle = torch.tensor([45.0])
+    out = BatchAugment(cfg).apply(torch.full((1, 1, 16, 16), 200, dtype=torch.uint8), params)
+    torch.testing.assert_close(out, torch.full_like(out, 200 / 255))  # no black corners
 
 
 def test_params_differ_across_the_batch():
