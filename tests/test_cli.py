@@ -5,6 +5,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from spies import stub
 
 import s2mts2.data.prepared
 import s2mts2.engine.evaluate
@@ -16,19 +17,8 @@ from s2mts2.cli import main
 
 @pytest.fixture
 def record(monkeypatch):
-    """record(module, name, result) replaces ``module.name`` by a recorder; returns its calls."""
-
-    def patch(module, name, result):
-        calls = []
-
-        def recorder(*args, **kwargs):
-            calls.append((args, kwargs))
-            return result
-
-        monkeypatch.setattr(module, name, recorder)
-        return calls
-
-    return patch
+    """record(module, name, result): ``module.name`` returns ``result``; returns its calls."""
+    return lambda module, name, result: stub(monkeypatch, module, name, result)
 
 
 def test_prepare_flags(record, tmp_path, capsys):
