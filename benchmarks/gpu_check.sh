@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# CUDA check in one go, for a session lent an H100/H200 (about 8 minutes of device time: tests
-# 0.5, cli 0.7-1.3, bench_shared 2, shared 1.5, profile 0.5, bench 2 on an H100 / H200; give the
-# run call timeout_s 600). Parts run in that order, most needed first; each is stopped after
-# PART_LIMIT seconds (default 240) and none starts past BUDGET seconds (default 540), so the log
-# and the finished parts' files come back even when one part hangs.
+# CUDA check in one go, for a session lent an H100/H200 (give the run call timeout_s 600). Parts
+# run in the order given, most needed first; each is stopped after PART_LIMIT seconds (default
+# 240; compile 420, bench_compile 360; LIMIT_<part>=S sets one) and none starts past BUDGET
+# seconds (default 540), so the log and the finished parts' files come back even when one hangs.
+# Measured on an H100 / H200: tests 0.5, cli 0.7-1.3, bench_shared 2, shared 1.5, profile 0.5,
+# bench 2 minutes. Not measured yet: compile and bench_compile (each first compiles DenseNet-121
+# for both stages, estimated 2-4 minutes; Inductor's on-disk cache makes the second faster).
+# They come first by default, so the budget may skip the later parts: run those in a second call.
 # Run from the repository root; results go to $OUT (set by the device tool) or benchmarks/results.
 #
-#   bash benchmarks/gpu_check.sh [PART ...]   # default: tests cli bench_shared shared profile bench
-#                                              # also: precision (fp32/bf16/fp16, 0.8 min; decided:
-#                                              # bf16), cudnn (autotuning on/off, 2 min; decided: off)
+#   bash benchmarks/gpu_check.sh [PART ...]   # default: tests compile bench_compile shared
+#                                              # bench_shared cli profile bench
+#                                              # also: profile_compile (the compiled stage-1
+#                                              # step's profile), precision (fp32/bf16/fp16,
+#                                              # 0.8 min; decided: bf16), cudnn (autotuning
+#                                              # on/off, 2 min; decided: off)
 #
-# Writes up to eight files: log.txt (everything printed: GPU, tables, tests, the CLI run),
+# Writes up to eleven files: log.txt (everything printed: GPU, tables, tests, the CLI run),
+# compile-cuda.json (model-only bf16 steps eager and under torch.compile, alternating in one
+# process), speed-cuda-compile.json (`s2mts2 bench --compile`), profile-cuda-compile.json,
 # speed-cuda.json (`s2mts2 bench`: stage 1 and stage 2, model-only vs end-to-end, the reference
 # pipeline, prepare; DenseNet-121, 224 px, M = 2, batch 128 labelled + 128 unlabelled in stage 2),
 # speed-cuda-shared-bn-stats.json (the same with `--shared-bn-stats`), bn-stats-kernels-cuda.json
@@ -39,6 +47,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 OUT
 PART_LIMIT="${PART_LIMIT:-240}" BUDGET="${BUDGET:-540}"
+LIMIT_compile="${LIMIT_compile:-420}" LIMIT_bench_compile="${LIMIT_bench_compile:-360}"
 failed=0
 part() {  # part NAME: run the function NAME under a time limit, report its status
   local name=$1 left=$((BUDGET - SECONDS))
@@ -47,7 +56,9 @@ part() {  # part NAME: run the function NAME under a time limit, report its stat
     failed=$((failed + 1))
     return
   fi
-  local limit=$((left < PART_LIMIT ? left : PART_LIMIT))
+  local own="LIMIT_$name"  # a part's own limit, e.g. LIMIT_compile=420
+  local want=${!own:-$PART_LIMIT}
+  local limit=$((left < want ? left : want))
   echo "=== $name ($(date -u +%T), limit ${limit} s)"
   timeout -k 10 "$limit" bash -c "$name"
   local status=$?
@@ -61,6 +72,10 @@ bench() {
   python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
     --batch-size 128 --json "$OUT/speed-cuda.json"
 }
+bench_compile() {
+  python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
+    --batch-size 128 --compile --json "$OUT/speed-cuda-compile.json"
+}
 bench_shared() {
   python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
     --batch-size 128 --shared-bn-stats --json "$OUT/speed-cuda-shared-bn-stats.json"
@@ -68,6 +83,10 @@ bench_shared() {
 profile() {
   python3 benchmarks/profile_step.py --device cuda --model densenet121 --size 224 \
     --batch-size 128 --shared-bn-stats --json "$OUT/profile-cuda.json"
+}
+profile_compile() {  # stage 1 compiled (the warm-up compiles, from Inductor's cache if warm)
+  python3 benchmarks/profile_step.py --device cuda --model densenet121 --size 224 \
+    --batch-size 128 --compile --json "$OUT/profile-cuda-compile.json"
 }
 precision_steps() {
   python3 benchmarks/precision_steps.py --device cuda --model densenet121 --size 224 \
@@ -81,6 +100,9 @@ shared() {  # model.shared_bn_stats off / on, alternating (exact: tests/models/.
   local steps=$?
   python3 benchmarks/bn_stats_kernels.py --device cuda --batch-size 128 \
     --json "$OUT/bn-stats-kernels-cuda.json" && return "$steps"
+}
+compile() {  # eager / torch.compile, alternating (exact: tests/engine/test_compile.py)
+  precision_steps --precisions bf16 --compile both --json "$OUT/compile-cuda.json"
 }
 cudnn() {  # measured on an H100: no gain, so the engine leaves autotuning off
   precision_steps --precisions fp32 bf16 --cudnn-benchmark \
@@ -112,14 +134,15 @@ s = l(sys.argv[1]); print('stage 1 history', [(h['epoch'], h.get('loss'), \
 h.get('knn_mean_auc')) for h in s['history']])" "$t/pre/last.pt" &&
     head -3 "$t/predictions.csv" && { ls "$t/cam" | head -3 || true; }
 }
-export -f bench bench_shared profile precision_steps precision shared cudnn tests cli
+export -f bench bench_compile bench_shared profile profile_compile precision_steps precision \
+  compile shared cudnn tests cli
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, torch.cuda.get_device_name())"
   nproc
   local parts=("$@")
-  [ ${#parts[@]} -gt 0 ] || parts=(tests cli bench_shared shared profile bench)
+  [ ${#parts[@]} -gt 0 ] || parts=(tests compile bench_compile shared bench_shared cli profile bench)
   for name in "${parts[@]}"; do
     part "$name" "$name"
   done

@@ -1,17 +1,20 @@
-"""Model-only training steps in two precisions (or with and without shared BN statistics),
-alternating in one process.
+"""Model-only training steps in two precisions (or with and without shared BN statistics, or
+eager against ``torch.compile``), alternating in one process.
 
 Separate `s2mts2 bench --precision ...` runs are minutes apart, and on a shared machine their
 difference mixes precision with load. Here the stage-1 and stage-2 steps of each variant are
 built from the same weights and timed in turns within every round; the ratio is the median over
 rounds of back-to-back pairs. A variant is a precision, with ``+shared_bn_stats`` when
-``--shared-bn-stats on`` (or ``both``: each precision without, then with).
+``--shared-bn-stats on`` (or ``both``: each precision without, then with), and ``+compile`` when
+``--compile on`` (or ``both``); compiled variants compile in their first warm-up step.
 
     python benchmarks/precision_steps.py --model resnet18 --size 32 --batch-size 128 \\
         --json benchmarks/results/precision-steps-resnet18-32px.json
     python benchmarks/precision_steps.py --model densenet121 --precisions fp32 bf16 \\
         --shared-bn-stats both --size 64 --channels 1 --batch-size 32 --rounds 8 --steps 3 \\
         --json benchmarks/results/shared-bn-stats/steps-cpu-densenet121-64px.json
+    python benchmarks/precision_steps.py --model resnet18 --precisions fp32 --compile both \
+        --size 32 --batch-size 128 --json benchmarks/results/compile/steps-cpu-resnet18-32px.json
 
 Writes JSON: per variant and stage the fastest round (img/s) and every round, the median
 ratio of each variant to the first one, the settings, the machine and the command.
@@ -50,11 +53,14 @@ def measure(args: argparse.Namespace) -> dict:
         device=str(device), model=args.model, size=size, batch_size=b, queue_size=args.queue_size
     )
     precisions = [resolve_precision(p, device).name for p in args.precisions]
-    shared = {"off": (False,), "on": (True,), "both": (False, True)}[args.shared_bn_stats]
+    choices = {"off": (False,), "on": (True,), "both": (False, True)}
     variants = {
-        f"{p}+shared_bn_stats" if s else p: replace(base, precision=p, shared_bn_stats=s)
+        p + ("+shared_bn_stats" if s else "") + ("+compile" if c else ""): replace(
+            base, precision=p, shared_bn_stats=s, compile=c
+        )
         for p in precisions
-        for s in shared
+        for s in choices[args.shared_bn_stats]
+        for c in choices[args.compile]
     }
     data = BenchData(  # stage 2 needs only the task and the number of classes
         paths=[],
@@ -135,8 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         default="off",
         help="DenseNet: model.shared_bn_stats in every variant (on), none (off) or as a variant",
     )
+    ap.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="off",
+        help="torch.compile the steps' networks in every variant (on), none (off) or as a variant",
+    )
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.compile != "off" and args.warmup < 1:
+        ap.error("--compile needs --warmup ≥ 1 (the first call compiles)")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     result = measure(args)
     for p, stages in result["img_s"].items():

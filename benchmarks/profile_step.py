@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rows", type=int, default=25, help="operators shown")
     ap.add_argument("--shared-bn-stats", action="store_true", help="model.shared_bn_stats: true")
+    ap.add_argument("--compile", action="store_true", help="compile: true (warm-up compiles)")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         views=args.views,
         batch_size=args.batch_size,
         shared_bn_stats=args.shared_bn_stats,
+        compile=args.compile,
     )
     step = contrastive_step(s, args.channels, device)
     gen = epoch_generator(device, 0, 0)

@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="DenseNet: each feature map's batch statistics once per block (model.shared_bn_stats)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="the engine's steps through torch.compile (the config's compile; the first warm-up "
+        "step compiles)",
+    )
     p.add_argument("--json", type=Path, required=True, help="write the result to this JSON file")
 
     p = sub.add_parser("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
@@ -259,6 +265,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             threads=args.threads,
             data=str(args.data) if args.data else None,
             shared_bn_stats=args.shared_bn_stats,
+            compile=args.compile,
         )
         result = run_bench(settings, quick=args.quick, command=command)
         print(format_table(result))

@@ -136,6 +136,9 @@ class RunConfig:
     # forward passes: bf16 / fp16 autocast + channels-last, or fp32 NCHW; auto = bf16 on GPUs
     # with native bf16, fp16 (loss-scaled) on older GPUs, fp32 on CPUs
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # torch.compile the networks of the training steps (TorchInductor: fused kernels, compiled
+    # at the first steps); the same numbers up to float rounding
+    compile: bool = False
     threads: int = 0  # torch CPU threads (0 = all cores)
     log_every: int = 10  # steps between progress-bar metric refreshes (no per-step host sync)
     data: DataConfig = field(default_factory=DataConfig)

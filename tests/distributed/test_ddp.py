@@ -210,11 +210,16 @@ def test_torchrun_cli_runs_both_stages(data_dir, tmp_path):
     flags = [a for s in sets for a in ("--set", s)]
     demo = str(REPO / "configs" / "demo.yaml")
     pre, ft = tmp_path / "pre", tmp_path / "ft"
-    done = torchrun("-m", "s2mts2", "pretrain", "--config", demo, *flags, "--out", str(pre))
+    compiled = ["--set", "compile=true"]  # stage 1: torch.compile of the DDP student
+    done = torchrun(
+        "-m", "s2mts2", "pretrain", "--config", demo, *flags, *compiled, "--out", str(pre)
+    )
     state = load_checkpoint(pre / "last.pt")
     assert state["kind"] == "pretrain" and state["epoch"] == 1
+    assert state["config"]["compile"] is True and np.isfinite(state["history"][-1]["loss"])
     assert state["history"][-1]["knn_mean_auc"] is not None  # sharded + gathered kNN monitor
     assert done.stderr.count("pretrain epoch 1/1") == 1  # rank 0 alone logs
+    assert done.stderr.count("compile: the first training steps compile") == 1
     pretrained = f"finetune.pretrained={pre / 'last.pt'}"
     torchrun(
         "-m", "s2mts2", "finetune", "--config", demo, *flags, "--set", pretrained, "--out", str(ft)

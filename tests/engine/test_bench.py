@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from spies import spy
 
 from s2mts2.cli import main
 from s2mts2.data.imageio import load_preprocessed
@@ -75,8 +76,11 @@ def test_tiny_bench_measures_every_key(tiny_result):
     table = format_table(tiny_result)
     assert "stage 1 end-to-end" in table and "reference pipeline" in table
     assert "shared BN statistics" not in table
+    assert "torch.compile" not in table
     shared = {**tiny_result, "settings": {**tiny_result["settings"], "shared_bn_stats": True}}
     assert ", shared BN statistics," in format_table(shared)
+    compiled = {**tiny_result, "settings": {**tiny_result["settings"], "compile": True}}
+    assert ", torch.compile," in format_table(compiled)
 
 
 def test_cli_writes_json_and_prints_table(tmp_path, monkeypatch, capsys, tiny_result):
@@ -89,13 +93,14 @@ def test_cli_writes_json_and_prints_table(tmp_path, monkeypatch, capsys, tiny_re
     monkeypatch.setattr(bench, "run_bench", fake_run)
     out = tmp_path / "results" / "speed.json"
     argv = ["bench", "--device", "cpu", "--model", "resnet18", "--size", "32", "--views", "3"]
-    argv += ["--batch-size", "8", "--quick", "--shared-bn-stats", "--json", str(out)]
+    argv += ["--batch-size", "8", "--quick", "--shared-bn-stats", "--compile", "--json", str(out)]
     assert main(argv) == 0
     assert json.loads(out.read_text())["pretrain_model_only_img_s"] > 0
     assert "stage 2 end-to-end" in capsys.readouterr().out
     s = seen["settings"]
     assert (s.device, s.model, s.size, s.views, s.batch_size) == ("cpu", "resnet18", 32, 3, 8)
     assert s.steps is None and s.data is None and seen["quick"] and s.shared_bn_stats
+    assert s.compile
     assert seen["command"].startswith("s2mts2 bench")
 
 
@@ -157,6 +162,14 @@ def test_settings_quick_defaults_and_validation():
         resolve_settings(BenchSettings(channels=2), False, cpu)
     with pytest.raises(ConfigError, match="images"):
         resolve_settings(BenchSettings(images=5), False, cpu)
+
+
+def test_bench_compile_is_checked_like_the_training_setting(monkeypatch):
+    checks = spy(monkeypatch, bench, "check_compile")
+    cpu = torch.device("cpu")
+    assert resolve_settings(BenchSettings(compile=True), False, cpu).compile
+    resolve_settings(BenchSettings(), False, cpu)
+    assert [args for args, _ in checks] == [(True,), (False,)]
 
 
 def test_reference_views_follow_the_augmentation_config(tmp_path):

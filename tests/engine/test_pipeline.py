@@ -341,7 +341,7 @@ def test_positive_weights_come_from_the_labelled_images_only(
 
     weights = []
 
-    def recording_step(student, teacher, optimizer, augment, task, pos_weight, *rest):
+    def recording_step(student, teacher, optimizer, augment, task, pos_weight, *rest, **named):
         weights.append(pos_weight)
         raise KeyboardInterrupt  # nothing to train
 

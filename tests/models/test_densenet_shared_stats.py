@@ -67,6 +67,29 @@ def test_training_forward_equals_torchvision_in_float64(drop_rate, device):
     assert all(b.item() == 1 for k, b in net.state_dict().items() if k.endswith("tracked"))
 
 
+def test_compiles_to_one_graph_that_equals_torchvision_in_float64():
+    """``compile: true`` with ``model.shared_bn_stats``: Dynamo traces the whole forward, the
+    custom autograd functions and the running-statistics update included (fullgraph: a graph
+    break is an error; one did break it, a ``no_grad``-decorated method)."""
+    torch._dynamo.reset()
+    net = _densenet()
+    ref = copy.deepcopy(net)
+    x = torch.randn(3, 3, 48, 48, dtype=torch.float64) * 2 + 0.5
+    compiled = torch.compile(shared.forward_shared_stats, fullgraph=True, dynamic=False)
+    xg = x.clone().requires_grad_()
+    y = compiled(net.features, xg)
+    weights = torch.linspace(-1, 2, y.numel(), dtype=y.dtype).view_as(y)
+    (y.float() * weights.float()).sum().backward()
+    y_ref, gx_ref, grads_ref = _forward_backward(ref.features, x, fast=False)
+    assert (y - y_ref).abs().max() < 1e-10 * y_ref.abs().max()
+    assert (xg.grad - gx_ref).abs().max() < 1e-6 * gx_ref.abs().max()  # fp32 loss, as above
+    grads = {n: p.grad for n, p in net.features.named_parameters()}
+    assert max_diff(grads, grads_ref) < 1e-6 * max(g.abs().max().item() for g in grads_ref.values())
+    assert max_diff(net.state_dict(), ref.state_dict()) < 1e-12
+    assert all(b.item() == 1 for k, b in net.state_dict().items() if k.endswith("tracked"))
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_forward_without_autograd_equals_torchvision_in_float64(device, layout):

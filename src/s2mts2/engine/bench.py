@@ -55,7 +55,13 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, classifier_network, pretrain_network
 from s2mts2.engine.finetune import MeanTeacherStep, build_optimizer
 from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator
-from s2mts2.engine.runtime import Precision, resolve_device, resolve_precision, setup_threads
+from s2mts2.engine.runtime import (
+    Precision,
+    check_compile,
+    resolve_device,
+    resolve_precision,
+    setup_threads,
+)
 from s2mts2.errors import ConfigError
 from s2mts2.models.ema import EmaTeacher
 from s2mts2.models.queue import NegativeQueue
@@ -87,7 +93,9 @@ class BenchSettings:
     ``precision``: of the engine's steps, as the training config's ``precision`` (resolved to a
     name by :func:`resolve_settings`); the reference pipeline always runs fp32 NCHW;
     ``shared_bn_stats``: the engine's DenseNet computes each feature map's batch statistics once
-    (``model.shared_bn_stats``; the reference pipeline runs torchvision's forward).
+    (``model.shared_bn_stats``; the reference pipeline runs torchvision's forward);
+    ``compile``: the engine's steps run their networks through ``torch.compile`` (the config's
+    ``compile``; the first warm-up step compiles, the reference pipeline runs eagerly).
     """
 
     device: str = "auto"
@@ -110,6 +118,7 @@ class BenchSettings:
     threads: int = 0
     seed: int = 0
     shared_bn_stats: bool = False
+    compile: bool = False
 
 
 DEFAULTS = {
@@ -132,6 +141,7 @@ def resolve_settings(settings: BenchSettings, quick: bool, device: torch.device)
     filled = {k: v for k, v in preset.items() if getattr(settings, k) is None}
     out = replace(settings, device=str(device), **filled)
     out.precision = resolve_precision(out.precision, device).name
+    check_compile(out.compile)
     if out.source_size is None:
         out.source_size = round(out.size * 8 / 7)
     positive = ("size", "views", "batch_size", "steps", "images", "prepare_images", "repeats")
@@ -286,6 +296,7 @@ def contrastive_step(
         cfg=pc,
         precision=precision,
         scaler=precision.scaler(),
+        compile=s.compile and engine,
     )
 
 
@@ -310,6 +321,7 @@ def mean_teacher_step(
         independent_views=fc.independent_views,
         precision=precision,
         scaler=precision.scaler(),
+        compile=s.compile,
     )
     return step, max(1, round(s.batch_size * fc.unlabelled_ratio))
 
@@ -571,7 +583,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"(+{s['warmup']} warm-up, best of {s['repeats']}), threads {result['torch_threads']} "
         f"(OMP_WAIT_POLICY {result['omp_wait_policy'] or 'unset'}), "
         f"{result['device_name']} ({result['device']}), {s['precision']}"
-        f"{', shared BN statistics' if s.get('shared_bn_stats') else ''}, torch "
+        f"{', shared BN statistics' if s.get('shared_bn_stats') else ''}"
+        f"{', torch.compile' if s.get('compile') else ''}, torch "
         f"{result['torch_version']}, load {result['load_average_before'][0]:.2f}"
     )
     rows = [

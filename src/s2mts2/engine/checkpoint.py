@@ -109,10 +109,11 @@ def training_state(kind: str, modules: dict[str, Any], **values: Any) -> dict[st
     }
 
 
-# config keys a resumed run may change: where it runs and what it only reads or reports
+# config keys a resumed run may change: where and how it runs, what it only reads or reports
 RESUME_MAY_CHANGE = frozenset(
     {
         "device",
+        "compile",
         "threads",
         "log_every",
         "data.dir",

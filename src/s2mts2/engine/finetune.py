@@ -65,7 +65,9 @@ from s2mts2.engine.pretrain import epoch_generator
 from s2mts2.engine.runinfo import write_run_info
 from s2mts2.engine.runtime import (
     Precision,
+    check_compile,
     check_finite,
+    compiled,
     cosine_lr,
     resolve_precision,
     set_lr,
@@ -89,7 +91,8 @@ class MeanTeacherStep:
     views(labelled u8 (B, C, H, W), unlabelled u8 (U, C, H, W) | None) -> (x, u_student, u_teacher);
     train(x, y (B, C), u_student, u_teacher, w) -> (loss, supervised, consistency) 0-d tensors.
     Under DDP ``student`` is the DDP wrapper and B, U are this rank's batches. Forward passes run
-    in ``precision``; ``scaler`` scales the loss (a pass-through unless fp16).
+    in ``precision``; ``scaler`` scales the loss (a pass-through unless fp16); ``compile`` runs
+    student and teacher through ``torch.compile`` (:func:`compiled`).
     """
 
     student: torch.nn.Module
@@ -101,6 +104,11 @@ class MeanTeacherStep:
     independent_views: bool
     precision: Precision
     scaler: torch.amp.GradScaler
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        self._student = compiled(self.student, self.compile)
+        self._teacher = compiled(self.teacher, self.compile)
 
     def views(
         self, labelled: torch.Tensor, unlabelled: torch.Tensor | None, gen: torch.Generator
@@ -121,11 +129,11 @@ class MeanTeacherStep:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = x if u_student is None else torch.cat([x, u_student])
         with self.precision.autocast():
-            logits = self.student(self.precision.layout(inputs)).float()
+            logits = self._student(self.precision.layout(inputs)).float()
             teacher_logits = None
             if u_teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = self.teacher(self.precision.layout(u_teacher)).float()
+                    teacher_logits = self._teacher(self.precision.layout(u_teacher)).float()
         sup = supervised_loss(logits[: len(x)], y, self.task, self.pos_weight)
         if teacher_logits is None:
             cons = torch.zeros((), device=logits.device)
@@ -274,6 +282,7 @@ def _finetune(
     if fc.method == "s2mts2":
         init_from_pretrained(net, fc.pretrained, t.channels, cfg.model.backbone)
     precision = resolve_precision(cfg.precision, device)
+    check_compile(cfg.compile)
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     # The supervised baseline never runs its teacher on training images, so the teacher cannot
     # keep BatchNorm statistics of its own: average the student's instead.
@@ -313,6 +322,7 @@ def _finetune(
         fc.independent_views,
         precision,
         scaler,
+        compile=cfg.compile,
     )
     history = History(out, rows) if is_main() else None
     if is_main():

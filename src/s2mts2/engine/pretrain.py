@@ -75,7 +75,9 @@ from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.runinfo import write_run_info
 from s2mts2.engine.runtime import (
     Precision,
+    check_compile,
     check_finite,
+    compiled,
     cosine_lr,
     resolve_precision,
     set_lr,
@@ -116,7 +118,8 @@ class ContrastiveStep:
     this rank's, not synchronised to the host). Under DDP ``student`` is the DDP wrapper, B the
     per-rank batch; ``shuffle_bn`` runs the teacher with batch-shuffle BN, its permutation drawn
     from (``seed``, teacher update count), the same on every rank. Forward passes run in
-    ``precision``; ``scaler`` scales the loss (a pass-through unless fp16).
+    ``precision``; ``scaler`` scales the loss (a pass-through unless fp16); ``compile`` runs
+    student and teacher through ``torch.compile`` (:func:`compiled`).
     """
 
     student: torch.nn.Module
@@ -129,6 +132,11 @@ class ContrastiveStep:
     scaler: torch.amp.GradScaler
     shuffle_bn: bool = False
     seed: int = 0
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        self._student = compiled(self.student, self.compile)
+        self._teacher = compiled(self.teacher, self.compile)
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return multi_view(images, 1 + self.cfg.views, self.augment, generator)
@@ -137,7 +145,7 @@ class ContrastiveStep:
         m, b = self.cfg.views, views.shape[1]
         query, keys_in = views[0], views[1:].flatten(0, 1)
         with self.precision.autocast():
-            q = self.student(self.precision.layout(query))
+            q = self._student(self.precision.layout(query))
             with torch.no_grad():
                 k = self._teacher_forward(keys_in)
         keys = k.float().view(m, b, -1).transpose(0, 1)  # (B, M, D)
@@ -158,7 +166,7 @@ class ContrastiveStep:
         """Teacher embeddings (M·B, D) of the key views (M·B, C, S, S), shuffled BN if enabled."""
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return self.teacher(self.precision.layout(x))
+            return self._teacher(self.precision.layout(x))
 
         if not self.shuffle_bn:
             return run(keys_in)
@@ -253,6 +261,7 @@ def _pretrain(
 
     net = pretrain_network(cfg.model, table.channels)
     precision = resolve_precision(cfg.precision, device)
+    check_compile(cfg.compile)
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     teacher = EmaTeacher(net, decay=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
@@ -306,6 +315,7 @@ def _pretrain(
         scaler,
         shuffle_bn=pc.shuffle_bn and not cfg.model.sync_bn and world > 1,
         seed=cfg.seed,
+        compile=cfg.compile,
     )
     history = History(out, rows) if is_main() else None
     if is_main():

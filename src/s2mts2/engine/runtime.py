@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -119,6 +123,31 @@ def _cpu_bf16() -> bool:
 def _cuda_bf16(device: torch.device) -> bool:
     with torch.cuda.device(device):
         return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def compiled(module: torch.nn.Module, enabled: bool) -> Callable[..., Any]:
+    """``module`` compiled by ``torch.compile`` (TorchInductor, static shapes) when ``enabled``.
+
+    The compiled callable shares the module's parameters and buffers: optimiser, EMA updates,
+    checkpoints and evaluation keep using ``module`` itself (no ``_orig_mod.`` keys). Each
+    distinct input shape compiles once, at its first call; a training step has one per network.
+    """
+    return torch.compile(module, dynamic=False) if enabled else module
+
+
+def check_compile(enabled: bool) -> None:
+    """``compile: true`` needs a C compiler (TorchInductor builds its CPU kernels and Triton its
+    GPU launcher with it): without one, stop before training with a message that says so."""
+    if not enabled:
+        return
+    log.info("compile: the first training steps compile the networks (a minute or more)")
+    names = [os.environ.get("CXX", ""), os.environ.get("CC", ""), "g++", "c++", "clang++", "cc"]
+    if not any(name and shutil.which(name) for name in names):
+        raise ConfigError(
+            "compile: true needs a C/C++ compiler on PATH (TorchInductor compiles its kernels "
+            "with one); none of g++, c++, clang++, cc was found: install one (e.g. gcc) or "
+            "--set compile=false"
+        )
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0) -> float:

@@ -127,19 +127,22 @@ class _Chunks:
         x = torch.cat(self.maps, 1)
         return _NormaliseWithStats.apply(x, self.mean, self.var, bn.weight, bn.bias, bn.eps)
 
-    @torch.no_grad()
     def update_running_stats(self) -> None:
-        """What each reader would have done: running averages with the unbiased variance."""
+        """What each reader would have done: running averages with the unbiased variance.
+
+        (``no_grad`` as a block, not a decorator: torch.compile cannot trace a decorated method.)
+        """
         count = self.maps[0].numel() // self.maps[0].shape[1]
         norms = [bn for bn, _, _ in self.readers]
         momenta = [float(bn.momentum) for bn in norms]  # type: ignore[arg-type]
-        means = [mean.detach() for _, mean, _ in self.readers]
-        unbiased = torch._foreach_mul(
-            [var.detach() for _, _, var in self.readers], count / (count - 1)
-        )
-        torch._foreach_lerp_([bn.running_mean for bn in norms], means, momenta)
-        torch._foreach_lerp_([bn.running_var for bn in norms], unbiased, momenta)
-        torch._foreach_add_([bn.num_batches_tracked for bn in norms], 1)
+        with torch.no_grad():
+            means = [mean.detach() for _, mean, _ in self.readers]
+            unbiased = torch._foreach_mul(
+                [var.detach() for _, _, var in self.readers], count / (count - 1)
+            )
+            torch._foreach_lerp_([bn.running_mean for bn in norms], means, momenta)
+            torch._foreach_lerp_([bn.running_var for bn in norms], unbiased, momenta)
+            torch._foreach_add_([bn.num_batches_tracked for bn in norms], 1)
 
 
 def _dense_layer(layer: tvd._DenseLayer, chunks: _Chunks) -> torch.Tensor:
