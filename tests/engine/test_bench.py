@@ -83,6 +83,54 @@ def test_tiny_bench_measures_every_key(tiny_result):
     assert ", torch.compile," in format_table(compiled)
 
 
+def test_every_figure_comes_from_its_own_timings(monkeypatch):
+    """Scripted seconds per measurement, two rounds: each speed is the images per step over the
+    fastest round, each ratio the median over rounds of two figures timed back to back, and the
+    reference runs its own (longer) schedule."""
+    script = [
+        # stage 1, per round: model-only, augmentation, end-to-end, reference
+        *(0.5, 0.05, 0.6, 1.2),
+        *(0.4, 0.03, 0.5, 1.6),
+        # stage 2, per round: model-only, end-to-end
+        *(0.8, 1.0),
+        *(1.0, 1.1),
+    ]
+    calls = []
+
+    def scripted(step, warmup, steps, device):
+        step()  # the real step runs once, so the measured code path is exercised
+        calls.append((warmup, steps))
+        return script[len(calls) - 1]
+
+    monkeypatch.setattr(bench, "time_steps", scripted)
+    settings = BenchSettings(**{**TINY, "repeats": 2, "steps": 2, "warmup": 1})
+    r = run_bench(settings, command="test")
+    assert len(calls) == len(script)
+    reference = (1 + 2, 4)  # warm-up + the 2 prefetched batches of 1 worker; 2 x 2 timed
+    assert calls[:8] == [(1, 2), (1, 2), (1, 2), reference] * 2
+    assert calls[8:] == [(1, 2)] * 4
+    b, fine_b = 4, 8
+    assert r["pretrain_model_only_img_s"] == pytest.approx(b / 0.4)
+    assert r["pretrain_augment_img_s"] == pytest.approx(b / 0.03)
+    assert r["pretrain_end_to_end_img_s"] == pytest.approx(b / 0.5)
+    assert r["reference_pipeline_img_s"] == pytest.approx(b / 1.2)
+    assert r["finetune_model_only_img_s"] == pytest.approx(fine_b / 0.8)
+    assert r["finetune_end_to_end_img_s"] == pytest.approx(fine_b / 1.0)
+    assert r["pretrain_end_to_end_fraction"] == pytest.approx((0.5 / 0.6 + 0.4 / 0.5) / 2)
+    assert r["finetune_end_to_end_fraction"] == pytest.approx((0.8 / 1.0 + 1.0 / 1.1) / 2)
+    assert r["end_to_end_vs_reference"] == pytest.approx((1.2 / 0.6 + 1.6 / 0.5) / 2)
+    assert r["pretrain_augment_share"] == pytest.approx((0.05 / 0.5 + 0.03 / 0.4) / 2)
+
+
+def test_time_steps_times_only_the_steps_after_the_warm_up(monkeypatch):
+    events = []
+    clock = iter([10.0, 16.0])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: events.append("t") or next(clock))
+    seconds = bench.time_steps(lambda: events.append("s"), 2, 3, torch.device("cpu"))
+    assert seconds == 2.0
+    assert events == ["s", "s", "t", "s", "s", "s", "t"]
+
+
 def test_cli_writes_json_and_prints_table(tmp_path, monkeypatch, capsys, tiny_result):
     seen = {}
 

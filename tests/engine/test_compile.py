@@ -123,6 +123,8 @@ def test_only_the_engine_steps_of_the_bench_are_compiled():
     assert reference._student is reference.student and reference._teacher is reference.teacher
     plain = mean_teacher_step(SETTINGS, DATA, CPU)[0]
     assert plain._student is plain.student and plain._teacher is plain.teacher
+    fast = mean_teacher_step(s, DATA, CPU)[0]
+    assert fast._student is not fast.student and fast._teacher is not fast.teacher
 
 
 def test_compile_without_a_compiler_stops_with_the_option_named(monkeypatch):
