@@ -21,6 +21,7 @@ from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.engine.runinfo import environment
 from s2mts2.eval.report import comparison_table, plot_comparison_bars
+from s2mts2.files import write_text_atomic
 
 log = logging.getLogger("s2mts2")
 
@@ -93,7 +94,7 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> 
         f"Test split, teacher model. Run time {results['minutes']:.1f} min.\n\n"
         f"{table}\n\nPer method: `{out}/<method>/eval-test/report.md` and `roc.png`.\n"
     )
-    (out / "report.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_text_atomic(out / "report.md", report)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=str))
     print(report)
     return results
