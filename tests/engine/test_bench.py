@@ -61,6 +61,7 @@ def test_tiny_bench_measures_every_key(tiny_result):
     ):
         assert math.isfinite(tiny_result[key]) and tiny_result[key] > 0, key
     assert tiny_result["prepare_single_workers"] == 1
+    assert tiny_result["prepare_parallel_workers"] == os.cpu_count()
     # Stage 2 counts labelled + unlabelled images (unlabelled_ratio 1 by default).
     assert tiny_result["finetune_images_per_step"] == 8
     assert tiny_result["device"] == "cpu" and tiny_result["device_name"]
@@ -103,9 +104,18 @@ def test_every_figure_comes_from_its_own_timings(monkeypatch):
         return script[len(calls) - 1]
 
     monkeypatch.setattr(bench, "time_steps", scripted)
+    built = spy(monkeypatch, bench, "contrastive_step")
+    views1 = spy(monkeypatch, bench.ContrastiveStep, "views")
+    views2 = spy(monkeypatch, bench.MeanTeacherStep, "views")
     settings = BenchSettings(**{**TINY, "repeats": 2, "steps": 2, "warmup": 1})
     r = run_bench(settings, command="test")
     assert len(calls) == len(script)
+    # the engine's step, and the reference: what users run today, fp32 NCHW, never compiled
+    assert [kwargs.get("engine", True) for _, kwargs in built] == [True, False]
+    # views made once for model-only, then per call: the augmentation alone and end-to-end
+    assert len(views1) == 1 + 2 * 2
+    # stage 2: once for model-only, then end-to-end, from the labelled and the unlabelled loader
+    assert len(views2) == 1 + 2 and all(args[1] is not args[2] for args, _ in views2)
     reference = (1 + 2, 4)  # warm-up + the 2 prefetched batches of 1 worker; 2 x 2 timed
     assert calls[:8] == [(1, 2), (1, 2), (1, 2), reference] * 2
     assert calls[8:] == [(1, 2)] * 4
