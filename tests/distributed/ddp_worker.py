@@ -8,7 +8,7 @@ every job on both ranks, one after another:
 - ``pre-bn``: stage 1 with BatchNorm (shuffled BN, ``own`` buffers), strong augmentation;
 - ``ft`` / ``ft-cut``: stage 2 mean teacher without BatchNorm, full / interrupted after epoch 1;
 - ``ft-bn``: stage 2 mean teacher with BatchNorm;
-- ``collectives``: the gather / shard / shuffle helpers on known tensors.
+- ``collectives``: the gather / shard / shuffle / averaging helpers on known tensors.
 
 Each job writes rank 0's run folder ``OUT/<job>/`` and ``OUT/<job>-rank<r>.pt``: every rank's
 in-memory student, teacher (and queue) at the end. Helpers are shared with the test module.
@@ -29,7 +29,13 @@ from torch import nn
 import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
 from s2mts2.config import ModelConfig, RunConfig, load_config
-from s2mts2.engine.distributed import all_gather_rows, shard, shuffled_forward
+from s2mts2.engine.distributed import (
+    all_gather_rows,
+    average_buffers,
+    mean_over_ranks,
+    shard,
+    shuffled_forward,
+)
 from s2mts2.models.heads import ClassifierHead, Network, ProjectionHead
 
 FEATURES = 16
@@ -172,12 +178,22 @@ def collectives(out: Path, rank: int) -> None:
         return x * 10
 
     mine = torch.arange(4.0).view(4, 1) + 4 * rank
+    norms = (nn.BatchNorm1d(2), nn.BatchNorm1d(3))  # rank-dependent statistics
+    for i, bn in enumerate(norms):
+        bn.running_mean.fill_(rank + i)
+        bn.running_var.fill_(10.0 * (rank + 1))
+        bn.num_batches_tracked.fill_(5 + rank)
+    average_buffers(*norms)
     result = {
         "uneven": all_gather_rows(rows),
         "one_empty": all_gather_rows(torch.ones(2, 3) if rank == 0 else torch.empty(0)),
         "shard": torch.from_numpy(shard(np.arange(7))),
         "shuffled": shuffled_forward(times_ten, mine, seed=3),
         "forwarded": seen[0],
+        "averaged": {
+            f"{i}.{k}": v for i, bn in enumerate(norms) for k, v in bn.state_dict().items()
+        },
+        "mean": mean_over_ranks(torch.tensor([1.0, 2.0]) * (rank + 1)),
     }
     torch.save(result, out / f"collectives-rank{rank}.pt")
 

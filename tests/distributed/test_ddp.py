@@ -126,6 +126,13 @@ def test_collectives_gather_in_rank_order(two_ranks):
     forwarded = torch.cat([r0["forwarded"], r1["forwarded"]]).flatten()
     assert sorted(forwarded.tolist()) == list(range(8))
     assert not torch.equal(forwarded, torch.arange(8.0))
+    # floating buffers of every module passed: the mean over ranks; integer buffers: their own
+    for r, tracked in ((r0, 5), (r1, 6)):
+        for i, width in enumerate((2, 3)):
+            assert torch.equal(r["averaged"][f"{i}.running_mean"], torch.full((width,), i + 0.5))
+            assert torch.equal(r["averaged"][f"{i}.running_var"], torch.full((width,), 15.0))
+            assert r["averaged"][f"{i}.num_batches_tracked"].item() == tracked
+        assert torch.equal(r["mean"], torch.tensor([1.5, 3.0]))
 
 
 @pytest.mark.slow
