@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from state_dicts import flat_tensors, max_diff
+from toolchain import HAS_C_COMPILER
 
 import s2mts2.engine.distributed as distributed
 from s2mts2.engine.checkpoint import load_checkpoint
@@ -217,16 +218,18 @@ def test_torchrun_cli_runs_both_stages(data_dir, tmp_path):
     flags = [a for s in sets for a in ("--set", s)]
     demo = str(REPO / "configs" / "demo.yaml")
     pre, ft = tmp_path / "pre", tmp_path / "ft"
-    compiled = ["--set", "compile=true"]  # stage 1: torch.compile of the DDP student
+    # stage 1: torch.compile of the DDP student (where a C compiler is there for Inductor)
+    compiled = ["--set", "compile=true"] if HAS_C_COMPILER else []
     done = torchrun(
         "-m", "s2mts2", "pretrain", "--config", demo, *flags, *compiled, "--out", str(pre)
     )
     state = load_checkpoint(pre / "last.pt")
     assert state["kind"] == "pretrain" and state["epoch"] == 1
-    assert state["config"]["compile"] is True and np.isfinite(state["history"][-1]["loss"])
+    assert state["config"]["compile"] is HAS_C_COMPILER
+    assert np.isfinite(state["history"][-1]["loss"])
     assert state["history"][-1]["knn_mean_auc"] is not None  # sharded + gathered kNN monitor
     assert done.stderr.count("pretrain epoch 1/1") == 1  # rank 0 alone logs
-    assert done.stderr.count("compile: the first training steps compile") == 1
+    assert done.stderr.count("compile: the first training steps compile") == int(HAS_C_COMPILER)
     pretrained = f"finetune.pretrained={pre / 'last.pt'}"
     torchrun(
         "-m", "s2mts2", "finetune", "--config", demo, *flags, "--set", pretrained, "--out", str(ft)

@@ -14,7 +14,7 @@ from s2mts2.cli import main
 from s2mts2.data.imageio import load_preprocessed
 from s2mts2.data.prepared import prepare_dataset
 from s2mts2.data.table import DatasetTable
-from s2mts2.engine import bench
+from s2mts2.engine import bench, runtime
 from s2mts2.engine.bench import (
     QUICK_CPU,
     RESULT_KEYS,
@@ -223,6 +223,7 @@ def test_settings_quick_defaults_and_validation():
 
 
 def test_bench_compile_is_checked_like_the_training_setting(monkeypatch):
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: f"/usr/bin/{name}")
     checks = spy(monkeypatch, bench, "check_compile")
     cpu = torch.device("cpu")
     assert resolve_settings(BenchSettings(compile=True), False, cpu).compile

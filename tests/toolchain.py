@@ -1,0 +1,20 @@
+"""Whether this machine can run ``compile: true`` (TorchInductor needs a C/C++ compiler)."""
+
+import pytest
+
+from s2mts2.engine.runtime import check_compile
+from s2mts2.errors import ConfigError
+
+
+def _c_compiler_found() -> bool:
+    try:
+        check_compile(True)
+    except ConfigError:
+        return False
+    return True
+
+
+HAS_C_COMPILER = _c_compiler_found()
+needs_c_compiler = pytest.mark.skipif(
+    not HAS_C_COMPILER, reason="torch.compile needs a C/C++ compiler (none on PATH)"
+)
