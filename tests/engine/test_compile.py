@@ -121,7 +121,8 @@ def test_a_compiled_stage2_step_takes_the_eager_step():
 
 def test_only_the_engine_steps_of_the_bench_are_compiled():
     s = replace(SETTINGS, compile=True)
-    assert contrastive_step(s, 1, CPU)._student is not contrastive_step(s, 1, CPU).student
+    engine = contrastive_step(s, 1, CPU)
+    assert engine._student is not engine.student and engine._teacher is not engine.teacher
     reference = contrastive_step(s, 1, CPU, engine=False)
     assert reference._student is reference.student and reference._teacher is reference.teacher
     plain = mean_teacher_step(SETTINGS, DATA, CPU)[0]
