@@ -1,6 +1,7 @@
 """Atomic file writes: whoever reads the file, or a crash in the middle, sees the old content or
-the new, never a part. Checkpoints, the image cache's manifest, labelled lists, tables and
-``metrics.csv`` are all written this way."""
+the new, never a part. Checkpoints, the image cache's manifest, labelled lists, tables,
+``metrics.csv``, run information, evaluation and bench results, reports and JSON predictions
+are all written this way."""
 
 from __future__ import annotations
 

@@ -63,6 +63,7 @@ from s2mts2.engine.runtime import (
     setup_threads,
 )
 from s2mts2.errors import ConfigError
+from s2mts2.files import write_text_atomic
 from s2mts2.models.ema import EmaTeacher
 from s2mts2.models.queue import NegativeQueue
 
@@ -570,7 +571,7 @@ def save_result(result: dict[str, Any], path: str | Path) -> Path:
     """Write ``result`` as indented JSON (parent folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     return path
 
 

@@ -15,6 +15,7 @@ from s2mts2.engine.runtime import Precision, resolve_device
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval.metrics import evaluate_predictions
 from s2mts2.eval.report import markdown_table, plot_roc
+from s2mts2.files import write_text_atomic
 from s2mts2.models.heads import Network
 
 
@@ -86,7 +87,7 @@ def evaluate_checkpoint(
     plot_roc(
         probs, t.labels[idx], t.classes, out / "roc.png", title=title, eval_classes=t.eval_classes
     )
-    (out / "report.md").write_text(report)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(out / "report.md", report)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     metrics["report_markdown"] = report + f"\nwrote {out / 'metrics.json'}, report.md, roc.png"
     return metrics

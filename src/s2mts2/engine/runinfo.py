@@ -13,6 +13,7 @@ import yaml
 
 from s2mts2 import __version__
 from s2mts2.config import RunConfig, config_to_dict
+from s2mts2.files import write_text_atomic
 
 
 def git_commit() -> str | None:
@@ -46,6 +47,6 @@ def environment() -> dict[str, Any]:
 def write_run_info(out_dir: Path, cfg: RunConfig, command: str) -> None:
     """Write ``config.yaml`` (resolved) and ``run.json`` (version, commit, command) into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     info = {"command": command, **environment()}
-    (out_dir / "run.json").write_text(json.dumps(info, indent=2))
+    write_text_atomic(out_dir / "run.json", json.dumps(info, indent=2))

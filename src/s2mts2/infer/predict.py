@@ -43,6 +43,7 @@ from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.evaluate import load_classifier
 from s2mts2.engine.runtime import resolve_device
 from s2mts2.errors import ConfigError, DataError
+from s2mts2.files import write_text_atomic
 from s2mts2.infer.gradcam import grad_cam, save_overlay
 from s2mts2.losses.consistency import probabilities
 from s2mts2.models.heads import Network
@@ -371,7 +372,7 @@ def write_predictions(
             for p in predictions
         ]
         doc = {"model": str(model), "task": info.task, "classes": info.classes, "predictions": rows}
-        out.write_text(json.dumps(doc, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(doc, indent=2) + "\n")
         return
     header = ["path", *info.classes]
     header += ["top_class"] if info.task == "multiclass" else []

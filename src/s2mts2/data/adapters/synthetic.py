@@ -18,6 +18,7 @@ from s2mts2.data.adapters.common import check_choice
 from s2mts2.data.splits import grouped_split
 from s2mts2.data.table import DatasetTable
 from s2mts2.errors import ConfigError
+from s2mts2.files import write_text_atomic
 
 FINDINGS = ["Nodule", "Effusion", "Cardiomegaly", "Pneumothorax", "Opacity"]
 MULTICLASS = ["Normal", "Nodule", "Effusion", "Cardiomegaly", "Pneumothorax"]
@@ -253,7 +254,7 @@ def make_synthetic(
             chunk = _render({k: v[sl] for k, v in params.items()}, labels[sl], classes, size, noise)
             for path, pixels in zip(paths[sl], chunk):
                 Image.fromarray(pixels, mode="L").save(path)
-        stamp_file.write_text(json.dumps(stamp))
+        write_text_atomic(stamp_file, json.dumps(stamp))
 
     groups = np.asarray([f"patient{k:05d}" for k in patient])
     return DatasetTable(
