@@ -1,6 +1,7 @@
 """`s2mts2 bench` on tiny settings: every key is measured and written (no timing assertions)."""
 
 import json
+import logging
 import math
 import os
 from dataclasses import replace
@@ -84,10 +85,11 @@ def test_tiny_bench_measures_every_key(tiny_result):
     assert ", torch.compile," in format_table(compiled)
 
 
-def test_every_figure_comes_from_its_own_timings(monkeypatch):
+def test_every_figure_comes_from_its_own_timings(monkeypatch, caplog):
     """Scripted seconds per measurement, two rounds: each speed is the images per step over the
     fastest round, each ratio the median over rounds of two figures timed back to back, and the
-    reference runs its own (longer) schedule."""
+    reference runs its own (longer) schedule. Stage 1's figures are logged before stage 2 runs
+    (a long run that is stopped keeps them in its log)."""
     script = [
         # stage 1, per round: model-only, augmentation, end-to-end, reference
         *(0.5, 0.05, 0.6, 1.2),
@@ -97,10 +99,13 @@ def test_every_figure_comes_from_its_own_timings(monkeypatch):
         *(1.0, 1.1),
     ]
     calls = []
+    logged_before_stage2 = []
 
     def scripted(step, warmup, steps, device):
         step()  # the real step runs once, so the measured code path is exercised
         calls.append((warmup, steps))
+        if len(calls) == 9:
+            logged_before_stage2.extend(r.getMessage() for r in caplog.records)
         return script[len(calls) - 1]
 
     monkeypatch.setattr(bench, "time_steps", scripted)
@@ -108,8 +113,13 @@ def test_every_figure_comes_from_its_own_timings(monkeypatch):
     views1 = spy(monkeypatch, bench.ContrastiveStep, "views")
     views2 = spy(monkeypatch, bench.MeanTeacherStep, "views")
     settings = BenchSettings(**{**TINY, "repeats": 2, "steps": 2, "warmup": 1})
+    caplog.set_level(logging.INFO, logger="s2mts2")
     r = run_bench(settings, command="test")
     assert len(calls) == len(script)
+    assert (
+        "stage 1 (fastest of 2 rounds): model-only 10.0, end-to-end 8.0, reference 3.3 img/s"
+        in logged_before_stage2
+    )
     # the engine's step, and the reference: what users run today, fp32 NCHW, never compiled
     assert [kwargs.get("engine", True) for _, kwargs in built] == [True, False]
     # views made once for model-only, then per call: the augmentation alone and end-to-end

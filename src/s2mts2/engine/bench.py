@@ -27,6 +27,7 @@ caches them at ``size`` px, the resolution the augmentation outputs (as in train
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -66,6 +67,8 @@ from s2mts2.errors import ConfigError
 from s2mts2.files import write_text_atomic
 from s2mts2.models.ema import EmaTeacher
 from s2mts2.models.queue import NegativeQueue
+
+log = logging.getLogger("s2mts2")
 
 RESULT_KEYS = (
     "pretrain_model_only_img_s",
@@ -532,6 +535,12 @@ def run_bench(
         )
         prepare = measure_prepare(sources, s.prepare_images, s.size, data.channels, work)
         pre = measure_pretrain(s, data, device)
+        log.info(
+            "stage 1 (fastest of %d rounds): model-only %.1f, end-to-end %.1f, reference %.1f "
+            "img/s",
+            len(pre),
+            *(s.batch_size / _fastest(pre, k) for k in ("model_only", "end_to_end", "reference")),
+        )
         fine, fine_b = measure_finetune(s, data, device)
     b = s.batch_size
     result: dict[str, Any] = {

@@ -66,7 +66,10 @@ def channel_affine(
     if x.is_cuda:
         return torch.batch_norm_elemt(x, None, shift, center, scale, 0.0)
     ones = torch.ones_like(scale)
-    return F.batch_norm(x, center, ones, scale, shift, training=False, momentum=0.0, eps=0.0)
+    # the ATen op: torch 2.11's F.batch_norm refuses eps = 0 even in inference mode
+    return torch.batch_norm(
+        x, scale, shift, center, ones, False, 0.0, 0.0, torch.backends.cudnn.enabled
+    )
 
 
 class _NormaliseWithStats(torch.autograd.Function):
