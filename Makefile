@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# the oldest PyTorch / torchvision this package supports (pyproject.toml), in their own venv
+FLOOR_VENV ?= .venv-floor
+FLOOR_PINS ?= torch==2.11.0 torchvision==0.26.0
 
-.PHONY: setup test lint format demo clean
+.PHONY: setup setup-floor test test-floor lint format demo clean
 
 $(BIN)/s2mts2: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +29,16 @@ format: setup
 test: setup lint
 	$(BIN)/python -m pytest -q
 
+# the tests on the floor versions, less those that compile networks with TorchInductor
+# (minutes on a cold cache; `make test` runs them on the pinned versions)
+setup-floor:
+	$(MAKE) setup VENV=$(FLOOR_VENV) TORCH_PINS="$(FLOOR_PINS)"
+
+test-floor: setup-floor
+	$(FLOOR_VENV)/bin/python -m pytest -q -m "not compiles"
+
 demo: setup
 	$(BIN)/s2mts2 demo --out runs/demo
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache $(FLOOR_VENV)

@@ -200,6 +200,7 @@ def test_resume_a_two_process_run_as_one_process(two_ranks, data_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.compiles
 def test_torchrun_cli_runs_both_stages(data_dir, tmp_path):
     sets = [
         "data.dir=" + str(data_dir),

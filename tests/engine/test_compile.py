@@ -85,6 +85,7 @@ def _assert_same_step(compiled_step, eager_step) -> None:
 
 
 @needs_c_compiler
+@pytest.mark.compiles
 def test_a_compiled_stage1_step_takes_the_eager_step():
     torch.manual_seed(0)
     eager = _float64(contrastive_step(SETTINGS, 1, CPU))
@@ -101,6 +102,7 @@ def test_a_compiled_stage1_step_takes_the_eager_step():
 
 
 @needs_c_compiler
+@pytest.mark.compiles
 def test_a_compiled_stage2_step_takes_the_eager_step():
     g = torch.Generator().manual_seed(2)
     x, u, u2 = (torch.randn(8, 1, 32, 32, generator=g).double() for _ in range(3))
@@ -148,6 +150,7 @@ def test_compile_without_a_compiler_stops_with_the_option_named(monkeypatch):
 
 
 @needs_c_compiler
+@pytest.mark.compiles
 def test_both_stages_train_compiled_and_resume_either_way(tiny_data, tmp_path, monkeypatch):
     """``--set compile=true`` through both stages: plain checkpoints (no ``_orig_mod.`` keys),
     finite losses, and a compiled run resumes eagerly (compile may change on resume)."""

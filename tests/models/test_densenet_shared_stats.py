@@ -69,6 +69,7 @@ def test_training_forward_equals_torchvision_in_float64(drop_rate, device):
 
 
 @needs_c_compiler
+@pytest.mark.compiles
 def test_compiles_to_one_graph_that_equals_torchvision_in_float64():
     """``compile: true`` with ``model.shared_bn_stats``: Dynamo traces the whole forward, the
     custom autograd functions and the running-statistics update included (fullgraph: a graph
