@@ -3,17 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-# the oldest PyTorch / torchvision this package supports (pyproject.toml), in their own venv
+# the oldest versions of the dependencies that pyproject.toml allows, in their own venv
 FLOOR_VENV ?= .venv-floor
-FLOOR_PINS ?= torch==2.11.0 torchvision==0.26.0
+FLOOR_PINS ?= torch==2.11.0 torchvision==0.26.0 numpy==1.24.0 pillow==10.0.0 pydicom==3.0.1 \
+	pyyaml==6.0.1 tqdm==4.66.0 matplotlib==3.7.0 scikit-learn==1.3.0 safetensors==0.4.0
 
 .PHONY: setup setup-floor test test-floor lint format demo clean
 
 $(BIN)/s2mts2: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet $(TORCH_PINS) -e ".[dev]"  # one resolution: the pins hold
 	touch $@
 
 setup: $(BIN)/s2mts2

@@ -15,10 +15,9 @@
 #                                              # BUDGET=580 LIMIT_bench_compile=575: it ran
 #                                              # past 450 s), compile (eager and compiled
 #                                              # steps alternating), profile_compile (the
-#                                              # compiled stage-1
-#                                              # step's profile), precision (fp32/bf16/fp16,
-#                                              # 0.8 min; decided: bf16), cudnn (autotuning
-#                                              # on/off, 2 min; decided: off)
+#                                              # compiled stage-1 step's profile), precision
+#                                              # (fp32/bf16/fp16, 0.8 min; decided: bf16),
+#                                              # cudnn (autotuning on/off, 2 min; decided: off)
 #
 # Writes up to eleven files: log.txt (everything printed: GPU, tables, tests, the CLI run),
 # compile-cuda.json (model-only bf16 steps eager and under torch.compile, alternating in one

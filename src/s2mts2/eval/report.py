@@ -185,7 +185,9 @@ def plot_comparison_bars(
     fig = Figure(figsize=(max(4.0, 1.2 * len(methods) + 1.5), 4.0))
     ax = fig.add_subplot()
     x = np.arange(len(methods))
-    errors = [sd if sd > 0 else np.nan for sd in sds]  # no cap drawn for single values
+    # no cap drawn for single values; no error bars at all without a spread (matplotlib 3.7.0
+    # raises on an all-NaN yerr)
+    errors = [sd if sd > 0 else np.nan for sd in sds] if any(sd > 0 for sd in sds) else None
     ax.bar(x, np.nan_to_num(means), yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
     defined = [(m - s, m + s) for m, s in zip(means, sds) if not np.isnan(m)]
     if defined:
