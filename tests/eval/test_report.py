@@ -137,3 +137,14 @@ def test_plot_comparison_bars_writes_png(tmp_path, monkeypatch):
     assert path.stat().st_size > 1000
     with Image.open(path) as image:
         assert image.format == "PNG"
+
+
+def test_error_bars_only_where_a_spread_was_measured(tmp_path, monkeypatch):
+    """A (mean, sd) value gets an error bar, a plain number none; with no spread at all no error
+    bars are passed (matplotlib 3.7.0 raises StopIteration on an all-NaN ``yerr``)."""
+    bars = spy(monkeypatch, Axes, "bar")
+    plot_comparison_bars({"a": {"m": (0.7, 0.02)}, "b": {"m": 0.73}}, "m", tmp_path / "one.png")
+    plot_comparison_bars({"a": {"m": 0.7}, "b": {"m": None}}, "m", tmp_path / "none.png")
+    spread, none = (kwargs["yerr"] for _, kwargs in bars)
+    assert spread[0] == 0.02 and np.isnan(spread[1])
+    assert none is None
