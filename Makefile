@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # the oldest versions of the dependencies that pyproject.toml allows, in their own venv
 FLOOR_VENV ?= .venv-floor
-FLOOR_PINS ?= torch==2.11.0 torchvision==0.26.0 numpy==1.24.0 pillow==10.0.0 pydicom==3.0.1 \
-	pyyaml==6.0.1 tqdm==4.66.0 matplotlib==3.7.0 scikit-learn==1.3.0 safetensors==0.4.0
+FLOOR_PINS ?= torch==2.11.0 torchvision==0.26.0 numpy==1.24.2 pillow==10.0.0 pydicom==3.0.1 \
+	pyyaml==6.0.1 tqdm==4.66.0 matplotlib==3.7.0 scikit-learn==1.3.0 safetensors==0.4.0 \
+	onnx==1.17.0 onnxruntime==1.18.0 onnxscript==0.6.0
 
 .PHONY: setup setup-floor test test-floor lint format demo clean
 

@@ -39,6 +39,7 @@ from torch import nn
 from s2mts2 import __version__
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
 from s2mts2.files import ordinary_file_mode, write_text_atomic
+from s2mts2.infer.onnx_packages import require_onnx_packages
 from s2mts2.infer.predict import CARD_FORMAT, ModelInfo, read_checkpoint
 from s2mts2.losses.consistency import probabilities
 
@@ -198,6 +199,7 @@ def export_model(checkpoint: str | Path, onnx_path: str | Path) -> ExportResult:
     checkpoint, onnx_path = Path(checkpoint), Path(onnx_path)
     if onnx_path.suffix.lower() != ".onnx":
         raise ConfigError(f"--onnx {onnx_path}: expected a file name ending in .onnx")
+    require_onnx_packages("onnx", "onnxruntime", "onnxscript")
     state, net, info = read_checkpoint(checkpoint)
     model = ProbabilityModel(net, info.task)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)

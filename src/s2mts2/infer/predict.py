@@ -45,6 +45,7 @@ from s2mts2.engine.runtime import resolve_device
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.files import write_text_atomic
 from s2mts2.infer.gradcam import grad_cam, save_overlay
+from s2mts2.infer.onnx_packages import require_onnx_packages
 from s2mts2.losses.consistency import probabilities
 from s2mts2.models.heads import Network
 
@@ -121,6 +122,7 @@ class OnnxModel:
     """An ONNX export (input ``image``, output ``probabilities``) run by onnxruntime."""
 
     def __init__(self, path: Path, info: ModelInfo, device: torch.device) -> None:
+        require_onnx_packages("onnxruntime")
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
