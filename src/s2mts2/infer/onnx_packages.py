@@ -18,20 +18,23 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
 
 
+def _dotted(release: tuple[int, ...]) -> str:
+    return ".".join(map(str, release))
+
+
 def require_onnx_packages(*names: str) -> None:
     """Raise ConfigError naming each of ``names`` that is missing or older than its minimum."""
     problems = []
     for name in names:
-        minimum = ".".join(map(str, MINIMUM_VERSIONS[name]))
         try:
             version = metadata.version(name)
         except metadata.PackageNotFoundError:
             problems.append(f"{name} is not installed")
             continue
         if _release(version) < MINIMUM_VERSIONS[name]:
-            problems.append(f"{name} {version} is older than {minimum}")
+            problems.append(f"{name} {version} is older than {_dotted(MINIMUM_VERSIONS[name])}")
     if problems:
-        wanted = ", ".join(f"{n}>={'.'.join(map(str, MINIMUM_VERSIONS[n]))}" for n in names)
+        wanted = ", ".join(f"{name}>={_dotted(MINIMUM_VERSIONS[name])}" for name in names)
         raise ConfigError(
             f"ONNX export and inference need {wanted}: {'; '.join(problems)}; "
             "install them with: pip install 's2mts2[onnx]' (from a checkout: pip install '.[onnx]')"
