@@ -16,7 +16,7 @@ import torch
 from spies import spy
 from state_dicts import flat_tensors
 from step_settings import DATA, SETTINGS
-from toolchain import needs_c_compiler
+from toolchain import compiles
 
 import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
@@ -84,8 +84,7 @@ def _assert_same_step(compiled_step, eager_step) -> None:
             assert torch.equal(value, b[key]), key  # num_batches_tracked, queue pointer
 
 
-@needs_c_compiler
-@pytest.mark.compiles
+@compiles
 def test_a_compiled_stage1_step_takes_the_eager_step():
     torch.manual_seed(0)
     eager = _float64(contrastive_step(SETTINGS, 1, CPU))
@@ -101,8 +100,7 @@ def test_a_compiled_stage1_step_takes_the_eager_step():
     assert int(fast.queue.ptr) == 16 and fast.teacher.steps == 2
 
 
-@needs_c_compiler
-@pytest.mark.compiles
+@compiles
 def test_a_compiled_stage2_step_takes_the_eager_step():
     g = torch.Generator().manual_seed(2)
     x, u, u2 = (torch.randn(8, 1, 32, 32, generator=g).double() for _ in range(3))
@@ -149,8 +147,7 @@ def test_compile_without_a_compiler_stops_with_the_option_named(monkeypatch):
     runtime.check_compile(True)
 
 
-@needs_c_compiler
-@pytest.mark.compiles
+@compiles
 def test_both_stages_train_compiled_and_resume_either_way(tiny_data, tmp_path, monkeypatch):
     """``--set compile=true`` through both stages: plain checkpoints (no ``_orig_mod.`` keys),
     finite losses, and a compiled run resumes eagerly (compile may change on resume)."""

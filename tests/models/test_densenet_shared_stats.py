@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
 from state_dicts import max_diff
-from toolchain import needs_c_compiler
+from toolchain import compiles
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -68,8 +68,7 @@ def test_training_forward_equals_torchvision_in_float64(drop_rate, device):
     assert all(b.item() == 1 for k, b in net.state_dict().items() if k.endswith("tracked"))
 
 
-@needs_c_compiler
-@pytest.mark.compiles
+@compiles
 def test_compiles_to_one_graph_that_equals_torchvision_in_float64():
     """``compile: true`` with ``model.shared_bn_stats``: Dynamo traces the whole forward, the
     custom autograd functions and the running-statistics update included (fullgraph: a graph
