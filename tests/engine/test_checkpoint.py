@@ -59,6 +59,8 @@ class _Exploit:
         return (os.system, ("echo pwned",))
 
 
+# the raw pickle below uses protocol 4, which torch.load's weights-only unpickler warns about
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_malicious_checkpoint_is_refused(tmp_path: Path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
