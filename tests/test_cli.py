@@ -50,6 +50,7 @@ def test_training_flags(record, tmp_path, stage):
     module = getattr(s2mts2.engine, stage)
     calls = record(module, stage, tmp_path / "last.pt")
     argv = [stage, "--config", "tiny", "--set", "epochs=7", "--out", str(tmp_path), "--resume"]
+    argv += ["--set", "data.labelled_count=20"]  # e.g. from a config file: --labelled wins
     argv += ["--no-progress"] + (["--labelled", "0.05"] if stage == "finetune" else [])
     assert main(argv) == 0
     ((args, kwargs),) = calls
@@ -58,7 +59,9 @@ def test_training_flags(record, tmp_path, stage):
     assert kwargs["resume"] is True and kwargs["progress"] is False
     assert kwargs["command"].startswith(f"s2mts2 {stage} --config tiny")
     if stage == "finetune":
-        assert cfg.data.labelled == 0.05
+        assert cfg.data.labelled == 0.05 and cfg.data.labelled_count == 0
+    else:
+        assert cfg.data.labelled_count == 20
 
 
 def test_evaluate_flags(record, tmp_path):

@@ -53,9 +53,9 @@ def test_a_stage_relative_typo_is_reported_among_the_stage_keys():
 
 
 def test_scientific_notation_is_a_float_on_the_command_line_and_in_yaml(tmp_path: Path):
-    (tmp_path / "sci.yaml").write_text("finetune:\n  lr: 1e-3\npretrain:\n  lr: -2.5E+1\n")
+    (tmp_path / "sci.yaml").write_text("finetune:\n  lr: 1e-3\npretrain:\n  lr: +2.5E+1\n")
     cfg = load_config(tmp_path / "sci.yaml", ["pretrain.weight_decay=5e-5"])
-    assert (cfg.finetune.lr, cfg.pretrain.lr, cfg.pretrain.weight_decay) == (1e-3, -25.0, 5e-5)
+    assert (cfg.finetune.lr, cfg.pretrain.lr, cfg.pretrain.weight_decay) == (1e-3, 25.0, 5e-5)
     with pytest.raises(ConfigError, match="finetune.epochs.*integer"):
         load_config(None, ["finetune.epochs=1e3"])
     with pytest.raises(ConfigError, match="expected a float, got '1e'"):
@@ -82,6 +82,44 @@ def test_bad_overrides_name_the_key(override, words):
         load_config(None, [override])
     for w in words:
         assert w in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("pretrain.temperature=0", "> 0"),
+        ("pretrain.lr=-1", "> 0"),
+        ("pretrain.queue_size=0", "≥ 1"),
+        ("pretrain.epochs=-1", "≥ 1"),
+        ("pretrain.batch_size=1", "≥ 2"),
+        ("finetune.epochs=0", "≥ 1"),
+        ("finetune.steps_per_epoch=-1", "≥ 0"),
+        ("finetune.unlabelled_ratio=0", "> 0"),
+        ("finetune.ema=1.5", r"in \[0, 1\]"),
+        ("finetune.consistency=-2", "≥ 0"),
+        ("finetune.momentum=1", r"in \[0, 0.9999\]"),
+        ("threads=-3", "≥ 0"),
+        ("data.labelled=0", r"in \(0, 1\]"),
+        ("finetune.augment_overrides.hflip_p=1.5", r"in \[0, 1\]"),
+        ("pretrain.augment.hue=0.6", r"in \[0, 0.5\]"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(override, expected):
+    key, value = override.split("=")
+    with pytest.raises(
+        ConfigError, match=f"'{key}': {value}(.0)? is out of range; expected {expected}$"
+    ):
+        load_config(None, [override])
+
+
+def test_range_bounds_are_allowed_and_a_yaml_value_names_its_file(tmp_path: Path):
+    edges = ["pretrain.ema=1", "pretrain.ema=0", "data.labelled=1", "threads=0"]
+    cfg = load_config(None, [*edges, "pretrain.augment.hue=0.5", "finetune.consistency=0"])
+    assert (cfg.pretrain.ema, cfg.data.labelled, cfg.pretrain.augment.hue) == (0.0, 1.0, 0.5)
+    assert load_config(None, ["pretrain.augment.hue=null"]).pretrain.augment.hue is None
+    (tmp_path / "bad.yaml").write_text("pretrain:\n  temperature: 0.0\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: config key 'pretrain.temperature'"):
+        load_config(tmp_path / "bad.yaml")
 
 
 def test_text_keys_take_the_value_as_typed():

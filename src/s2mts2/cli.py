@@ -56,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     p.add_argument("--out", type=Path, required=True, help="prepared-data folder")
-    p.add_argument("--size", type=int, default=256, help="cache resolution in pixels")
+    p.add_argument("--size", type=int, default=256, help="cache resolution in pixels (default 256)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--labelled", type=float, help="labelled fraction of train, in (0, 1]")
+    g.add_argument(
+        "--labelled",
+        type=float,
+        help="labelled fraction of train, in (0, 1] (default: none drawn; finetune draws it)",
+    )
     g.add_argument("--labelled-count", type=int, help="number of labelled train images")
     p.add_argument("--by-patient", action="store_true", help="sample labelled patients/lesions")
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subset")
@@ -79,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _add_training_flags(p)
         if name == "finetune":
-            p.add_argument("--labelled", type=float, help="shortcut for --set data.labelled=X")
+            p.add_argument(
+                "--labelled",
+                type=float,
+                help="labelled fraction: --set data.labelled=X data.labelled_count=0",
+            )
 
     p = sub.add_parser("evaluate", help="metrics, report and ROC plot of a checkpoint")
     p.add_argument("checkpoint", type=Path)
@@ -196,7 +204,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         overrides = list(args.overrides)
         if getattr(args, "labelled", None) is not None:
-            overrides.append(f"data.labelled={args.labelled}")
+            # the fraction asked for here, not a count from the config
+            overrides += [f"data.labelled={args.labelled}", "data.labelled_count=0"]
         cfg = load_config(args.config, overrides, stage=args.command)
         if args.command == "pretrain":
             from s2mts2.engine.pretrain import pretrain as train

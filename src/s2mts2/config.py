@@ -150,6 +150,72 @@ class RunConfig:
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric setting may take (``None``: unbounded on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # low itself is excluded
+
+    def holds(self, v: float) -> bool:
+        above = self.low is None or (v > self.low if self.open_low else v >= self.low)
+        return above and (self.high is None or v <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '≥'} {self.low:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+
+
+_POSITIVE, _NATURAL, _COUNT = _Range(0, open_low=True), _Range(0), _Range(1)
+_UNIT, _FRACTION = _Range(0, 1), _Range(0, 1, open_low=True)
+_MOMENTUM = _Range(0, 0.9999)  # SGD momentum below 1
+# (section, key) -> range: checked as each value is set, so the error names the key (and file)
+_RANGES: dict[tuple[type, str], _Range] = {
+    (RunConfig, "threads"): _NATURAL,
+    (RunConfig, "log_every"): _COUNT,
+    (DataConfig, "size"): _Range(8),
+    (DataConfig, "labelled"): _FRACTION,
+    (DataConfig, "labelled_count"): _NATURAL,
+    (ModelConfig, "proj_dim"): _COUNT,
+    (ModelConfig, "proj_hidden"): _NATURAL,
+    (ModelConfig, "head_hidden"): _NATURAL,
+    **{(AugmentOverrides, k): _UNIT for k in ("rotate_p", "hflip_p", "vflip_p", "jitter_p")},
+    **{(AugmentOverrides, k): _UNIT for k in ("blur_p", "erase_p")},
+    **{(AugmentOverrides, k): _NATURAL for k in ("brightness", "contrast", "saturation")},
+    (AugmentOverrides, "crop_scale_min"): _FRACTION,
+    (AugmentOverrides, "rotate_deg"): _Range(0, 180),
+    (AugmentOverrides, "hue"): _Range(0, 0.5),
+    (PretrainConfig, "epochs"): _COUNT,
+    (PretrainConfig, "batch_size"): _Range(2),  # BatchNorm needs two images
+    (PretrainConfig, "views"): _COUNT,
+    (PretrainConfig, "queue_size"): _COUNT,
+    (PretrainConfig, "temperature"): _POSITIVE,
+    (PretrainConfig, "lam_max"): _NATURAL,
+    (PretrainConfig, "ema"): _UNIT,
+    (PretrainConfig, "lr"): _POSITIVE,
+    (PretrainConfig, "momentum"): _MOMENTUM,
+    (PretrainConfig, "weight_decay"): _NATURAL,
+    (PretrainConfig, "warmup_epochs"): _NATURAL,
+    (PretrainConfig, "monitor_every"): _NATURAL,
+    (PretrainConfig, "knn_k"): _COUNT,
+    (FinetuneConfig, "epochs"): _COUNT,
+    (FinetuneConfig, "steps_per_epoch"): _NATURAL,
+    (FinetuneConfig, "batch_size"): _Range(2),
+    (FinetuneConfig, "unlabelled_ratio"): _POSITIVE,
+    (FinetuneConfig, "lr"): _POSITIVE,
+    (FinetuneConfig, "backbone_lr_scale"): _NATURAL,
+    (FinetuneConfig, "momentum"): _MOMENTUM,
+    (FinetuneConfig, "weight_decay"): _NATURAL,
+    (FinetuneConfig, "warmup_epochs"): _NATURAL,
+    (FinetuneConfig, "consistency"): _NATURAL,
+    (FinetuneConfig, "consistency_ramp_epochs"): _NATURAL,
+    (FinetuneConfig, "ema"): _UNIT,
+    (FinetuneConfig, "eval_every"): _COUNT,
+}
+
+
 def preset_path(name: str) -> Path:
     """Path of a built-in preset (``demo``, ``ham10000-cpu``, ...), also at ``configs/`` in git."""
     path = PRESET_DIR / f"{name}.yaml"
@@ -219,7 +285,13 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
                 raise ConfigError(f"config key '{key}' is a section; expected a mapping, got {v!r}")
             _apply(current, v, prefix=f"{key}.")
         else:
-            setattr(obj, k, _coerce(v, hints[k], key))
+            value = _coerce(v, hints[k], key)
+            allowed = _RANGES.get((type(obj), k))
+            if allowed is not None and value is not None and not allowed.holds(value):
+                raise ConfigError(
+                    f"config key '{key}': {value!r} is out of range; expected {allowed}"
+                )
+            setattr(obj, k, value)
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:

@@ -1,15 +1,24 @@
-"""Atomic file writes: whoever reads the file, or a crash in the middle, sees the old content or
-the new, never a part. Checkpoints, the image cache's manifest, labelled lists, tables,
-``metrics.csv``, run information, evaluation and bench results, reports and JSON predictions
-are all written this way."""
+"""Files written atomically and PyTorch files read safely.
+
+Atomic writes: whoever reads the file, or a crash in the middle, sees the old content or the new,
+never a part. Checkpoints, the image cache's manifest, labelled lists, tables, ``metrics.csv``,
+run information, evaluation and bench results, reports and JSON predictions are all written this
+way. PyTorch files (checkpoints, ImageNet weights) are read with ``weights_only=True``: a file
+that would execute code is refused, and every failure names the file.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import torch
+
+from s2mts2.errors import DataError
 
 
 def ordinary_file_mode() -> int:
@@ -50,3 +59,25 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """``write_atomic`` for UTF-8 text (written as is: no newline translation)."""
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a DataError naming ``path`` when it fails."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # no torch zip, no pickle
+            raise DataError(
+                f"{path}: not a PyTorch checkpoint (an image, a text file, ...?)"
+            ) from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line), lines[-1])
+        raise DataError(
+            f"{path}: refused to load: the file contains objects other than tensors and plain "
+            f"values (it could execute code when unpickled). Only load checkpoints you trust "
+            f"from s2mts2. Detail: {detail}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
+        raise DataError(f"{path}: not a readable PyTorch checkpoint: {e!r}") from e

@@ -211,6 +211,9 @@ def test_a_generated_folder_in_the_original_layout(tmp_path, caplog):
     assert table.eval_classes == FINDINGS
     pa = load_chestxray14(tmp_path / "nih", view="PA")
     assert [Path(p).name for p in pa.paths] == [r["name"] for r in rows[:16] if r["view"] == "PA"]
+    assert load_chestxray14(tmp_path / "nih", view="pa").paths == pa.paths  # as typed
+    with pytest.raises(ConfigError, match=r"option view must be one of \['PA', 'AP'\], got 'LL'"):
+        load_chestxray14(tmp_path / "nih", view="ll")
     held = load_chestxray14(tmp_path / "nih", val_fraction=0.3)
     assert (held.split == "test").sum() == (table.split == "test").sum()
     val, train = set(held.groups[held.split == "val"]), set(held.groups[held.split == "train"])

@@ -65,6 +65,26 @@ def test_class_column_and_split_column(tmp_path):
     assert list(t.groups) == t.paths  # no group column: one group per image
 
 
+def test_a_split_column_that_lets_patients_cross_splits_is_reported(tmp_path, caplog):
+    splits = ["train", "train", "test", "val", "val", "test"]  # p1: test+val, p2: val+test
+    rows = [f"{k}.png,nv,{s},p{k // 2}" for k, s in enumerate(splits)]
+    _folder(tmp_path, rows, "file,dx,fold,patient", [f"{k}.png" for k in range(6)])
+    options = dict(csv="labels.csv", path_column="file", class_column="dx", split_column="fold")
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        t = load_csv(tmp_path, **options, group_column="patient")
+    assert list(t.split) == splits  # the CSV's split is kept, and the leak is named
+    assert "2 of 3 patient values have images in more than one split (e.g. p1 in test/val)" in (
+        caplog.text
+    )
+    caplog.clear()
+    (tmp_path / "labels.csv").write_text(
+        "file,dx,fold,patient\n" + "".join(f"{k}.png,nv,{s},p{k}\n" for k, s in enumerate(splits))
+    )
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        load_csv(tmp_path, **options, group_column="patient")
+    assert "more than one split" not in caplog.text
+
+
 def test_spreadsheet_exports_semicolons_windows_paths_and_missing_files_named(tmp_path, caplog):
     rows = ["img\\0.png;nv", "img\\1.png;mel", "img\\gone.png;nv", "img\\2.png;mel"]
     _folder(tmp_path, rows, "path;dx", ["img/0.png", "img/1.png", "img/2.png"])

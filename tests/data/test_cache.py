@@ -3,6 +3,10 @@
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +257,66 @@ def test_real_images_equal_direct_decoding(shared_data, tmp_path):
         )
         assert failures == {}
         _assert_matches_direct(cache, paths)
+
+
+_INTERRUPTED_BUILD = """
+import sys
+from s2mts2.data.cache import build_cache
+paths = sys.argv[2:]
+try:
+    build_cache(paths, sys.argv[1], size=256, channels=3, workers=2, progress=False)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def _grandchildren(pid: int) -> list[int]:
+    """PIDs whose parent is a child of ``pid`` (the decode workers under the forkserver)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    children = {p for p, parent in parents.items() if parent == pid}
+    return [p for p, parent in parents.items() if parent in children]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_ctrl_c_stops_a_parallel_build_at_once_and_quietly(tmp_path):
+    """A terminal's Ctrl-C sends SIGINT to the whole process group, the decode workers too.
+    The workers must ignore it (one killed by it while holding the pool's result pipe left the
+    pool's shutdown waiting forever); the main process stops the build within seconds."""
+    source = tmp_path / "big.png"
+    noise = np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)
+    Image.fromarray(noise).save(source)
+    paths = []
+    for i in range(1500):  # links to one file: distinct inputs, decoded one by one
+        os.link(source, tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_BUILD, str(tmp_path / "cache"), *paths],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, with its workers
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and len(_grandchildren(proc.pid)) < 2:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the workers are decoding
+    assert proc.poll() is None, "the build ended before it could be interrupted"
+    for worker in _grandchildren(proc.pid):  # the signal reaches the workers first: no race
+        os.kill(worker, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the interrupted build did not stop within 30 s")
+    assert proc.returncode == 130 and "interrupted" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

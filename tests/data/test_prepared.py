@@ -54,6 +54,19 @@ def test_a_run_drawing_another_subset_than_prepare_is_told(tmp_path, caplog):
         data.labelled(0.1)
     assert "prepare drew the labelled subset labelled-f0.2-s0.txt" in caplog.text
     assert "this run draws labelled-f0.1-s0.txt" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):  # prepare again with another one
+        prepare_dataset(
+            "synthetic",
+            tmp_path / "data",
+            tmp_path / "data",
+            size=16,
+            labelled=0.1,
+            progress=False,
+            workers=1,
+            options={"n": 200, "size": 32, "seed": 0},
+        )
+    assert "prepare drew" not in caplog.text  # not told about its own draw
 
 
 def test_a_stale_list_holding_a_non_training_image_is_refused(tmp_path):
@@ -104,3 +117,14 @@ def test_the_summary_counts_labelled_and_unlabelled_training_images(tmp_path):
     n_train = len(data.table.indices("train"))
     assert summary["labelled"] == len(data.labelled(0.2)) < n_train
     assert summary["unlabelled"] == n_train - summary["labelled"]
+    # without a fraction or count nothing is drawn yet: no count is claimed
+    undrawn = prepare_dataset(
+        "synthetic",
+        tmp_path / "data",
+        tmp_path / "data",
+        size=16,
+        progress=False,
+        workers=1,
+        options={"n": 200, "size": 32, "seed": 0},
+    )
+    assert undrawn["labelled"] is None and undrawn["unlabelled"] is None

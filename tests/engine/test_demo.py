@@ -9,6 +9,7 @@ from spies import spy
 
 import s2mts2.engine.demo as demo
 from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,7 @@ def test_the_demo_runs_every_stage_and_reports_each_method(tmp_path, monkeypatch
     for stage in ("pretrain", "s2mts2"):  # an earlier demo's runs: replaced, not refused
         (out / stage).mkdir(parents=True)
         torch.save({"kind": "stale"}, out / stage / "last.pt")
+        (out / stage / "run.json").write_text(json.dumps({"command": "s2mts2 demo"}))
 
     results = demo.run_demo(out, quick=True, progress=False)
 
@@ -32,7 +34,9 @@ def test_the_demo_runs_every_stage_and_reports_each_method(tmp_path, monkeypatch
     for method in demo.METHODS:
         state = load_checkpoint(results["checkpoints"][method])
         assert state["config"]["finetune"]["method"] == method and state["epoch"] == 1
-        assert state["config"]["finetune"]["pretrained"] == pretrained  # stage 1 of this demo
+        # stage 1 of this demo, for the method that uses it
+        used = pretrained if method == "s2mts2" else ""
+        assert state["config"]["finetune"]["pretrained"] == used
         metrics = json.loads((out / method / "eval-test" / "metrics.json").read_text())
         assert metrics["split"] == "test"
         assert metrics["mean_auc"] == pytest.approx(results["methods"][method]["mean_auc"])
@@ -41,3 +45,31 @@ def test_the_demo_runs_every_stage_and_reports_each_method(tmp_path, monkeypatch
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert [Path(args[0]).name for args, _ in writes] == ["report.md", "results.json"]
     assert results["dataset"]["labelled"] > 0 and results["dataset"]["images"]["test"] > 0
+
+
+def _stage_run(folder: Path, command: str | None) -> None:
+    folder.mkdir(parents=True)
+    (folder / "last.pt").write_bytes(b"weights")
+    if command is not None:
+        (folder / "run.json").write_text(json.dumps({"command": command}))
+
+
+@pytest.mark.parametrize("command", ["s2mts2 pretrain --config tiny", None])
+def test_the_demo_refuses_a_run_it_did_not_write(tmp_path, command):
+    _stage_run(tmp_path / "s2mts2", "s2mts2 demo")
+    _stage_run(tmp_path / "pretrain", command)
+    with pytest.raises(ConfigError, match=r"pretrain holds a run that `s2mts2 demo` did not"):
+        demo.run_demo(tmp_path, quick=True, progress=False)
+    assert (tmp_path / "pretrain" / "last.pt").read_bytes() == b"weights"  # nothing removed
+    assert (tmp_path / "s2mts2" / "last.pt").exists()
+
+
+def test_the_demo_refuses_a_prepared_dataset_of_another_kind(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "summary.json").write_text(json.dumps({"dataset": "chestxray14"}))
+    _stage_run(tmp_path / "pretrain", "s2mts2 demo")
+    with pytest.raises(ConfigError, match=r"holds a prepared chestxray14 dataset"):
+        demo.run_demo(tmp_path, quick=True, progress=False)
+    assert (tmp_path / "pretrain" / "last.pt").exists()
+    (tmp_path / "data" / "summary.json").write_text(json.dumps({"dataset": "synthetic"}))
+    demo.check_demo_folder(tmp_path)  # the demo's own: accepted

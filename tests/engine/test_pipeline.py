@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 import math
 import shutil
 import signal
@@ -88,14 +89,22 @@ def test_the_knn_monitor_fits_the_labelled_images_and_scores_others(data_dir):
     assert np.array_equal(score, np.setdiff1d(train, fit))  # all of them (< 2,000), not fit's
 
 
-def test_pretrain_resume_matches_uninterrupted_run(data_dir, pretrained, tmp_path, monkeypatch):
+def test_pretrain_resume_matches_uninterrupted_run(
+    data_dir, pretrained, tmp_path, monkeypatch, caplog
+):
     out = tmp_path / "pre"
     _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg_for(data_dir), out, progress=False)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     monkeypatch.undo()
-    resumed = load_checkpoint(pretrain(cfg_for(data_dir), out, resume=True, progress=False))
+    with caplog.at_level(logging.INFO, logger="s2mts2"):
+        resumed = load_checkpoint(pretrain(cfg_for(data_dir), out, resume=True, progress=False))
+    assert f"resumed {out / 'last.pt'} at epoch 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="s2mts2"):  # again: the run is finished
+        pretrain(cfg_for(data_dir), out, resume=True, progress=False)
+    assert f"{out / 'last.pt'} is complete (2 of 2 epochs): nothing left to train" in caplog.text
     full = load_checkpoint(pretrained)
     for key in ("student", "teacher", "queue"):
         assert max_diff(resumed[key], full[key]) <= 1e-6, key
@@ -143,9 +152,16 @@ def test_s2mts2_needs_a_pretrained_checkpoint(data_dir, tmp_path):
         finetune(cfg_for(data_dir, "finetune.epochs=1"), tmp_path, progress=False)
 
 
-def test_mean_teacher_consistency_is_active(data_dir, tmp_path):
-    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.consistency=5")
-    best = finetune(cfg, tmp_path / "mt", progress=False)
+def test_mean_teacher_consistency_is_active(data_dir, tmp_path, caplog):
+    # a stage-1 checkpoint named for a method that does not use it: said, not silently dropped
+    unused = "finetune.pretrained=runs/pre/last.pt"
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.consistency=5", unused)
+    with caplog.at_level(logging.WARNING, logger="s2mts2"):
+        best = finetune(cfg, tmp_path / "mt", progress=False)
+    assert (
+        "finetune.pretrained (runs/pre/last.pt) is not used: finetune.method is mean-teacher"
+        in (caplog.text)
+    )
     rows = load_checkpoint(best)["history"]
     assert all(r["consistency"] > 0 for r in rows)
     assert all(r["loss"] > r["supervised"] for r in rows)
@@ -361,6 +377,29 @@ def test_positive_weights_come_from_the_labelled_images_only(
     assert torch.equal(weights[0], expected)
 
 
+@pytest.mark.parametrize("select", ["val", "last"])
+def test_select_val_without_a_validation_split_says_it_keeps_the_last_epoch(
+    data_dir, tmp_path, monkeypatch, caplog, select
+):
+    real_open = PreparedData.open
+
+    def without_val(*args):
+        data = real_open(*args)
+        data.table.split[data.table.split == "val"] = "train"
+        return data
+
+    def no_training(*args, **named):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_mod.PreparedData, "open", without_val)
+    monkeypatch.setattr(finetune_mod, "MeanTeacherStep", no_training)
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", f"finetune.select={select}")
+    with caplog.at_level(logging.WARNING, logger="s2mts2"), pytest.raises(KeyboardInterrupt):
+        finetune(cfg, tmp_path / "run", progress=False)
+    said = "has no validation split: best.pt is the last epoch's" in caplog.text
+    assert said == (select == "val")
+
+
 def test_under_ddp_both_stage2_streams_take_this_ranks_slice(data_dir, tmp_path, monkeypatch):
     streams = _stage2_streams(monkeypatch, stop_after=2)
     monkeypatch.setattr(finetune_mod, "rank", lambda: 1)  # as rank 1 of 2 sees it
@@ -520,6 +559,11 @@ def test_evaluate_scores_the_eval_classes_by_patient_and_checks_the_data(
     assert list(kwargs["groups"]) == list(table.groups[table.indices("val")])
     assert len(set(kwargs["groups"])) < len(kwargs["groups"])  # patients with several images
     assert metrics["eval_classes"] == meta["classes"][:-1]
+    # the last epoch's checkpoint of the same run: its own folder, best.pt's results kept
+    evaluate_checkpoint(tmp_path / "ft" / "last.pt", split="val", n_boot=0, device="cpu")
+    for folder, name in (("eval-val", "best.pt"), ("eval-val-last", "last.pt")):
+        saved = json.loads((tmp_path / "ft" / folder / "metrics.json").read_text())
+        assert Path(saved["checkpoint"]).name == name
     with pytest.raises(DataError, match="the nosuch split has no images"):
         evaluate_checkpoint(ckpt, split="nosuch", data_dir=data, device="cpu")
     meta["classes"][0] = "Renamed"

@@ -12,7 +12,7 @@ from s2mts2.config import config_from_dict
 from s2mts2.data.imageio import load_preprocessed
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
-from s2mts2.engine.evaluate import load_classifier
+from s2mts2.engine.evaluate import evaluate_checkpoint, load_classifier
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.infer.predict import ModelInfo, expand_inputs, run_predict
 
@@ -162,6 +162,11 @@ def test_stage1_and_incomplete_checkpoints_are_refused(tmp_path):
     save_checkpoint({"kind": "finetune", "meta": {}}, tmp_path / "b.pt")
     with pytest.raises(DataError, match="no config, teacher entry"):
         run_predict(tmp_path / "b.pt", [image], out=tmp_path / "r.csv", progress=False)
+    # evaluate reads checkpoints the same way: the file is named
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'a.pt'} is a pretrain checkpoint"):
+        evaluate_checkpoint(tmp_path / "a.pt", split="test")
+    with pytest.raises(DataError, match=f"{tmp_path / 'b.pt'}: no config, teacher entry"):
+        evaluate_checkpoint(tmp_path / "b.pt", split="test")
 
 
 def test_bad_options_are_config_errors(grey_ckpt, tmp_path):

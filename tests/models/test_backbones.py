@@ -158,3 +158,10 @@ def test_errors(tmp_path, resnet18_state):
         torch.save(bad, tmp_path / name)
         with pytest.raises(ConfigError, match=message):
             build_backbone("resnet18", init="imagenet", weights=tmp_path / name)
+    # files that are no weights at all: the option and the file named, no traceback
+    (tmp_path / "labels.pth").write_text("path,label\na.png,0\n")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00")
+    unreadable = {"labels.pth": "not a PyTorch checkpoint", "cut.safetensors": "not a readable"}
+    for name, message in unreadable.items():
+        with pytest.raises(ConfigError, match=f"model.weights: {tmp_path / name}: {message}"):
+            build_backbone("resnet18", init="imagenet", weights=tmp_path / name)

@@ -16,6 +16,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -251,8 +252,17 @@ def _decode_all(
     # A forked child of a process running torch threads or CUDA can deadlock: start fresh ones.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with context.Pool(workers) as pool:
+    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
         yield from pool.imap(_decode_chunk, tasks)
+
+
+def _ignore_interrupts() -> None:
+    """In a decode worker: leave Ctrl-C to the main process, which stops the pool.
+
+    A terminal sends SIGINT to the whole process group; a worker killed by it while holding the
+    pool's result pipe would leave the pool's shutdown waiting forever.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _input_hash(inputs: list[str], size: int, channels: int) -> str:

@@ -57,12 +57,20 @@ class PreparedData:
         count: int | None = None,
         seed: int = 0,
         by_group: bool = False,
+        *,
+        by_prepare: bool = False,
     ) -> np.ndarray:
-        """Sorted table rows of the labelled subset; drawn once per setting and reused from disk."""
+        """Sorted table rows of the labelled subset; drawn once per setting and reused from disk.
+
+        A training run drawing another subset than ``prepare`` did is told so (``by_prepare``:
+        ``prepare`` itself draws, whatever an earlier ``prepare`` drew).
+        """
         path = self.dir / "labelled" / labelled_file_name(fraction, count, seed, by_group)
         summary = self.dir / "summary.json"
         prepared = (
-            json.loads(summary.read_text()).get("labelled_file") if summary.exists() else None
+            json.loads(summary.read_text()).get("labelled_file")
+            if summary.exists() and not by_prepare
+            else None
         )
         if prepared and Path(prepared).name != path.name:
             log.warning(
@@ -136,8 +144,7 @@ def prepare_dataset(
         progress=progress,
     )
     if failures:
-        keep = np.array([p not in failures for p in table.paths])
-        log.warning("%d image(s) could not be decoded and were left out", int((~keep).sum()))
+        keep = np.array([p not in failures for p in table.paths])  # build_cache named them
         table = DatasetTable(
             name=table.name,
             paths=[p for p, k in zip(table.paths, keep) if k],
@@ -173,7 +180,7 @@ def prepare_dataset(
     }
     n_train = len(table.indices("train"))
     if labelled is not None or labelled_count is not None:
-        idx = data.labelled(labelled, labelled_count, seed, by_group)
+        idx = data.labelled(labelled, labelled_count, seed, by_group, by_prepare=True)
         summary.update(
             labelled=len(idx),
             unlabelled=n_train - len(idx),
@@ -183,7 +190,11 @@ def prepare_dataset(
             labelled_fraction=labelled,
             seed=seed,
         )
-    else:
-        summary.update(labelled=n_train, unlabelled=0)
+    else:  # stage 2 draws it (data.labelled / --labelled); no count is claimed before
+        summary.update(labelled=None, unlabelled=None)
+        log.info(
+            "no labelled subset drawn (--labelled / --labelled-count): finetune draws one "
+            "(data.labelled, default 0.2)"
+        )
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

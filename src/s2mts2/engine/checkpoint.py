@@ -9,7 +9,7 @@ refused.
 from __future__ import annotations
 
 import json
-import pickle
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from s2mts2.errors import ConfigError, DataError
-from s2mts2.files import write_atomic
+from s2mts2.files import read_torch_file, write_atomic
+
+log = logging.getLogger("s2mts2")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -31,24 +33,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # no torch zip, no pickle
-            raise DataError(
-                f"{path}: not a PyTorch checkpoint (an image, a text file, ...?)"
-            ) from e
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = next((line for line in lines if "GLOBAL" in line), lines[-1])
-        raise DataError(
-            f"{path}: refused to load: the file contains objects other than tensors and plain "
-            f"values (it could execute code when unpickled). Only load checkpoints you trust "
-            f"from s2mts2. Detail: {detail}"
-        ) from e
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
-        raise DataError(f"{path}: not a readable PyTorch checkpoint: {e!r}") from e
+    state = read_torch_file(path, map_location)
     if not isinstance(state, dict) or "kind" not in state:
         raise DataError(f"{path}: not an s2mts2 checkpoint (no 'kind' entry)")
     return state
@@ -200,4 +185,11 @@ def resume_training(
                 f"--resume: the {name} in {path} does not fit this run: {str(e).splitlines()[0]}"
             ) from e
     set_rng_state(state["rng"])
+    epochs = (config or {}).get(kind, {}).get("epochs")
+    if epochs is not None and state["epoch"] >= epochs:
+        log.info(
+            "%s is complete (%d of %d epochs): nothing left to train", path, state["epoch"], epochs
+        )
+    else:
+        log.info("resumed %s at epoch %d", path, state["epoch"])
     return state

@@ -20,6 +20,7 @@ from s2mts2.engine.evaluate import evaluate_checkpoint
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.engine.runinfo import environment
+from s2mts2.errors import ConfigError
 from s2mts2.eval.report import comparison_table, plot_comparison_bars
 from s2mts2.files import write_text_atomic
 
@@ -29,12 +30,47 @@ METHODS = ("supervised", "mean-teacher", "s2mts2")
 QUICK = ("pretrain.epochs=5", "finetune.epochs=15")
 FINDING_STRENGTH = 2.5  # synthetic findings visible enough to learn in minutes on a CPU
 SUMMARY_KEYS = ("mean_auc", "mean_auc_ci95")
+DEMO_COMMAND = "s2mts2 demo"  # the command its runs record in run.json
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse an ``out`` holding work the demo did not write (it replaces only its own runs).
+
+    A stage folder with a checkpoint must have a ``run.json`` whose command is ``s2mts2 demo``;
+    a prepared dataset in ``out/data`` must be the generated ``synthetic`` one.
+    """
+    hint = "the demo replaces only its own runs: give it another --out"
+    for stage in ("pretrain", *METHODS):
+        folder = out / stage
+        if not (folder / "last.pt").exists():
+            continue
+        try:
+            command = json.loads((folder / "run.json").read_text()).get("command", "")
+        except (OSError, ValueError):
+            command = ""
+        if command != DEMO_COMMAND:
+            raise ConfigError(
+                f"--out {out}: {folder} holds a run that `s2mts2 demo` did not write "
+                f"(run.json command: {command or 'none'}); {hint}"
+            )
+    summary = out / "data" / "summary.json"
+    if summary.exists():
+        try:
+            dataset = json.loads(summary.read_text()).get("dataset")
+        except ValueError:
+            dataset = None
+        if dataset != "synthetic":
+            raise ConfigError(
+                f"--out {out}: {out / 'data'} holds a prepared {dataset or 'unreadable'} dataset, "
+                f"not the demo's generated one; {hint}"
+            )
 
 
 def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out``; returns the content of ``results.json``."""
     out = Path(out)
     t0 = time.perf_counter()
+    check_demo_folder(out)
     for stage in ("pretrain", *METHODS):  # a demo starts afresh: replace an earlier demo's runs
         if (out / stage / "last.pt").exists():
             log.info("demo: replacing the earlier demo run in %s", out / stage)
@@ -61,15 +97,19 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> 
         ", ".join(summary["classes"]),
     )
     log.info("demo: stage 1 (self-supervised mean teacher, JCL)")
-    pre = pretrain(cfg, out / "pretrain", progress=progress, command="s2mts2 demo")
+    pre = pretrain(cfg, out / "pretrain", progress=progress, command=DEMO_COMMAND)
     results: dict[str, Any] = {"methods": {}, "checkpoints": {}}
     for method in METHODS:
         log.info("demo: stage 2, method %s", method)
         run_cfg = load_config(
             preset_path("demo"),
-            [*overrides, f"finetune.method={method}", f"finetune.pretrained={pre}"],
+            [
+                *overrides,
+                f"finetune.method={method}",
+                f"finetune.pretrained={pre if method == 's2mts2' else ''}",
+            ],
         )
-        ckpt = finetune(run_cfg, out / method, progress=progress, command="s2mts2 demo")
+        ckpt = finetune(run_cfg, out / method, progress=progress, command=DEMO_COMMAND)
         metrics = evaluate_checkpoint(ckpt, split="test", out_dir=out / method / "eval-test")
         metrics.pop("report_markdown")
         results["methods"][method] = metrics

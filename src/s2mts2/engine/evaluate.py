@@ -19,12 +19,23 @@ from s2mts2.files import write_text_atomic
 from s2mts2.models.heads import Network
 
 
-def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
-    """Rebuild the stage-2 network of a checkpoint and load the teacher's or student's weights."""
+def load_finetuned(path: Path) -> dict[str, Any]:
+    """Read a stage-2 checkpoint safely; errors name ``path`` and what it is instead."""
+    state = load_checkpoint(path)
     if state["kind"] != "finetune":
         raise ConfigError(
-            f"expected a fine-tuned (stage-2) checkpoint, got a {state['kind']} checkpoint"
+            f"{path} is a {state['kind']} checkpoint; a fine-tuned (stage-2) one is needed, "
+            "e.g. runs/<run>/best.pt from s2mts2 finetune"
         )
+    missing = [key for key in ("meta", "config", "teacher") if key not in state]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)} entry: not a complete stage-2 checkpoint")
+    return state
+
+
+def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
+    """Rebuild the network of a stage-2 checkpoint (``load_finetuned``) with the teacher's or
+    the student's weights."""
     cfg = config_from_dict(state["config"])
     meta = state["meta"]
     net = classifier_network(cfg.model, meta["channels"], len(meta["classes"]), init="random")
@@ -49,7 +60,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate on a split of the prepared data; writes metrics.json, report.md, roc.png."""
     checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
+    state = load_finetuned(checkpoint)
     meta = state["meta"]
     dev = resolve_device(device)
     fp32 = Precision(dev.type)  # reported numbers in full precision, like the ONNX export
@@ -79,7 +90,10 @@ def evaluate_checkpoint(
         n_boot=n_boot,
     )
     metrics.update(checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method"))
-    suffix = "" if model == "teacher" else f"-{model}"  # the student's next to the teacher's
+    # the student's next to the teacher's; best.pt's in eval-<split>, another checkpoint's (such
+    # as last.pt) in eval-<split>-last, so that evaluating one never replaces the other's
+    suffix = "" if model == "teacher" else f"-{model}"
+    suffix += "" if checkpoint.stem == "best" else f"-{checkpoint.stem}"
     out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     title = f"{meta.get('method', '')} {model}, {t.name} {split}".strip()

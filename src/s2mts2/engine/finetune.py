@@ -281,6 +281,13 @@ def _finetune(
     )
     if fc.method == "s2mts2":
         init_from_pretrained(net, fc.pretrained, t.channels, cfg.model.backbone)
+    elif fc.pretrained and is_main():
+        log.warning(
+            "finetune.pretrained (%s) is not used: finetune.method is %s, and only s2mts2 starts "
+            "from the stage-1 weights (--set finetune.method=s2mts2 to use them)",
+            fc.pretrained,
+            fc.method,
+        )
     precision = resolve_precision(cfg.precision, device)
     check_compile(cfg.compile)
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
@@ -303,6 +310,11 @@ def _finetune(
     warmup_steps = steps_per_epoch * fc.warmup_epochs
     labels = torch.from_numpy(t.labels)
     select_on_val = fc.select == "val" and len(val) > 0
+    if fc.select == "val" and not select_on_val and is_main():
+        log.warning(
+            "%s has no validation split: best.pt is the last epoch's (finetune.select: last)",
+            cfg.data.dir,
+        )
 
     start_epoch, rows, best = 0, [], None
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -311,7 +323,6 @@ def _finetune(
     if resume:
         state = resume_training(last_path, "finetune", modules, config_to_dict(cfg))
         start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
-        log.info("resumed %s at epoch %d", last_path, start_epoch)
     step_fn = MeanTeacherStep(
         wrap_ddp(net, device),
         teacher,

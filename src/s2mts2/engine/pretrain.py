@@ -302,7 +302,6 @@ def _pretrain(
     if resume:
         state = resume_training(ckpt_path, "pretrain", modules, config_to_dict(cfg))
         start_epoch, rows = state["epoch"], state["history"]
-        log.info("resumed %s at epoch %d", ckpt_path, start_epoch)
     log.info("precision %s on %s", precision.name, device)
     step_fn = ContrastiveStep(
         wrap_ddp(net, device),

@@ -39,8 +39,7 @@ from tqdm import tqdm
 from s2mts2.data.augment import BatchAugment
 from s2mts2.data.imageio import _is_dicom, read_image, resize_square
 from s2mts2.engine.builders import build_eval_transform
-from s2mts2.engine.checkpoint import load_checkpoint
-from s2mts2.engine.evaluate import load_classifier
+from s2mts2.engine.evaluate import load_classifier, load_finetuned
 from s2mts2.engine.runtime import resolve_device
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.files import write_text_atomic
@@ -144,15 +143,7 @@ class OnnxModel:
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], Network, ModelInfo]:
     """Load a stage-2 checkpoint safely: (its state, the teacher network in eval mode, its info)."""
-    state = load_checkpoint(path)
-    if state["kind"] != "finetune":
-        raise ConfigError(
-            f"{path} is a {state['kind']} checkpoint; a fine-tuned (stage-2) one is needed, "
-            "e.g. runs/<run>/best.pt from s2mts2 finetune"
-        )
-    missing = [key for key in ("meta", "config", "teacher") if key not in state]
-    if missing:
-        raise DataError(f"{path}: no {', '.join(missing)} entry: not a complete stage-2 checkpoint")
+    state = load_finetuned(path)
     info = ModelInfo.from_mapping(state["meta"], path)
     return state, load_classifier(state), info
 

@@ -15,7 +15,8 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from s2mts2.errors import ConfigError
+from s2mts2.errors import ConfigError, DataError
+from s2mts2.files import read_torch_file
 from s2mts2.models.densenet_shared_stats import forward_shared_stats, uses_shared_stats
 
 Init = Literal["random", "imagenet"]
@@ -94,10 +95,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"model.weights: file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise ConfigError(f"model.weights: {path}: not a readable safetensors file: {e}") from e
+    try:
+        state = read_torch_file(path)
+    except DataError as e:
+        raise ConfigError(f"model.weights: {e}") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"model.weights: {path} is not a plain state_dict (name -> tensor)")
     return state

@@ -80,6 +80,7 @@ def load_chestxray14(
             validation split (model selection); 0 = none, as in the paper.
         seed: seed of the grouped split / validation hold-out.
     """
+    view = view.upper() if isinstance(view, str) else view  # pa = PA
     check_choice("view", view, (None, "PA", "AP"))
     check_choice("split", split, ("official", "grouped"))
     if not 0.0 <= val_fraction < 1.0:

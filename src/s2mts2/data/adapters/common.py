@@ -19,9 +19,10 @@ UNCERTAIN = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
 
 
 def check_choice(option: str, value: object, choices: Sequence[object]) -> None:
-    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    """Raise ConfigError unless ``value`` is one of ``choices`` (``None``: the option unset)."""
     if value not in choices:
-        raise ConfigError(f"option {option} must be one of {list(choices)}, got {value!r}")
+        named = [c for c in choices if c is not None]
+        raise ConfigError(f"option {option} must be one of {named}, got {value!r}")
 
 
 def find_file(root: Path, names: Iterable[str]) -> Path | None:

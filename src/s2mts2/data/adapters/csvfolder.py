@@ -202,6 +202,8 @@ def load_csv(
                 f"{table.path}, line {table.lines[rows[bad[0]]]}: split {str(split[bad[0]])!r}, "
                 f"expected one of {list(SPLITS)}"
             )
+        if group_column is not None:
+            _warn_groups_across_splits(table, group_column, groups, split)
     else:
         split = grouped_split(groups, labels, seed=seed)
     return DatasetTable(
@@ -215,3 +217,25 @@ def load_csv(
         channels=channels,
         missing=len(full) - len(rows),
     )
+
+
+def _warn_groups_across_splits(
+    table: CsvTable, group_column: str, groups: np.ndarray, split: np.ndarray
+) -> None:
+    """Warn when the CSV's own split puts one patient's images into several splits (a leak:
+    the test split then holds patients the model was trained on)."""
+    seen: dict[str, set[str]] = {}
+    for group, part in zip(groups.tolist(), split.tolist()):
+        seen.setdefault(group, set()).add(part)
+    crossing = sorted(g for g, parts in seen.items() if len(parts) > 1)
+    if crossing:
+        LOG.warning(
+            "%s: %d of %d %s values have images in more than one split (e.g. %s in %s): the "
+            "split column lets patients cross splits; drop split_column for a grouped split",
+            table.path,
+            len(crossing),
+            len(seen),
+            group_column,
+            crossing[0],
+            "/".join(sorted(seen[crossing[0]])),
+        )
