@@ -171,6 +171,16 @@ class _Range:
 _POSITIVE, _NATURAL, _COUNT = _Range(0, open_low=True), _Range(0), _Range(1)
 _UNIT, _FRACTION = _Range(0, 1), _Range(0, 1, open_low=True)
 _MOMENTUM = _Range(0, 0.9999)  # SGD momentum below 1
+_AUGMENT_PROBABILITIES = ("rotate_p", "hflip_p", "vflip_p", "jitter_p", "blur_p", "erase_p")
+_EITHER_STAGE = {  # keys of both training stages
+    "epochs": _COUNT,
+    "batch_size": _Range(2),  # BatchNorm needs two images
+    "lr": _POSITIVE,
+    "momentum": _MOMENTUM,
+    "weight_decay": _NATURAL,
+    "warmup_epochs": _NATURAL,
+    "ema": _UNIT,
+}
 # (section, key) -> range: checked as each value is set, so the error names the key (and file)
 _RANGES: dict[tuple[type, str], _Range] = {
     (RunConfig, "threads"): _NATURAL,
@@ -181,37 +191,27 @@ _RANGES: dict[tuple[type, str], _Range] = {
     (ModelConfig, "proj_dim"): _COUNT,
     (ModelConfig, "proj_hidden"): _NATURAL,
     (ModelConfig, "head_hidden"): _NATURAL,
-    **{(AugmentOverrides, k): _UNIT for k in ("rotate_p", "hflip_p", "vflip_p", "jitter_p")},
-    **{(AugmentOverrides, k): _UNIT for k in ("blur_p", "erase_p")},
+    **{(AugmentOverrides, k): _UNIT for k in _AUGMENT_PROBABILITIES},
     **{(AugmentOverrides, k): _NATURAL for k in ("brightness", "contrast", "saturation")},
     (AugmentOverrides, "crop_scale_min"): _FRACTION,
     (AugmentOverrides, "rotate_deg"): _Range(0, 180),
     (AugmentOverrides, "hue"): _Range(0, 0.5),
-    (PretrainConfig, "epochs"): _COUNT,
-    (PretrainConfig, "batch_size"): _Range(2),  # BatchNorm needs two images
+    **{
+        (stage, k): r
+        for stage in (PretrainConfig, FinetuneConfig)
+        for k, r in _EITHER_STAGE.items()
+    },
     (PretrainConfig, "views"): _COUNT,
     (PretrainConfig, "queue_size"): _COUNT,
     (PretrainConfig, "temperature"): _POSITIVE,
     (PretrainConfig, "lam_max"): _NATURAL,
-    (PretrainConfig, "ema"): _UNIT,
-    (PretrainConfig, "lr"): _POSITIVE,
-    (PretrainConfig, "momentum"): _MOMENTUM,
-    (PretrainConfig, "weight_decay"): _NATURAL,
-    (PretrainConfig, "warmup_epochs"): _NATURAL,
     (PretrainConfig, "monitor_every"): _NATURAL,
     (PretrainConfig, "knn_k"): _COUNT,
-    (FinetuneConfig, "epochs"): _COUNT,
     (FinetuneConfig, "steps_per_epoch"): _NATURAL,
-    (FinetuneConfig, "batch_size"): _Range(2),
     (FinetuneConfig, "unlabelled_ratio"): _POSITIVE,
-    (FinetuneConfig, "lr"): _POSITIVE,
     (FinetuneConfig, "backbone_lr_scale"): _NATURAL,
-    (FinetuneConfig, "momentum"): _MOMENTUM,
-    (FinetuneConfig, "weight_decay"): _NATURAL,
-    (FinetuneConfig, "warmup_epochs"): _NATURAL,
     (FinetuneConfig, "consistency"): _NATURAL,
     (FinetuneConfig, "consistency_ramp_epochs"): _NATURAL,
-    (FinetuneConfig, "ema"): _UNIT,
     (FinetuneConfig, "eval_every"): _COUNT,
 }
 

@@ -418,8 +418,10 @@ def test_a_run_folder_is_never_overwritten_and_resume_keeps_the_settings(
     shutil.copytree(pretrained.parent, out)
     with pytest.raises(ConfigError, match=r"already holds a run.*--resume"):
         pretrain(cfg_for(data_dir), out, progress=False)
-    with pytest.raises(ConfigError, match=r"other settings.*pretrain\.views: 2 -> 3"):
+    with pytest.raises(ConfigError, match=r"other settings.*pretrain\.views: 2 -> 3$"):
         pretrain(cfg_for(data_dir, "pretrain.views=3"), out, resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"epochs: 2 -> 5\. .*cannot be lengthened: start a new"):
+        pretrain(cfg_for(data_dir, "pretrain.epochs=5"), out, resume=True, progress=False)
     with pytest.raises(ConfigError, match=r"model\.backbone: 'resnet18' -> 'resnet18_small'"):
         pretrain(
             cfg_for(data_dir, "model.backbone=resnet18_small"), out, resume=True, progress=False

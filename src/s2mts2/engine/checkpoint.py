@@ -166,10 +166,17 @@ def resume_training(
         raise ConfigError(f"--resume: {path} is a {state['kind']} checkpoint, expected {kind}")
     changed = config_changes(state.get("config") or {}, config or {}, kind)
     if changed:
+        longer = any(c.startswith(f"{kind}.epochs:") for c in changed)
         raise ConfigError(
             f"--resume: {path} was trained with other settings; resume with the same config "
             f"and --set values (saved in {path.parent / 'config.yaml'}). Changed: "
             + "; ".join(changed)
+            + (
+                f". The number of epochs shapes the learning-rate schedule and the ramps, so a "
+                f"run cannot be lengthened: start a new one with more {kind}.epochs"
+                if longer
+                else ""
+            )
         )
     for name, module in modules.items():
         if isinstance(module, torch.amp.GradScaler):
