@@ -32,7 +32,9 @@ class DatasetTable:
             Multi-class tasks are one-hot.
         classes: C class names.
         task: ``multilabel`` (sigmoid/BCE) or ``multiclass`` (softmax/CE).
-        groups: (N,) patient or lesion ids (str); images of one group never cross splits.
+        groups: (N,) patient or lesion ids (str); the splits this package draws keep a group
+            in one split (a dataset's own split may not: SRC-MT's ISIC2018 split, a CSV's split
+            column, which the CSV adapter reports).
         split: (N,) ``train`` | ``val`` | ``test``.
         channels: 1 (grey-scale X-rays) or 3 (RGB dermoscopy).
         eval_classes: classes averaged into the headline mean AUC (ChestX-ray14 leaves out

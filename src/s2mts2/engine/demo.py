@@ -33,6 +33,15 @@ SUMMARY_KEYS = ("mean_auc", "mean_auc_ci95")
 DEMO_COMMAND = "s2mts2 demo"  # the command its runs record in run.json
 
 
+def _json_field(path: Path, key: str) -> Any:
+    """``key`` of the JSON object in ``path``; None when the file is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value.get(key) if isinstance(value, dict) else None
+
+
 def check_demo_folder(out: Path) -> None:
     """Refuse an ``out`` holding work the demo did not write (it replaces only its own runs).
 
@@ -42,28 +51,19 @@ def check_demo_folder(out: Path) -> None:
     hint = "the demo replaces only its own runs: give it another --out"
     for stage in ("pretrain", *METHODS):
         folder = out / stage
-        if not (folder / "last.pt").exists():
-            continue
-        try:
-            command = json.loads((folder / "run.json").read_text()).get("command", "")
-        except (OSError, ValueError):
-            command = ""
-        if command != DEMO_COMMAND:
+        command = _json_field(folder / "run.json", "command")
+        if (folder / "last.pt").exists() and command != DEMO_COMMAND:
             raise ConfigError(
                 f"--out {out}: {folder} holds a run that `s2mts2 demo` did not write "
                 f"(run.json command: {command or 'none'}); {hint}"
             )
     summary = out / "data" / "summary.json"
-    if summary.exists():
-        try:
-            dataset = json.loads(summary.read_text()).get("dataset")
-        except ValueError:
-            dataset = None
-        if dataset != "synthetic":
-            raise ConfigError(
-                f"--out {out}: {out / 'data'} holds a prepared {dataset or 'unreadable'} dataset, "
-                f"not the demo's generated one; {hint}"
-            )
+    dataset = _json_field(summary, "dataset")
+    if summary.exists() and dataset != "synthetic":
+        raise ConfigError(
+            f"--out {out}: {out / 'data'} holds a prepared {dataset or 'unreadable'} dataset, "
+            f"not the demo's generated one; {hint}"
+        )
 
 
 def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
