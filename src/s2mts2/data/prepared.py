@@ -57,29 +57,33 @@ class PreparedData:
         count: int | None = None,
         seed: int = 0,
         by_group: bool = False,
-        *,
-        by_prepare: bool = False,
     ) -> np.ndarray:
-        """Sorted table rows of the labelled subset; drawn once per setting and reused from disk.
-
-        A training run drawing another subset than ``prepare`` did is told so (``by_prepare``:
-        ``prepare`` itself draws, whatever an earlier ``prepare`` drew).
-        """
-        path = self.dir / "labelled" / labelled_file_name(fraction, count, seed, by_group)
+        """The labelled subset a training run uses (:meth:`draw_labelled`); the run is told when
+        it is another one than ``prepare`` drew."""
+        name = labelled_file_name(fraction, count, seed, by_group)
         summary = self.dir / "summary.json"
         prepared = (
-            json.loads(summary.read_text()).get("labelled_file")
-            if summary.exists() and not by_prepare
-            else None
+            json.loads(summary.read_text()).get("labelled_file") if summary.exists() else None
         )
-        if prepared and Path(prepared).name != path.name:
+        if prepared and Path(prepared).name != name:
             log.warning(
                 "%s: prepare drew the labelled subset %s; this run draws %s from its data.labelled "
                 "/ data.labelled_count / data.split_seed settings",
                 self.dir,
                 Path(prepared).name,
-                path.name,
+                name,
             )
+        return self.draw_labelled(fraction, count, seed, by_group)
+
+    def draw_labelled(
+        self,
+        fraction: float | None,
+        count: int | None = None,
+        seed: int = 0,
+        by_group: bool = False,
+    ) -> np.ndarray:
+        """Sorted table rows of the labelled subset; drawn once per setting and reused from disk."""
+        path = self.dir / "labelled" / labelled_file_name(fraction, count, seed, by_group)
         if path.exists():
             return load_labelled(path, self.table, split="train")
         idx = labelled_subset(
@@ -180,7 +184,7 @@ def prepare_dataset(
     }
     n_train = len(table.indices("train"))
     if labelled is not None or labelled_count is not None:
-        idx = data.labelled(labelled, labelled_count, seed, by_group, by_prepare=True)
+        idx = data.draw_labelled(labelled, labelled_count, seed, by_group)
         summary.update(
             labelled=len(idx),
             unlabelled=n_train - len(idx),
