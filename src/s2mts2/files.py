@@ -14,11 +14,12 @@ import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from s2mts2.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def ordinary_file_mode() -> int:
@@ -63,6 +64,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``; a DataError naming ``path`` when it fails."""
+    import torch  # here: the image cache's decode workers import this module and stay light
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
