@@ -3,14 +3,14 @@
 # run in the order given, most needed first; each is stopped after PART_LIMIT seconds (default
 # 240; bench_compile 420, compile 360; LIMIT_<part>=S sets one) and none starts past BUDGET
 # seconds (default 540), so the log and the finished parts' files come back even when one hangs.
-# Measured on an H100 / H200: tests 0.5-0.8, cli 0.7-2.1 (2.1 with its stage 1 compiled), bench
-# 2 minutes; estimated: bench_shared 2, shared 1.5, profile 0.5. bench_compile ran past 7.5
-# minutes on an H100 (compiling DenseNet-121 for both stages) and compiled training was no faster
-# there (benchmarks/README.md, "torch.compile"), so the compile parts run only when named.
-# Run from the repository root; results go to $OUT (set by the device tool) or benchmarks/results.
+# Measured on an H100 / H200: tests 0.5-2.7 (2.7 on an H200 in the eleventh session), cli
+# 0.7-2.1 (2.1 with its stage 1 compiled), bench 2.5 minutes; estimated: profile 0.5.
+# bench_compile ran past 7.5 minutes on an H100 (compiling DenseNet-121 for both stages) and
+# compiled training was no faster there (benchmarks/README.md, "torch.compile"), so the compile
+# parts run only when named. Run from the repository root; results go to $OUT (set by the device
+# tool) or benchmarks/results.
 #
-#   bash benchmarks/gpu_check.sh [PART ...]   # default: tests shared bench_shared cli
-#                                              # profile bench
+#   bash benchmarks/gpu_check.sh [PART ...]   # default: bench tests cli profile
 #                                              # also: bench_compile (alone, with
 #                                              # BUDGET=580 LIMIT_bench_compile=575: it ran
 #                                              # past 450 s), compile (eager and compiled
@@ -19,21 +19,17 @@
 #                                              # (fp32/bf16/fp16, 0.8 min; decided: bf16),
 #                                              # cudnn (autotuning on/off, 2 min; decided: off)
 #
-# Writes up to eleven files: log.txt (everything printed: GPU, tables, tests, the CLI run),
-# compile-cuda.json (model-only bf16 steps eager and under torch.compile, alternating in one
-# process), speed-cuda-compile.json (`s2mts2 bench --compile`), profile-cuda-compile.json,
+# Writes up to eight files: log.txt (everything printed: GPU, tables, tests, the CLI run),
 # speed-cuda.json (`s2mts2 bench`: stage 1 and stage 2, model-only vs end-to-end, the reference
 # pipeline, prepare; DenseNet-121, 224 px, M = 2, batch 128 labelled + 128 unlabelled in stage 2),
-# speed-cuda-shared-bn-stats.json (the same with `--shared-bn-stats`), bn-stats-kernels-cuda.json
-# (batch-norm statistics kernels on DenseNet-121's shapes), shared-bn-stats-cuda.json (model-only
-# bf16 steps with and without shared DenseNet BN statistics, alternating in one process),
-# profile-cuda.json (where a stage-1 step's time goes, with shared statistics; without them:
-# results/cuda/profile-cuda-h200.json), precision-cuda.json (fp32 / bf16 / fp16 steps
-# alternating; with cudnn: precision-cuda-cudnn-benchmark.json, the
-# same with cuDNN autotuning). The tests part runs the augmentation tests (CUDA == CPU for the
-# same parameters), the shared-statistics DenseNet tests and the precision, no-host-sync and
-# resume tests on the GPU; the cli part the whole CLI on CUDA (prepare, stage 1 compiled under
-# torchrun with NCCL, eager resume, stage 2, evaluate, predict with Grad-CAM).
+# profile-cuda.json (where a stage-1 step's time goes), compile-cuda.json (model-only bf16 steps
+# eager and under torch.compile, alternating in one process), speed-cuda-compile.json (`s2mts2
+# bench --compile`), profile-cuda-compile.json, precision-cuda.json (fp32 / bf16 / fp16 steps
+# alternating; with cudnn: precision-cuda-cudnn-benchmark.json, the same with cuDNN
+# autotuning). The tests part runs the augmentation tests (CUDA == CPU for the same parameters)
+# and the precision, no-host-sync and resume tests on the GPU; the cli part the whole CLI on CUDA
+# (prepare, stage 1 compiled under torchrun with NCCL, eager resume, stage 2, evaluate, predict
+# with Grad-CAM).
 # A failing part is reported and the others still run; the exit status counts the failures.
 #
 # The device image has PyTorch and torchvision but no pydicom (a pure-Python wheel). Carry it:
@@ -79,13 +75,9 @@ bench_compile() {
   python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
     --batch-size 128 --compile --json "$OUT/speed-cuda-compile.json"
 }
-bench_shared() {
-  python3 -m s2mts2 bench --device cuda --model densenet121 --size 224 --views 2 \
-    --batch-size 128 --shared-bn-stats --json "$OUT/speed-cuda-shared-bn-stats.json"
-}
 profile() {
   python3 benchmarks/profile_step.py --device cuda --model densenet121 --size 224 \
-    --batch-size 128 --shared-bn-stats --json "$OUT/profile-cuda.json"
+    --batch-size 128 --json "$OUT/profile-cuda.json"
 }
 profile_compile() {  # stage 1 compiled (the warm-up compiles, from Inductor's cache if warm)
   python3 benchmarks/profile_step.py --device cuda --model densenet121 --size 224 \
@@ -98,12 +90,6 @@ precision_steps() {
 precision() {
   precision_steps --precisions fp32 bf16 fp16 --json "$OUT/precision-cuda.json"
 }
-shared() {  # model.shared_bn_stats off / on, alternating (exact: tests/models/...shared_stats.py)
-  precision_steps --precisions bf16 --shared-bn-stats both --json "$OUT/shared-bn-stats-cuda.json"
-  local steps=$?
-  python3 benchmarks/bn_stats_kernels.py --device cuda --batch-size 128 \
-    --json "$OUT/bn-stats-kernels-cuda.json" && return "$steps"
-}
 compile() {  # eager / torch.compile, alternating (exact: tests/engine/test_compile.py)
   precision_steps --precisions bf16 --compile both --json "$OUT/compile-cuda.json"
 }
@@ -113,7 +99,6 @@ cudnn() {  # measured on an H100: no gain, so the engine leaves autotuning off
 }
 tests() {  # with a GPU these also run their CUDA cases (resume on CUDA, CUDA == CPU, no sync)
   python3 -m pytest tests/data/test_augment.py tests/engine/test_precision.py \
-    tests/models/test_densenet_shared_stats.py \
     "tests/engine/test_pipeline.py::test_an_interrupted_cuda_run_resumes" -q \
     -p no:cacheprovider
 }
@@ -137,15 +122,15 @@ s = l(sys.argv[1]); print('stage 1 history', [(h['epoch'], h.get('loss'), \
 h.get('knn_mean_auc')) for h in s['history']])" "$t/pre/last.pt" &&
     head -3 "$t/predictions.csv" && { ls "$t/cam" | head -3 || true; }
 }
-export -f bench bench_compile bench_shared profile profile_compile precision_steps precision \
-  compile shared cudnn tests cli
+export -f bench bench_compile profile profile_compile precision_steps precision compile cudnn \
+  tests cli
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, torch.cuda.get_device_name())"
   nproc
   local parts=("$@")
-  [ ${#parts[@]} -gt 0 ] || parts=(tests shared bench_shared cli profile bench)
+  [ ${#parts[@]} -gt 0 ] || parts=(bench tests cli profile)
   for name in "${parts[@]}"; do
     part "$name" "$name"
   done

@@ -1,19 +1,16 @@
-"""Model-only training steps in two precisions (or with and without shared BN statistics, or
-eager against ``torch.compile``), alternating in one process.
+"""Model-only training steps in two precisions (or eager against ``torch.compile``), alternating
+in one process.
 
 Separate `s2mts2 bench --precision ...` runs are minutes apart, and on a shared machine their
 difference mixes precision with load. Here the stage-1 and stage-2 steps of each variant are
 built from the same weights and timed in turns within every round; the ratio is the median over
-rounds of back-to-back pairs. A variant is a precision, with ``+shared_bn_stats`` when
-``--shared-bn-stats on`` (or ``both``: each precision without, then with), and ``+compile`` when
-``--compile on`` (or ``both``); compiled variants compile in their first warm-up step.
+rounds of back-to-back pairs. A variant is a precision, with ``+compile`` when ``--compile on``
+(or ``both``: each precision eager, then compiled); compiled variants compile in their first
+warm-up step.
 
     python benchmarks/precision_steps.py --model resnet18 --size 32 --batch-size 128 \\
         --json benchmarks/results/precision-steps-resnet18-32px.json
-    python benchmarks/precision_steps.py --model densenet121 --precisions fp32 bf16 \\
-        --shared-bn-stats both --size 64 --channels 1 --batch-size 32 --rounds 8 --steps 3 \\
-        --json benchmarks/results/shared-bn-stats/steps-cpu-densenet121-64px.json
-    python benchmarks/precision_steps.py --model resnet18 --precisions fp32 --compile both \
+    python benchmarks/precision_steps.py --model resnet18 --precisions fp32 --compile both \\
         --size 32 --batch-size 128 --json benchmarks/results/compile/steps-cpu-resnet18-32px.json
 
 Writes JSON: per variant and stage the fastest round (img/s) and every round, the median
@@ -55,11 +52,8 @@ def measure(args: argparse.Namespace) -> dict:
     precisions = [resolve_precision(p, device).name for p in args.precisions]
     choices = {"off": (False,), "on": (True,), "both": (False, True)}
     variants = {
-        p + ("+shared_bn_stats" if s else "") + ("+compile" if c else ""): replace(
-            base, precision=p, shared_bn_stats=s, compile=c
-        )
+        p + ("+compile" if c else ""): replace(base, precision=p, compile=c)
         for p in precisions
-        for s in choices[args.shared_bn_stats]
         for c in choices[args.compile]
     }
     data = BenchData(  # stage 2 needs only the task and the number of classes
@@ -134,12 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         "--cudnn-benchmark",
         action="store_true",
         help="let cuDNN time its convolution algorithms per shape (the engine does not, yet)",
-    )
-    ap.add_argument(
-        "--shared-bn-stats",
-        choices=("off", "on", "both"),
-        default="off",
-        help="DenseNet: model.shared_bn_stats in every variant (on), none (off) or as a variant",
     )
     ap.add_argument(
         "--compile",

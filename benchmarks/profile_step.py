@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rows", type=int, default=25, help="operators shown")
-    ap.add_argument("--shared-bn-stats", action="store_true", help="model.shared_bn_stats: true")
     ap.add_argument("--compile", action="store_true", help="compile: true (warm-up compiles)")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -51,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size,
         views=args.views,
         batch_size=args.batch_size,
-        shared_bn_stats=args.shared_bn_stats,
         compile=args.compile,
     )
     step = contrastive_step(s, args.channels, device)

@@ -153,11 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="prepared-data folder (default: generate images)")
     p.add_argument("--quick", action="store_true", help="small settings (under 2 minutes)")
     p.add_argument(
-        "--shared-bn-stats",
-        action="store_true",
-        help="DenseNet: each feature map's batch statistics once per block (model.shared_bn_stats)",
-    )
-    p.add_argument(
         "--compile",
         action="store_true",
         help="the engine's steps through torch.compile (the config's compile; the first warm-up "
@@ -273,7 +268,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             channels=args.channels,
             threads=args.threads,
             data=str(args.data) if args.data else None,
-            shared_bn_stats=args.shared_bn_stats,
             compile=args.compile,
         )
         result = run_bench(settings, quick=args.quick, command=command)

@@ -51,7 +51,6 @@ class ModelConfig:
     proj_hidden: int = 0  # hidden width of the projection head (0 = backbone feature width)
     head_hidden: int = 0  # hidden width of the classifier head (0 = backbone feature width)
     sync_bn: bool = False  # several CUDA processes: SyncBatchNorm in student and teacher
-    shared_bn_stats: bool = False  # densenet121 training: each feature map's BN statistics once
 
 
 @dataclass
@@ -268,11 +267,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+# Settings of earlier versions that are no longer read: key -> why. The configs stored in their
+# checkpoints and run records still hold them, so config_from_dict passes over them.
+RETIRED_KEYS = {
+    "model.shared_bn_stats": "was removed: DenseNet's shared batch-norm statistics made training "
+    "slower on an H200 (stage 1 at 0.72x) and no faster on a CPU (benchmarks/README.md)",
+}
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "", stored: bool = False) -> None:
+    """Set ``values`` (nested mappings) on the config ``obj``; ``stored``: a config written by
+    an earlier run, whose :data:`RETIRED_KEYS` are skipped instead of refused."""
     hints = get_type_hints(type(obj))
     names = {f.name for f in fields(obj)}
     for k, v in values.items():
         key = f"{prefix}{k}"
+        if key in RETIRED_KEYS:
+            if stored:
+                continue
+            raise ConfigError(f"config key '{key}' {RETIRED_KEYS[key]}")
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
@@ -283,7 +296,7 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         if is_dataclass(current):
             if not isinstance(v, dict):
                 raise ConfigError(f"config key '{key}' is a section; expected a mapping, got {v!r}")
-            _apply(current, v, prefix=f"{key}.")
+            _apply(current, v, prefix=f"{key}.", stored=stored)
         else:
             value = _coerce(v, hints[k], key)
             allowed = _RANGES.get((type(obj), k))
@@ -393,6 +406,7 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """The config stored by a run (checkpoint, run record), also one of an earlier version."""
     cfg = RunConfig()
-    _apply(cfg, values)
+    _apply(cfg, values, stored=True)
     return cfg

@@ -124,10 +124,11 @@ def test_changed_recipe_is_refused(runner, tmp_path):
     # a folder older than a setting (its stored config lacks the key) counts as its default
     result = plan.runs_dir / "supervised-s0" / "result.json"
     stored = json.loads(result.read_text())
-    del stored["config"]["model"]["shared_bn_stats"]
+    del stored["config"]["model"]["sync_bn"]
+    stored["config"]["model"]["shared_bn_stats"] = False  # and one of a retired setting
     result.write_text(json.dumps(stored))
     runner.run_benchmark(plan)
-    plan.overrides = (*TINY, "model.shared_bn_stats=true")
+    plan.overrides = (*TINY, "model.sync_bn=true")
     with pytest.raises(runner.ConfigError, match="another recipe"):
         runner.run_benchmark(plan)
     plan.overrides = (*TINY, "finetune.lr=0.5")

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 
 def test_writes_speeds_and_ratios_per_precision(tmp_path, load_benchmark):
     module = load_benchmark("precision_steps")
@@ -29,13 +31,17 @@ def test_writes_speeds_and_ratios_per_precision(tmp_path, load_benchmark):
     assert result["settings"]["stage2_images_per_step"] == 4 + 4  # unlabelled_ratio 1 default
 
 
-def test_shared_bn_stats_as_a_variant(tmp_path, load_benchmark):
+def test_compile_as_a_variant(tmp_path, load_benchmark, monkeypatch):
+    """``--compile both``: each precision eager, then compiled (compilation itself is tested in
+    tests/engine/test_compile.py; here torch.compile only records which networks it was given)."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or module)
     module = load_benchmark("precision_steps")
     out = tmp_path / "r.json"
-    argv = ["--model", "densenet121", "--precisions", "fp32", "--shared-bn-stats", "both"]
-    argv += ["--size", "32", "--batch-size", "2", "--rounds", "1", "--steps", "1"]
-    assert module.main([*argv, "--warmup", "0", "--json", str(out)]) == 0
+    argv = ["--precisions", "fp32", "--compile", "both", "--size", "32", "--batch-size", "2"]
+    assert module.main([*argv, "--rounds", "1", "--steps", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["img_s"]) == {"fp32", "fp32+shared_bn_stats"}
-    assert set(result["ratio_to_fp32"]) == {"fp32+shared_bn_stats"}
-    assert result["ratio_to_fp32"]["fp32+shared_bn_stats"]["stage2"] > 0
+    assert set(result["img_s"]) == {"fp32", "fp32+compile"}
+    assert set(result["ratio_to_fp32"]) == {"fp32+compile"}
+    assert result["ratio_to_fp32"]["fp32+compile"]["stage2"] > 0
+    assert len(compiled) == 4  # the compiled variant's student and teacher, stage 1 and stage 2

@@ -77,10 +77,7 @@ def test_tiny_bench_measures_every_key(tiny_result):
     )
     table = format_table(tiny_result)
     assert "stage 1 end-to-end" in table and "reference pipeline" in table
-    assert "shared BN statistics" not in table
     assert "torch.compile" not in table
-    shared = {**tiny_result, "settings": {**tiny_result["settings"], "shared_bn_stats": True}}
-    assert ", shared BN statistics," in format_table(shared)
     compiled = {**tiny_result, "settings": {**tiny_result["settings"], "compile": True}}
     assert ", torch.compile," in format_table(compiled)
 
@@ -161,14 +158,13 @@ def test_cli_writes_json_and_prints_table(tmp_path, monkeypatch, capsys, tiny_re
     monkeypatch.setattr(bench, "run_bench", fake_run)
     out = tmp_path / "results" / "speed.json"
     argv = ["bench", "--device", "cpu", "--model", "resnet18", "--size", "32", "--views", "3"]
-    argv += ["--batch-size", "8", "--quick", "--shared-bn-stats", "--compile", "--json", str(out)]
+    argv += ["--batch-size", "8", "--quick", "--compile", "--json", str(out)]
     assert main(argv) == 0
     assert json.loads(out.read_text())["pretrain_model_only_img_s"] > 0
     assert "stage 2 end-to-end" in capsys.readouterr().out
     s = seen["settings"]
     assert (s.device, s.model, s.size, s.views, s.batch_size) == ("cpu", "resnet18", 32, 3, 8)
-    assert s.steps is None and s.data is None and seen["quick"] and s.shared_bn_stats
-    assert s.compile
+    assert s.steps is None and s.data is None and seen["quick"] and s.compile
     assert seen["command"].startswith("s2mts2 bench")
 
 
@@ -189,24 +185,6 @@ def test_cli_waits_passively_on_a_busy_cpu(
         monkeypatch.setenv("OMP_WAIT_POLICY", preset)
     assert main(["bench", "--json", str(tmp_path / "r.json")]) == 0
     assert os.environ.get("OMP_WAIT_POLICY") == expected
-
-
-def test_shared_bn_stats_in_the_engine_steps_not_the_reference():
-    s = replace(BenchSettings(**TINY), model="densenet121", shared_bn_stats=True)
-    empty = np.zeros(0, np.int64)
-    data = bench.BenchData(  # stage 2 needs only the task and the number of classes
-        paths=[],
-        images=np.zeros((0, 1, 16, 16), np.uint8),
-        rows=empty,
-        train=empty,
-        labels=np.zeros((1, 3), np.float32),
-        task="multilabel",
-        channels=1,
-    )
-    cpu = torch.device("cpu")
-    assert bench.contrastive_step(s, 1, cpu).student.backbone.shared_bn_stats
-    assert not bench.contrastive_step(s, 1, cpu, engine=False).student.backbone.shared_bn_stats
-    assert bench.mean_teacher_step(s, data, cpu)[0].student.backbone.shared_bn_stats
 
 
 def test_settings_quick_defaults_and_validation():

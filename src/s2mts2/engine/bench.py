@@ -96,8 +96,6 @@ class BenchSettings:
     ``queue_size``: K negatives of stage 1; ``threads``: torch CPU threads (0 = all cores);
     ``precision``: of the engine's steps, as the training config's ``precision`` (resolved to a
     name by :func:`resolve_settings`); the reference pipeline always runs fp32 NCHW;
-    ``shared_bn_stats``: the engine's DenseNet computes each feature map's batch statistics once
-    (``model.shared_bn_stats``; the reference pipeline runs torchvision's forward);
     ``compile``: the engine's steps run their networks through ``torch.compile`` (the config's
     ``compile``; the first warm-up step compiles, the reference pipeline runs eagerly).
     """
@@ -121,7 +119,6 @@ class BenchSettings:
     reference_workers: int | None = None
     threads: int = 0
     seed: int = 0
-    shared_bn_stats: bool = False
     compile: bool = False
 
 
@@ -277,7 +274,7 @@ def contrastive_step(
     ``engine=False`` gives the step users run today: fp32, NCHW; else ``s.precision``.
     """
     pc = PretrainConfig(batch_size=s.batch_size, views=s.views, queue_size=s.queue_size)
-    model = ModelConfig(backbone=s.model, shared_bn_stats=s.shared_bn_stats and engine)
+    model = ModelConfig(backbone=s.model)
     net = pretrain_network(model, channels)
     precision = resolve_precision(s.precision, device) if engine else Precision(device.type)
     student = precision.prepare(net, device)
@@ -309,7 +306,7 @@ def mean_teacher_step(
 ) -> tuple[MeanTeacherStep, int]:
     """A fresh stage-2 step (default config, mean teacher) and its unlabelled batch size."""
     fc = FinetuneConfig(batch_size=s.batch_size)
-    model = ModelConfig(backbone=s.model, shared_bn_stats=s.shared_bn_stats)
+    model = ModelConfig(backbone=s.model)
     net = classifier_network(model, data.channels, data.labels.shape[1])
     precision = resolve_precision(s.precision, device)
     student = precision.prepare(net, device)
@@ -593,7 +590,6 @@ def format_table(result: dict[str, Any]) -> str:
         f"(+{s['warmup']} warm-up, best of {s['repeats']}), threads {result['torch_threads']} "
         f"(OMP_WAIT_POLICY {result['omp_wait_policy'] or 'unset'}), "
         f"{result['device_name']} ({result['device']}), {s['precision']}"
-        f"{', shared BN statistics' if s.get('shared_bn_stats') else ''}"
         f"{', torch.compile' if s.get('compile') else ''}, torch "
         f"{result['torch_version']}, load {result['load_average_before'][0]:.2f}"
     )

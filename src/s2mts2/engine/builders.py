@@ -17,7 +17,6 @@ def pretrain_network(cfg: ModelConfig, channels: int) -> Network:
         in_channels=channels,
         init=cfg.init,
         weights=cfg.weights or None,
-        shared_bn_stats=cfg.shared_bn_stats,
     )
     return Network(backbone, ProjectionHead(dim, cfg.proj_hidden or None, cfg.proj_dim))
 
@@ -34,7 +33,6 @@ def classifier_network(
         in_channels=channels,
         init=init or cfg.init,
         weights=cfg.weights or None,
-        shared_bn_stats=cfg.shared_bn_stats,
     )
     return Network(backbone, ClassifierHead(dim, num_classes, cfg.head_hidden or None))
 

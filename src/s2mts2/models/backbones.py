@@ -17,7 +17,6 @@ from torch import nn
 
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.files import read_torch_file
-from s2mts2.models.densenet_shared_stats import forward_shared_stats, uses_shared_stats
 
 Init = Literal["random", "imagenet"]
 
@@ -27,20 +26,14 @@ class DenseNetFeatures(nn.Module):
 
     Keeps torchvision's ``features.*`` parameter names, so torchvision state_dicts load directly.
     The ReLU is not in-place, so hooks on ``features`` (Grad-CAM) see the unmodified map.
-    ``shared_bn_stats``: in training mode, compute each feature map's batch statistics once per
-    dense block (``densenet_shared_stats``; same result as torchvision's forward).
     """
 
-    def __init__(self, densenet: tvm.DenseNet, shared_bn_stats: bool = False) -> None:
+    def __init__(self, densenet: tvm.DenseNet) -> None:
         super().__init__()
         self.features = densenet.features
-        self.shared_bn_stats = shared_bn_stats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shared_bn_stats and self.training and uses_shared_stats(self.features, x):
-            maps = forward_shared_stats(self.features, x)
-        else:
-            maps = self.features(x)
+        maps = self.features(x)
         return torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(maps), 1), 1)
 
 
@@ -192,7 +185,6 @@ def build_backbone(
     in_channels: int = 3,
     init: Init = "random",
     weights: str | Path | None = None,
-    shared_bn_stats: bool = False,
 ) -> tuple[nn.Module, int]:
     """Build a pooled feature extractor: (B, in_channels, H, W) -> (B, F).
 
@@ -204,21 +196,14 @@ def build_backbone(
         init: ``random`` or ``imagenet`` (torchvision's IMAGENET1K_V1 weights, read from
             ``weights`` or from the torch hub cache; never downloaded).
         weights: local .pth / .safetensors torchvision state_dict for ``init="imagenet"``.
-        shared_bn_stats: DenseNet only: batch statistics of each feature map computed once per
-            dense block in training mode (:class:`DenseNetFeatures`).
 
     Returns:
         (module, F). The module's parameter names are torchvision's without the classifier.
 
     Raises:
-        ConfigError: unknown name, ImageNet file absent or not matching, bad in_channels,
-            ``shared_bn_stats`` with a backbone that is not a DenseNet.
+        ConfigError: unknown name, ImageNet file absent or not matching, bad in_channels.
     """
     build, _, dim, conv_name = _spec(name)
-    if shared_bn_stats and not name.startswith("densenet"):
-        raise ConfigError(
-            f"model.shared_bn_stats: applies to DenseNet backbones only, not {name!r}; set it false"
-        )
     if init not in ("random", "imagenet"):
         raise ConfigError(f"model.init: expected 'random' or 'imagenet', got {init!r}")
     if in_channels < 1 or (init == "imagenet" and in_channels not in (1, 3)):
@@ -233,7 +218,7 @@ def build_backbone(
         source = str(weights) if weights is not None else str(imagenet_weights_path(name))
         _load_imagenet(model, name, _imagenet_state_dict(name, weights), conv_name, source)
     if isinstance(model, tvm.DenseNet):
-        return DenseNetFeatures(model, shared_bn_stats), dim
+        return DenseNetFeatures(model), dim
     model.fc = nn.Identity()
     return model, dim
 
