@@ -43,9 +43,12 @@ _spec.loader.exec_module(worker)
 TOLERANCE = 1e-5  # 1 vs 2 processes: same steps up to float rounding (measured ~2e-7)
 
 
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, logs: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Two processes; torchrun's log folder under ``logs`` (its default, a new /tmp/torchelastic_*
+    folder per launch, would outlive the test)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["--log-dir", str(logs)]
     done = subprocess.run(
         [*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -62,7 +65,8 @@ def data_dir(tiny_data) -> Path:
 def two_ranks(data_dir, tmp_path_factory) -> Path:
     """Output folder of the two-rank jobs."""
     out = tmp_path_factory.mktemp("ranks")
-    torchrun(str(Path(__file__).with_name("ddp_worker.py")), str(data_dir), str(out))
+    worker_script = str(Path(__file__).with_name("ddp_worker.py"))
+    torchrun(worker_script, str(data_dir), str(out), logs=tmp_path_factory.mktemp("logs"))
     return out
 
 
@@ -221,9 +225,8 @@ def test_torchrun_cli_runs_both_stages(data_dir, tmp_path):
     pre, ft = tmp_path / "pre", tmp_path / "ft"
     # stage 1: torch.compile of the DDP student (where a C compiler is there for Inductor)
     compiled = ["--set", "compile=true"] if HAS_C_COMPILER else []
-    done = torchrun(
-        "-m", "s2mts2", "pretrain", "--config", demo, *flags, *compiled, "--out", str(pre)
-    )
+    stage1 = ["-m", "s2mts2", "pretrain", "--config", demo, *flags, *compiled, "--out", str(pre)]
+    done = torchrun(*stage1, logs=tmp_path / "logs")
     state = load_checkpoint(pre / "last.pt")
     assert state["kind"] == "pretrain" and state["epoch"] == 1
     assert state["config"]["compile"] is HAS_C_COMPILER
@@ -232,9 +235,8 @@ def test_torchrun_cli_runs_both_stages(data_dir, tmp_path):
     assert done.stderr.count("pretrain epoch 1/1") == 1  # rank 0 alone logs
     assert done.stderr.count("compile: the first training steps compile") == int(HAS_C_COMPILER)
     pretrained = f"finetune.pretrained={pre / 'last.pt'}"
-    torchrun(
-        "-m", "s2mts2", "finetune", "--config", demo, *flags, "--set", pretrained, "--out", str(ft)
-    )
+    stage2 = ["-m", "s2mts2", "finetune", "--config", demo, *flags, "--set", pretrained]
+    torchrun(*stage2, "--out", str(ft), logs=tmp_path / "logs")
     state = load_checkpoint(ft / "best.pt")
     assert state["kind"] == "finetune" and state["epoch"] == 1
     assert 0.0 <= state["history"][-1]["val_mean_auc"] <= 1.0
