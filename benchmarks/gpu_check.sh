@@ -3,8 +3,10 @@
 # run in the order given, most needed first; each is stopped after PART_LIMIT seconds (default
 # 240; bench_compile 420, compile 360; LIMIT_<part>=S sets one) and none starts past BUDGET
 # seconds (default 540), so the log and the finished parts' files come back even when one hangs.
-# Measured on an H100 / H200: tests 0.5-2.7 (2.7 on an H200 in the eleventh session), cli
-# 0.7-2.1 (2.1 with its stage 1 compiled), bench 2.5 minutes; estimated: profile 0.5.
+# Measured on an H100 / H200: tests 0.5-2.7 (2.7 on an H200 in the twelfth session, with since
+# removed tests), cli 0.7-2.1 (2.1 with its stage 1 compiled; in the twelfth session it had 2.1
+# minutes of the budget left and was stopped before predict), bench 2.5 minutes; estimated:
+# profile 0.5.
 # bench_compile ran past 7.5 minutes on an H100 (compiling DenseNet-121 for both stages) and
 # compiled training was no faster there (benchmarks/README.md, "torch.compile"), so the compile
 # parts run only when named. Run from the repository root; results go to $OUT (set by the device

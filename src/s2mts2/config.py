@@ -267,25 +267,31 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-# Settings of earlier versions that are no longer read: key -> why. The configs stored in their
-# checkpoints and run records still hold them, so config_from_dict passes over them.
-RETIRED_KEYS = {
-    "model.shared_bn_stats": "was removed: DenseNet's shared batch-norm statistics made training "
-    "slower on an H200 (stage 1 at 0.72x) and no faster on a CPU (benchmarks/README.md)",
+# Settings of earlier versions that are no longer read: key -> (the value that asks for what is
+# now the only behaviour, why it went). Checkpoints and run records of those versions store them,
+# and so does the resolved config.yaml of their runs, which a user may pass to --config again.
+RETIRED_KEYS: dict[str, tuple[Any, str]] = {
+    "model.shared_bn_stats": (
+        False,
+        "was removed: DenseNet's shared batch-norm statistics made training slower on an H200 "
+        "(stage 1 at 0.72x) and no faster on a CPU (benchmarks/README.md)",
+    ),
 }
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "", stored: bool = False) -> None:
-    """Set ``values`` (nested mappings) on the config ``obj``; ``stored``: a config written by
-    an earlier run, whose :data:`RETIRED_KEYS` are skipped instead of refused."""
+    """Set ``values`` (nested mappings) on the config ``obj``. A key of :data:`RETIRED_KEYS` is
+    skipped where it holds its kept value, or anywhere in a config a run stored (``stored``), and
+    refused with its reason otherwise."""
     hints = get_type_hints(type(obj))
     names = {f.name for f in fields(obj)}
     for k, v in values.items():
         key = f"{prefix}{k}"
         if key in RETIRED_KEYS:
-            if stored:
+            kept, why = RETIRED_KEYS[key]
+            if stored or v == kept:
                 continue
-            raise ConfigError(f"config key '{key}' {RETIRED_KEYS[key]}")
+            raise ConfigError(f"config key '{key}' {why}")
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""

@@ -104,8 +104,6 @@ def test_config_changes_name_what_differs_for_the_stage():
     ]
     older = {**saved, "model": {k: v for k, v in saved["model"].items() if k != "head_hidden"}}
     assert config_changes(older, saved | {"threads": 2}, "pretrain") == []  # predates a setting
-    retired = {**saved, "model": {**saved["model"], "shared_bn_stats": False}}
-    assert config_changes(retired, saved, "pretrain") == []  # holds a setting since removed
 
 
 def test_the_labelled_draw_may_not_change_on_resume():

@@ -139,6 +139,10 @@ def build_cache(
     sizes and modification times) with the same settings is reused without decoding. Decoding runs
     in ``workers`` processes (default: all cores) started fresh (forkserver or spawn), so a script
     that calls this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
+    Each worker imports this module (light: no torch) and, by Python's rule for fresh processes,
+    the parent's main script when the parent was started as one (not for ``python -m`` or the
+    ``s2mts2`` command): a script's module-level imports (torch: a second or more) are paid once
+    per worker at start-up.
     """
     if size < 1:
         raise ConfigError(f"image size must be a positive number of pixels, got {size}")
