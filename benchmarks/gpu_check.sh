@@ -107,7 +107,7 @@ tests() {  # with a GPU these also run their CUDA cases (resume on CUDA, CUDA ==
 cli() {  # the whole CLI on CUDA, as a user runs it (tiny, seconds per stage)
   local t=/tmp/s2mts2-cli sets=(--set device=cuda --set data.dir=/tmp/s2mts2-cli/data)
   rm -rf "$t"
-  python3 -m s2mts2 prepare synthetic --out "$t/data" --size 32 --labelled 0.2 --option n=320 \
+  python3 -m s2mts2 prepare synthetic --out "$t/data" --size 32 --labelled 0.15 --option n=320 \
     --option size=48 &&
     python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m s2mts2 pretrain \
       --config tiny --no-progress "${sets[@]}" --set data.size=32 --set pretrain.epochs=2 \
@@ -115,7 +115,7 @@ cli() {  # the whole CLI on CUDA, as a user runs it (tiny, seconds per stage)
     python3 -m s2mts2 pretrain --config tiny --no-progress "${sets[@]}" --set data.size=32 \
       --set pretrain.epochs=2 --set pretrain.monitor_every=1 --out "$t/pre" --resume &&
     python3 -m s2mts2 finetune --config tiny --no-progress "${sets[@]}" --set data.size=32 \
-      --set finetune.pretrained="$t/pre/last.pt" --out "$t/ft" &&
+      --set finetune.method=s2mts2 --set finetune.pretrained="$t/pre/last.pt" --out "$t/ft" &&
     python3 -m s2mts2 evaluate "$t/ft/best.pt" --split test --device cuda &&
     python3 -m s2mts2 predict "$t/ft/best.pt" "$t/data" --top-k 1 --cam "$t/cam" \
       --out "$t/predictions.csv" --device cuda --no-progress &&
