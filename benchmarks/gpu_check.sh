@@ -5,8 +5,8 @@
 # seconds (default 540), so the log and the finished parts' files come back even when one hangs.
 # Measured on an H100 / H200: tests 0.5-2.7 (2.7 on an H200 in the twelfth session, with since
 # removed tests), cli 0.7-2.1 (2.1 with its stage 1 compiled; in the twelfth session it had 2.1
-# minutes of the budget left and was stopped before predict), bench 2.5 minutes; estimated:
-# profile 0.5.
+# minutes of the budget left and was stopped before predict), bench 2.3-2.5 minutes, levers 1.0,
+# graph_tests 0.3, profile 0.5.
 # bench_compile ran past 7.5 minutes on an H100 (compiling DenseNet-121 for both stages) and
 # compiled training was no faster there (benchmarks/README.md, "torch.compile"), so the compile
 # parts run only when named. Run from the repository root; results go to $OUT (set by the device
@@ -19,19 +19,24 @@
 #                                              # steps alternating), profile_compile (the
 #                                              # compiled stage-1 step's profile), precision
 #                                              # (fp32/bf16/fp16, 0.8 min; decided: bf16),
-#                                              # cudnn (autotuning on/off, 2 min; decided: off)
+#                                              # cudnn (autotuning on/off, 2 min; decided: off),
+#                                              # levers (foreach/fused, CUDA graphs on/off,
+#                                              # bf16/fp16), graph_tests (graphed == eager
+#                                              # steps), bn_kernels (batch norm: PyTorch's
+#                                              # kernels / cuDNN), profile_fp16
 #
-# Writes up to eight files: log.txt (everything printed: GPU, tables, tests, the CLI run),
+# Writes up to eleven files: log.txt (everything printed: GPU, tables, tests, the CLI run),
 # speed-cuda.json (`s2mts2 bench`: stage 1 and stage 2, model-only vs end-to-end, the reference
 # pipeline, prepare; DenseNet-121, 224 px, M = 2, batch 128 labelled + 128 unlabelled in stage 2),
 # profile-cuda.json (where a stage-1 step's time goes), compile-cuda.json (model-only bf16 steps
 # eager and under torch.compile, alternating in one process), speed-cuda-compile.json (`s2mts2
 # bench --compile`), profile-cuda-compile.json, precision-cuda.json (fp32 / bf16 / fp16 steps
 # alternating; with cudnn: precision-cuda-cudnn-benchmark.json, the same with cuDNN
-# autotuning). The tests part runs the augmentation tests (CUDA == CPU for the same parameters)
-# and the precision, no-host-sync and resume tests on the GPU; the cli part the whole CLI on CUDA
-# (prepare, stage 1 compiled under torchrun with NCCL, eager resume, stage 2, evaluate, predict
-# with Grad-CAM).
+# autotuning), levers-cuda.json, bn-kernels-cuda.json, profile-cuda-fp16.json. The tests part
+# runs the CUDA-graph tests, the augmentation tests (CUDA == CPU for the same parameters) and the
+# precision, no-host-sync and resume tests on the GPU; the cli part the whole CLI on CUDA
+# (prepare, stage 1 compiled under torchrun with NCCL, resume on one process with CUDA graphs,
+# stage 2, evaluate, predict with Grad-CAM).
 # A failing part is reported and the others still run; the exit status counts the failures.
 #
 # The device image has PyTorch and torchvision but no pydicom (a pure-Python wheel). Carry it:
@@ -99,8 +104,23 @@ cudnn() {  # measured on an H100: no gain, so the engine leaves autotuning off
   precision_steps --precisions fp32 bf16 --cudnn-benchmark \
     --json "$OUT/precision-cuda-cudnn-benchmark.json"
 }
+bn_kernels() {  # batch norm per backend (PyTorch's kernels / cuDNN), bf16 and fp16
+  python3 benchmarks/batchnorm_kernels.py --device cuda --json "$OUT/bn-kernels-cuda.json"
+}
+levers() {  # model-only steps: foreach / fused optimiser, CUDA graphs, bf16 / fp16, alternating
+  precision_steps --variants bf16+foreach+no-graphs bf16+no-graphs bf16 fp16+no-graphs fp16 \
+    --json "$OUT/levers-cuda.json"
+}
+profile_fp16() {
+  python3 benchmarks/profile_step.py --device cuda --precision fp16 --model densenet121 \
+    --size 224 --batch-size 128 --json "$OUT/profile-cuda-fp16.json"
+}
+graph_tests() {  # CUDA graphs: replayed stage-1 steps against eager ones (seconds)
+  python3 -m pytest tests/engine/test_graphs.py -q -p no:cacheprovider
+}
 tests() {  # with a GPU these also run their CUDA cases (resume on CUDA, CUDA == CPU, no sync)
-  python3 -m pytest tests/data/test_augment.py tests/engine/test_precision.py \
+  python3 -m pytest tests/engine/test_graphs.py tests/data/test_augment.py \
+    tests/engine/test_precision.py \
     "tests/engine/test_pipeline.py::test_an_interrupted_cuda_run_resumes" -q \
     -p no:cacheprovider
 }
@@ -125,7 +145,7 @@ h.get('knn_mean_auc')) for h in s['history']])" "$t/pre/last.pt" &&
     head -3 "$t/predictions.csv" && { ls "$t/cam" | head -3 || true; }
 }
 export -f bench bench_compile profile profile_compile precision_steps precision compile cudnn \
-  tests cli
+  bn_kernels levers profile_fp16 graph_tests tests cli
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \

@@ -13,6 +13,17 @@ warm-up step.
     python benchmarks/precision_steps.py --model resnet18 --precisions fp32 --compile both \\
         --size 32 --batch-size 128 --json benchmarks/results/compile/steps-cpu-resnet18-32px.json
 
+``--variants`` names variants directly as ``PRECISION[+compile][+foreach][+no-graphs]``:
+``foreach`` rebuilds both steps' optimisers with ``foreach=True`` where the engine uses
+``fused=True`` (on CUDA: one kernel per parameter chunk, and no host synchronisation in fp16's
+loss scaling); ``no-graphs`` runs stage 1 without CUDA graphs (the config's ``cuda_graphs:
+false``)::
+
+    python benchmarks/precision_steps.py --device cuda --model densenet121 --size 224 \\
+        --channels 1 --batch-size 128 \\
+        --variants bf16+foreach+no-graphs bf16+no-graphs bf16 fp16+no-graphs fp16 \\
+        --json steps-cuda.json
+
 Writes JSON: per variant and stage the fastest round (img/s) and every round, the median
 ratio of each variant to the first one, the settings, the machine and the command.
 """
@@ -42,6 +53,18 @@ from s2mts2.engine.bench import (
 )
 from s2mts2.engine.runtime import resolve_device, resolve_precision
 
+OPTIONS = {"compile", "foreach", "no-graphs"}
+
+
+def with_foreach(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimiser (class, groups, hyper-parameters, no state yet), ``foreach``."""
+    keep = ("lr", "momentum", "weight_decay", "dampening", "nesterov", "betas", "eps")
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in keep}
+    groups = [
+        {"params": g["params"], "lr_scale": g.get("lr_scale", 1.0)} for g in optimizer.param_groups
+    ]
+    return type(optimizer)(groups, **defaults, foreach=True)
+
 
 def measure(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
@@ -49,13 +72,23 @@ def measure(args: argparse.Namespace) -> dict:
     base = BenchSettings(
         device=str(device), model=args.model, size=size, batch_size=b, queue_size=args.queue_size
     )
-    precisions = [resolve_precision(p, device).name for p in args.precisions]
-    choices = {"off": (False,), "on": (True,), "both": (False, True)}
-    variants = {
-        p + ("+compile" if c else ""): replace(base, precision=p, compile=c)
-        for p in precisions
-        for c in choices[args.compile]
-    }
+    names = args.variants or [
+        resolve_precision(p, device).name + ("+compile" if c else "")
+        for p in args.precisions
+        for c in {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    ]
+    variants = {}
+    for name in names:
+        precision, *options = name.split("+")
+        if not set(options) <= OPTIONS:
+            raise SystemExit(f"--variants {name}: options are {sorted(OPTIONS)}")
+        settings = replace(
+            base,
+            precision=resolve_precision(precision, device).name,
+            compile="compile" in options,
+            cuda_graphs="no-graphs" not in options,
+        )
+        variants[name] = (settings, set(options))
     data = BenchData(  # stage 2 needs only the task and the number of classes
         paths=[],
         images=np.zeros((0, c, size, size), np.uint8),
@@ -66,10 +99,13 @@ def measure(args: argparse.Namespace) -> dict:
         channels=c,
     )
     steps = {}
-    for name, settings in variants.items():
+    for name, (settings, options) in variants.items():
         torch.manual_seed(0)  # the same weights in every variant
         stage1 = contrastive_step(settings, c, device)
         stage2, u = mean_teacher_step(settings, data, device)
+        for step in (stage1, stage2):
+            if "foreach" in options:
+                step.optimizer = with_foreach(step.optimizer)
         steps[name] = (stage1, stage2, u)
     gen = torch.Generator(device=device).manual_seed(0)
     views = torch.randn(1 + base.views, b, c, size, size, generator=gen, device=device)
@@ -135,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         default="off",
         help="torch.compile the steps' networks in every variant (on), none (off) or as a variant",
     )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        help="PRECISION[+compile][+foreach][+no-graphs] each (instead of --precisions/--compile)",
+    )
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
-    if args.compile != "off" and args.warmup < 1:
+    compiles = args.compile != "off" or any("compile" in v for v in args.variants or [])
+    if compiles and args.warmup < 1:
         ap.error("--compile needs --warmup ≥ 1 (the first call compiles)")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     result = measure(args)

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the engine's steps through torch.compile (the config's compile; the first warm-up "
         "step compiles)",
     )
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="stage 1 launches its kernels one by one (the config's cuda_graphs: false)",
+    )
     p.add_argument("--json", type=Path, required=True, help="write the result to this JSON file")
 
     p = sub.add_parser("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
@@ -269,6 +275,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             threads=args.threads,
             data=str(args.data) if args.data else None,
             compile=args.compile,
+            cuda_graphs=args.cuda_graphs,
         )
         result = run_bench(settings, quick=args.quick, command=command)
         print(format_table(result))

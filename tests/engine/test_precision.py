@@ -156,7 +156,9 @@ def test_stage1_step_in_mixed_precision_matches_fp32(precision, device):
     seen = _first_conv_output_dtype(step)
     loss = step.train(views, 1.0)
 
-    assert seen == [DTYPES[precision]]  # the student really ran in the reduced precision
+    # the student really ran in the reduced precision (on CUDA its graph capture ran it more
+    # than once: warm-up passes)
+    assert seen and set(seen) == {DTYPES[precision]}
     for net in (step.student, step.teacher):
         conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -322,6 +324,24 @@ def test_resume_restores_a_step_on_its_device(device, tmp_path):
     assert torch.equal(torch.get_rng_state(), saved_rng["torch"])
     if device.type == "cuda":
         assert torch.equal(torch.cuda.get_rng_state(device), saved_rng["cuda"][device.index or 0])
+
+
+def test_resume_keeps_this_devices_optimiser_kernels(tmp_path):
+    """A checkpoint written on a CPU (foreach) resumes fused on a GPU, and the other way round."""
+    net = torch.nn.Linear(2, 2)
+    for saved_kernel, kernel in (("foreach", "fused"), ("fused", "foreach")):
+        saved = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, **{saved_kernel: True})
+        net(torch.ones(1, 2)).sum().backward()
+        saved.step()
+        save_checkpoint(
+            training_state("pretrain", {"optimizer": saved}, epoch=1), tmp_path / "a.pt"
+        )
+        fresh = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, **{kernel: True})
+        resume_training(tmp_path / "a.pt", "pretrain", {"optimizer": fresh})
+        assert fresh.param_groups[0][kernel] and not fresh.param_groups[0][saved_kernel]
+        assert torch.equal(
+            fresh.state[net.weight]["momentum_buffer"], saved.state[net.weight]["momentum_buffer"]
+        )
 
 
 def test_resume_in_fp16_from_a_bf16_or_old_checkpoint_keeps_a_fresh_scale(tmp_path):

@@ -55,7 +55,8 @@ from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, classifier_network, pretrain_network
 from s2mts2.engine.finetune import MeanTeacherStep, build_optimizer
-from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator
+from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator, uses_cuda_graphs
+from s2mts2.engine.pretrain import build_optimizer as pretrain_optimizer
 from s2mts2.engine.runtime import (
     Precision,
     check_compile,
@@ -97,7 +98,9 @@ class BenchSettings:
     ``precision``: of the engine's steps, as the training config's ``precision`` (resolved to a
     name by :func:`resolve_settings`); the reference pipeline always runs fp32 NCHW;
     ``compile``: the engine's steps run their networks through ``torch.compile`` (the config's
-    ``compile``; the first warm-up step compiles, the reference pipeline runs eagerly).
+    ``compile``; the first warm-up step compiles, the reference pipeline runs eagerly);
+    ``cuda_graphs``: the engine's stage-1 step replays CUDA graphs (the config's ``cuda_graphs``;
+    the first warm-up step captures them; CUDA only, not with ``compile``).
     """
 
     device: str = "auto"
@@ -120,6 +123,7 @@ class BenchSettings:
     threads: int = 0
     seed: int = 0
     compile: bool = False
+    cuda_graphs: bool = True
 
 
 DEFAULTS = {
@@ -280,13 +284,7 @@ def contrastive_step(
     student = precision.prepare(net, device)
     teacher = EmaTeacher(student, decay=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(pc.queue_size, model.proj_dim).to(device)
-    optimizer = torch.optim.SGD(
-        student.parameters(),
-        lr=pc.lr,
-        momentum=pc.momentum,
-        weight_decay=pc.weight_decay,
-        foreach=True,
-    )
+    optimizer = pretrain_optimizer(student, pc, device)
     augment = build_augment("strong", channels, s.size, pc.augment)
     return ContrastiveStep(
         student=student,
@@ -298,6 +296,7 @@ def contrastive_step(
         precision=precision,
         scaler=precision.scaler(),
         compile=s.compile and engine,
+        cuda_graphs=engine and uses_cuda_graphs(s.cuda_graphs, s.compile, device, 1),
     )
 
 
@@ -590,7 +589,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"(+{s['warmup']} warm-up, best of {s['repeats']}), threads {result['torch_threads']} "
         f"(OMP_WAIT_POLICY {result['omp_wait_policy'] or 'unset'}), "
         f"{result['device_name']} ({result['device']}), {s['precision']}"
-        f"{', torch.compile' if s.get('compile') else ''}, torch "
+        f"{', torch.compile' if s.get('compile') else ''}"
+        f"{', stage-1 CUDA graphs' if s.get('cuda_graphs') and result['device'] == 'cuda' else ''}"
+        f", torch "
         f"{result['torch_version']}, load {result['load_average_before'][0]:.2f}"
     )
     rows = [

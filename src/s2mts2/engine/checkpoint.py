@@ -99,6 +99,7 @@ RESUME_MAY_CHANGE = frozenset(
     {
         "device",
         "compile",
+        "cuda_graphs",
         "threads",
         "log_every",
         "data.dir",
@@ -185,12 +186,17 @@ def resume_training(
             if state.get(name):
                 module.load_state_dict(state[name])
             continue
+        kernels = [  # an optimiser keeps this run's fused / foreach choice (its device's)
+            {k: g.get(k) for k in ("fused", "foreach")} for g in getattr(module, "param_groups", [])
+        ]
         try:
             module.load_state_dict(state[name])
         except (RuntimeError, ValueError, KeyError) as e:
             raise ConfigError(
                 f"--resume: the {name} in {path} does not fit this run: {str(e).splitlines()[0]}"
             ) from e
+        for group, kernel in zip(getattr(module, "param_groups", []), kernels):
+            group.update(kernel)
     set_rng_state(state["rng"])
     epochs = (config or {}).get(kind, {}).get("epochs")
     if epochs is not None and state["epoch"] >= epochs:

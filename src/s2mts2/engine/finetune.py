@@ -69,6 +69,7 @@ from s2mts2.engine.runtime import (
     check_finite,
     compiled,
     cosine_lr,
+    optimizer_kernels,
     resolve_precision,
     set_lr,
     setup_threads,
@@ -155,11 +156,12 @@ def build_optimizer(net: Network, fc: FinetuneConfig) -> torch.optim.Optimizer:
         {"params": list(net.backbone.parameters()), "lr_scale": fc.backbone_lr_scale},
         {"params": list(net.head.parameters()), "lr_scale": 1.0},
     ]
+    kernels = optimizer_kernels(next(net.parameters()).device)
     if fc.optimizer == "sgd":
         return torch.optim.SGD(
-            groups, lr=fc.lr, momentum=fc.momentum, weight_decay=fc.weight_decay, foreach=True
+            groups, lr=fc.lr, momentum=fc.momentum, weight_decay=fc.weight_decay, **kernels
         )
-    return torch.optim.Adam(groups, lr=fc.lr, weight_decay=fc.weight_decay, foreach=True)
+    return torch.optim.Adam(groups, lr=fc.lr, weight_decay=fc.weight_decay, **kernels)
 
 
 def init_from_pretrained(net: Network, path: str, channels: int, backbone: str) -> None:

@@ -70,6 +70,7 @@ from s2mts2.engine.distributed import (
     world_size,
     wrap_ddp,
 )
+from s2mts2.engine.graphs import GraphedInference, graphed_training_forward
 from s2mts2.engine.history import History
 from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.runinfo import write_run_info
@@ -79,6 +80,7 @@ from s2mts2.engine.runtime import (
     check_finite,
     compiled,
     cosine_lr,
+    optimizer_kernels,
     resolve_precision,
     set_lr,
     setup_threads,
@@ -119,7 +121,10 @@ class ContrastiveStep:
     per-rank batch; ``shuffle_bn`` runs the teacher with batch-shuffle BN, its permutation drawn
     from (``seed``, teacher update count), the same on every rank. Forward passes run in
     ``precision``; ``scaler`` scales the loss (a pass-through unless fp16); ``compile`` runs
-    student and teacher through ``torch.compile`` (:func:`compiled`).
+    student and teacher through ``torch.compile`` (:func:`compiled`); ``cuda_graphs`` (one CUDA
+    process, not with ``compile`` or ``shuffle_bn``) captures the student's forward/backward
+    and the teacher's forward at the first call and replays them after
+    (:mod:`s2mts2.engine.graphs`); every call must then bring views of the first call's shape.
     """
 
     student: torch.nn.Module
@@ -133,19 +138,26 @@ class ContrastiveStep:
     shuffle_bn: bool = False
     seed: int = 0
     compile: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
+        if self.cuda_graphs and (self.compile or self.shuffle_bn):
+            raise ValueError("cuda_graphs runs neither with compile nor with shuffle_bn")
         self._student = compiled(self.student, self.compile)
         self._teacher = compiled(self.teacher, self.compile)
+        self._captured: torch.Size | None = None  # the views' shape the graphs were made for
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return multi_view(images, 1 + self.cfg.views, self.augment, generator)
 
     def train(self, views: torch.Tensor, lam: float) -> torch.Tensor:
         m, b = self.cfg.views, views.shape[1]
-        query, keys_in = views[0], views[1:].flatten(0, 1)
+        query = self.precision.layout(views[0])
+        keys_in = self.precision.layout(views[1:].flatten(0, 1))
+        if self.cuda_graphs:
+            self.capture(views.shape)
         with self.precision.autocast():
-            q = self._student(self.precision.layout(query))
+            q = self._student(query)
             with torch.no_grad():
                 k = self._teacher_forward(keys_in)
         keys = k.float().view(m, b, -1).transpose(0, 1)  # (B, M, D)
@@ -162,6 +174,22 @@ class ContrastiveStep:
         self.queue.enqueue(F.normalize(mu, dim=1) if self.cfg.queue_entries != "mean" else mu)
         return loss.detach()
 
+    def capture(self, shape: torch.Size) -> None:
+        """The networks' CUDA graphs for views (1+M, B, C, S, S) of ``shape``, once (the first
+        :meth:`train` call captures them too). No other thread may use the GPU meanwhile."""
+        if self._captured is None:
+            views = torch.zeros(shape, device=self.queue.queue.device)
+            query = self.precision.layout(views[0])
+            keys_in = self.precision.layout(views[1:].flatten(0, 1))
+            self._student = graphed_training_forward(self.student, query, self.precision)
+            self._teacher = GraphedInference(self.teacher, keys_in, self.precision)
+            self._captured = shape
+        elif shape != self._captured:
+            raise ValueError(
+                f"cuda_graphs: views of shape {tuple(shape)}, but the graphs were captured for "
+                f"{tuple(self._captured)} (every step must bring a full batch)"
+            )
+
     def _teacher_forward(self, keys_in: torch.Tensor) -> torch.Tensor:
         """Teacher embeddings (M·B, D) of the key views (M·B, C, S, S), shuffled BN if enabled."""
 
@@ -173,6 +201,24 @@ class ContrastiveStep:
         if self.precision.dtype is not None:  # what autocast feeds the first conv: half the bytes
             keys_in = keys_in.to(self.precision.dtype)
         return shuffled_forward(run, keys_in, self.seed * 1_000_003 + self.teacher.steps)
+
+
+def uses_cuda_graphs(enabled: bool, compile: bool, device: torch.device, world: int) -> bool:
+    """The ``cuda_graphs`` setting takes effect on one CUDA process without ``compile``."""
+    return enabled and device.type == "cuda" and world == 1 and not compile
+
+
+def build_optimizer(
+    net: torch.nn.Module, pc: PretrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """SGD over the student's parameters (:func:`optimizer_kernels` for ``device``)."""
+    return torch.optim.SGD(
+        net.parameters(),
+        lr=pc.lr,
+        momentum=pc.momentum,
+        weight_decay=pc.weight_decay,
+        **optimizer_kernels(device),
+    )
 
 
 def monitor_rows(data: PreparedData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -265,13 +311,7 @@ def _pretrain(
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     teacher = EmaTeacher(net, decay=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
-    optimizer = torch.optim.SGD(
-        net.parameters(),
-        lr=pc.lr,
-        momentum=pc.momentum,
-        weight_decay=pc.weight_decay,
-        foreach=True,
-    )
+    optimizer = build_optimizer(net, pc, device)
     augment = build_augment("strong", table.channels, cfg.data.size, pc.augment)
 
     stream = IndexStream(train_idx, batch, cfg.seed, rank(), world)
@@ -315,6 +355,7 @@ def _pretrain(
         shuffle_bn=pc.shuffle_bn and not cfg.model.sync_bn and world > 1,
         seed=cfg.seed,
         compile=cfg.compile,
+        cuda_graphs=uses_cuda_graphs(cfg.cuda_graphs, cfg.compile, device, world),
     )
     history = History(out, rows) if is_main() else None
     if is_main():
@@ -325,6 +366,9 @@ def _pretrain(
         if history is not None:
             history.add({"epoch": 0, "knn_mean_auc": random_score})
 
+    if step_fn.cuda_graphs:  # before the loader's thread starts pinning host memory
+        step_fn.capture(torch.Size((1 + pc.views, batch, table.channels, *[cfg.data.size] * 2)))
+        log.info("stage 1 replays CUDA graphs (cuda_graphs: false launches kernels one by one)")
     for epoch in range(start_epoch, pc.epochs):
         lam = lambda_at(pc, epoch)
         gen = epoch_generator(device, cfg.seed, epoch, rank=rank())

@@ -62,11 +62,12 @@ class Precision:
     def channels_last(self) -> bool:
         return self.dtype is not None
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast to ``dtype`` on the device; a no-op context for fp32."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """Autocast to ``dtype`` on the device; a no-op context for fp32. ``cache=False`` casts
+        the weights at every use (what a CUDA graph capture needs)."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """A (B, C, H, W) batch in the memory format the networks are kept in."""
@@ -123,6 +124,13 @@ def _cpu_bf16() -> bool:
 def _cuda_bf16(device: torch.device) -> bool:
     with torch.cuda.device(device):
         return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def optimizer_kernels(device: torch.device) -> dict[str, bool]:
+    """How the optimisers run on ``device``: ``fused`` on CUDA (one kernel per parameter chunk;
+    fp16's loss scaling then skips an overflowed step on the device instead of asking the host),
+    ``foreach`` elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 def compiled(module: torch.nn.Module, enabled: bool) -> Callable[..., Any]:
