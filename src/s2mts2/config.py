@@ -139,7 +139,7 @@ class RunConfig:
     # at the first steps); the same numbers up to float rounding
     compile: bool = False
     # stage 1 on one CUDA GPU without compile: replay the networks' kernels from CUDA graphs
-    # captured at the first step (the host no longer launches them one by one); same numbers
+    # captured before the first step (the host no longer launches them one by one); same numbers
     cuda_graphs: bool = True
     threads: int = 0  # torch CPU threads (0 = all cores)
     log_every: int = 10  # steps between progress-bar metric refreshes (no per-step host sync)

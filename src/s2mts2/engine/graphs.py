@@ -3,8 +3,9 @@
 A DenseNet-121 stage-1 step launches about 3,000 GPU kernels (student forward and backward on the
 query batch, teacher forward on the M key batches). On an H200 those kernels keep the GPU busy for
 70 ms (fp16) to 89 ms (bf16), but issuing them from Python through the dispatcher and autograd
-took the host about 100 ms, so the host set the pace (benchmarks/README.md, "CUDA graphs").
-Captured once, at the first step, the same kernels are replayed with one launch per network pass.
+took the host up to 100 ms, so the host set the pace (benchmarks/README.md, "CUDA graphs and the
+fused optimiser"). Captured once, before the first step, the same kernels are replayed with one
+launch per network pass.
 
 What a replay reads and writes stays where the capture found it: parameters (updated in place by
 the optimiser and the EMA), BatchNorm buffers (updated by the replayed kernels), and a static
