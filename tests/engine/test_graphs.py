@@ -14,7 +14,7 @@ from step_settings import SETTINGS
 from s2mts2.config import RunConfig
 from s2mts2.engine.bench import contrastive_step
 from s2mts2.engine.checkpoint import RESUME_MAY_CHANGE
-from s2mts2.engine.pretrain import uses_cuda_graphs
+from s2mts2.engine.graphs import uses_cuda_graphs
 
 CUDA = torch.device("cuda")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

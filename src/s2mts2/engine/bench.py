@@ -55,7 +55,8 @@ from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, classifier_network, pretrain_network
 from s2mts2.engine.finetune import MeanTeacherStep, build_optimizer
-from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator, uses_cuda_graphs
+from s2mts2.engine.graphs import uses_cuda_graphs
+from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator
 from s2mts2.engine.pretrain import build_optimizer as pretrain_optimizer
 from s2mts2.engine.runtime import (
     Precision,

@@ -24,6 +24,11 @@ from torch import nn
 from s2mts2.engine.runtime import Precision
 
 
+def uses_cuda_graphs(enabled: bool, compile: bool, device: torch.device, world: int) -> bool:
+    """The ``cuda_graphs`` setting takes effect on one CUDA process without ``compile``."""
+    return enabled and device.type == "cuda" and world == 1 and not compile
+
+
 @contextlib.contextmanager
 def buffers_kept(*modules: nn.Module) -> Iterator[None]:
     """Put every buffer of ``modules`` (BatchNorm statistics, batch counts) back on exit, in

@@ -70,7 +70,7 @@ from s2mts2.engine.distributed import (
     world_size,
     wrap_ddp,
 )
-from s2mts2.engine.graphs import GraphedInference, graphed_training_forward
+from s2mts2.engine.graphs import GraphedInference, graphed_training_forward, uses_cuda_graphs
 from s2mts2.engine.history import History
 from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.runinfo import write_run_info
@@ -201,11 +201,6 @@ class ContrastiveStep:
         if self.precision.dtype is not None:  # what autocast feeds the first conv: half the bytes
             keys_in = keys_in.to(self.precision.dtype)
         return shuffled_forward(run, keys_in, self.seed * 1_000_003 + self.teacher.steps)
-
-
-def uses_cuda_graphs(enabled: bool, compile: bool, device: torch.device, world: int) -> bool:
-    """The ``cuda_graphs`` setting takes effect on one CUDA process without ``compile``."""
-    return enabled and device.type == "cuda" and world == 1 and not compile
 
 
 def build_optimizer(
