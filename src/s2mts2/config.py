@@ -88,6 +88,10 @@ class PretrainConfig:
     ema: float = 0.999  # teacher momentum m
     ema_buffers: Literal["own", "copy", "ema"] = "own"
     shuffle_bn: bool = True  # several processes: batch-shuffle BN for the teacher (MoCo)
+    # one process: split batch norm in G groups, keys regrouped across them (MoCo's single-GPU
+    # recipe against BN leakage); 0 = auto (up to 8 groups of >= 16 images), 1 = off
+    bn_groups: int = 0
+    exclude_own_keys: bool = True  # a query's own image's earlier key is never its negative
     lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -205,6 +209,7 @@ _RANGES: dict[tuple[type, str], _Range] = {
     },
     (PretrainConfig, "views"): _COUNT,
     (PretrainConfig, "queue_size"): _COUNT,
+    (PretrainConfig, "bn_groups"): _NATURAL,
     (PretrainConfig, "temperature"): _POSITIVE,
     (PretrainConfig, "lam_max"): _NATURAL,
     (PretrainConfig, "monitor_every"): _NATURAL,

@@ -56,6 +56,40 @@ def test_reduces_to_infonce_with_mean_key():
     assert jcl_loss(q, keys, negatives, 0.07, 2.0) > at_zero
 
 
+def test_an_excluded_negative_counts_as_if_it_were_not_in_the_queue():
+    """Query i's own stale entry, excluded, gives the loss of a queue without that entry (the
+    JCL formula over the remaining negatives: per query, since each leaves out its own)."""
+    torch.manual_seed(3)
+    q, keys, negatives = _unit(4, 8), _unit(4, 3, 8), _unit(10, 8)
+    negatives[7] = keys[1].mean(0)  # query 1's own earlier mean key: a near-positive
+    negatives[2] = keys[3].mean(0)
+    exclude = torch.zeros(4, 10, dtype=torch.bool)
+    exclude[1, 7] = exclude[3, 2] = True
+    got = jcl_loss(q, keys, negatives, 0.1, 1.5, exclude=exclude)
+    per_query = [
+        _direct_jcl(q[i : i + 1], keys[i : i + 1], negatives[~exclude[i]], 0.1, 1.5)
+        for i in range(4)
+    ]
+    assert got.item() == pytest.approx(sum(per_query) / 4, rel=1e-10)
+    assert got < jcl_loss(q, keys, negatives, 0.1, 1.5)  # the own entry was a false negative
+    assert infonce_loss(q, keys[:, 0], negatives, 0.1, exclude=exclude).item() == pytest.approx(
+        sum(
+            _direct_jcl(q[i : i + 1], keys[i : i + 1, :1], negatives[~exclude[i]], 0.1, 0.0)
+            for i in range(4)
+        )
+        / 4,
+        rel=1e-10,
+    )
+    gradient_check = q.clone().requires_grad_()
+    jcl_loss(gradient_check, keys, negatives, 0.1, 1.5, exclude=exclude).backward()
+    assert torch.isfinite(gradient_check.grad).all()  # -inf logits give no NaN gradient
+
+
+def test_exclude_must_match_queries_by_negatives():
+    with pytest.raises(ValueError, match="exclude"):
+        jcl_loss(_unit(4, 8), _unit(4, 2, 8), _unit(10, 8), exclude=torch.zeros(4, 9, dtype=bool))
+
+
 def test_upper_bounds_monte_carlo_infonce_and_is_tight():
     torch.manual_seed(0)
     n, m, d, draws, tau, lam = 4, 5, 8, 20_000, 0.2, 1.0

@@ -51,12 +51,12 @@ from s2mts2.data.adapters.synthetic import make_synthetic
 from s2mts2.data.augment import AugmentConfig
 from s2mts2.data.cache import build_cache
 from s2mts2.data.imageio import read_image
-from s2mts2.data.loader import BatchLoader, IndexStream
+from s2mts2.data.loader import Batch, BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_augment, classifier_network, pretrain_network
 from s2mts2.engine.finetune import MeanTeacherStep, build_optimizer
 from s2mts2.engine.graphs import uses_cuda_graphs
-from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator
+from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator, resolve_bn_groups
 from s2mts2.engine.pretrain import build_optimizer as pretrain_optimizer
 from s2mts2.engine.runtime import (
     Precision,
@@ -298,6 +298,7 @@ def contrastive_step(
         scaler=precision.scaler(),
         compile=s.compile and engine,
         cuda_graphs=engine and uses_cuda_graphs(s.cuda_graphs, s.compile, device, 1),
+        bn_groups=resolve_bn_groups(pc, s.batch_size, 1),
     )
 
 
@@ -430,6 +431,9 @@ def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) ->
 
     _, ref_warmup, ref_steps = reference_schedule(s)
 
+    def train_on(b: Batch) -> torch.Tensor:
+        return step.train(step.views(b.images, gen), lam, torch.from_numpy(b.rows))
+
     def one_round() -> dict[str, float]:
         batches = loader.steps(0, s.warmup + s.steps)
         ref_batches = _reference_batches(s, data, reference, device)
@@ -438,7 +442,7 @@ def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) ->
                 "model_only": time_steps(lambda: step.train(views, lam), s.warmup, s.steps, device),
                 "augment": time_steps(lambda: step.views(images, gen), s.warmup, s.steps, device),
                 "end_to_end": time_steps(
-                    lambda: step.train(step.views(next(batches).images, gen), lam),
+                    lambda: train_on(next(batches)),
                     s.warmup,
                     s.steps,
                     device,

@@ -91,6 +91,12 @@ from s2mts2.eval.metrics import table_mean_auc
 from s2mts2.losses import jcl_loss
 from s2mts2.models.ema import EmaTeacher
 from s2mts2.models.queue import NegativeQueue
+from s2mts2.models.split_bn import (
+    default_bn_groups,
+    key_group_order,
+    set_bn_groups,
+    split_batchnorm,
+)
 
 log = logging.getLogger("s2mts2")
 
@@ -125,6 +131,9 @@ class ContrastiveStep:
     process, not with ``compile`` or ``shuffle_bn``) captures the student's forward/backward
     and the teacher's forward at the first call and replays them after
     (:mod:`s2mts2.engine.graphs`); every call must then bring views of the first call's shape.
+    ``bn_groups`` G > 1 (one process): split batch norm in student and teacher, the key views
+    regrouped across the G groups (:mod:`s2mts2.models.split_bn`). ``exclude_own_keys``: queue
+    entries of a query's own image are not its negatives.
     """
 
     student: torch.nn.Module
@@ -139,10 +148,17 @@ class ContrastiveStep:
     seed: int = 0
     compile: bool = False
     cuda_graphs: bool = False
+    bn_groups: int = 1
+    exclude_own_keys: bool = True
 
     def __post_init__(self) -> None:
         if self.cuda_graphs and (self.compile or self.shuffle_bn):
             raise ValueError("cuda_graphs runs neither with compile nor with shuffle_bn")
+        if self.bn_groups > 1 and self.shuffle_bn:
+            raise ValueError("split batch norm (bn_groups > 1) is for one process, not shuffle_bn")
+        for net in (self.student, self.teacher.module):
+            set_bn_groups(split_batchnorm(net), self.bn_groups)
+        self._key_order: tuple[torch.Tensor, torch.Tensor] | None = None  # order, its inverse
         self._student = compiled(self.student, self.compile)
         self._teacher = compiled(self.teacher, self.compile)
         self._captured: torch.Size | None = None  # the views' shape the graphs were made for
@@ -150,8 +166,15 @@ class ContrastiveStep:
     def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return multi_view(images, 1 + self.cfg.views, self.augment, generator)
 
-    def train(self, views: torch.Tensor, lam: float) -> torch.Tensor:
+    def train(
+        self, views: torch.Tensor, lam: float, ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One step on ``views`` (1+M, B, C, S, S) of the images ``ids`` (B,) (table rows; None:
+        unknown images, whose queue entries are no query's own)."""
         m, b = self.cfg.views, views.shape[1]
+        if ids is None:
+            ids = torch.full((b,), -1, dtype=torch.long)
+        ids = ids.to(self.queue.ids.device, non_blocking=True)
         query = self.precision.layout(views[0])
         keys_in = self.precision.layout(views[1:].flatten(0, 1))
         if self.cuda_graphs:
@@ -162,7 +185,12 @@ class ContrastiveStep:
                 k = self._teacher_forward(keys_in)
         keys = k.float().view(m, b, -1).transpose(0, 1)  # (B, M, D)
         loss = jcl_loss(
-            q.float(), keys, self.queue.negatives(), temperature=self.cfg.temperature, lam=lam
+            q.float(),
+            keys,
+            self.queue.negatives(),
+            temperature=self.cfg.temperature,
+            lam=lam,
+            exclude=self.queue.own_entries(ids) if self.exclude_own_keys else None,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -171,7 +199,7 @@ class ContrastiveStep:
         self.teacher.update(self.student)
         average_buffers(self.student, self.teacher)
         mu = keys.mean(dim=1)  # (B, D)
-        self.queue.enqueue(F.normalize(mu, dim=1) if self.cfg.queue_entries != "mean" else mu)
+        self.queue.enqueue(F.normalize(mu, dim=1) if self.cfg.queue_entries != "mean" else mu, ids)
         return loss.detach()
 
     def capture(self, shape: torch.Size) -> None:
@@ -196,11 +224,61 @@ class ContrastiveStep:
         def run(x: torch.Tensor) -> torch.Tensor:
             return self._teacher(self.precision.layout(x))
 
+        if self.bn_groups > 1:
+            order, inverse = self._regrouping(keys_in)
+            return run(keys_in[order])[inverse]
         if not self.shuffle_bn:
             return run(keys_in)
         if self.precision.dtype is not None:  # what autocast feeds the first conv: half the bytes
             keys_in = keys_in.to(self.precision.dtype)
         return shuffled_forward(run, keys_in, self.seed * 1_000_003 + self.teacher.steps)
+
+    def _regrouping(self, keys_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key views' order for split batch norm and its inverse (made once, on the device)."""
+        if self._key_order is None or len(self._key_order[0]) != len(keys_in):
+            order = key_group_order(len(keys_in) // self.cfg.views, self.cfg.views, self.bn_groups)
+            self._key_order = order.to(keys_in.device), torch.argsort(order).to(keys_in.device)
+        return self._key_order
+
+
+def checked_queue_size(pc: PretrainConfig, images: int) -> int:
+    """K for ``images`` training images: ``pretrain.queue_size``, at most ``images``.
+
+    A queue as large as the training set holds every image's previous mean key: each query's own
+    entry is left out of its negatives (``exclude_own_keys``), but the oldest entries are then a
+    whole epoch old, from a teacher that has moved since; K well below N keeps them fresh.
+    """
+    if pc.queue_size >= images:
+        log.warning(
+            "pretrain.queue_size=%d: the queue would hold the key of every one of the %d training "
+            "images (each query's own earlier key among them%s, and keys up to an epoch old); "
+            "using K=%d. A queue of at most half the training images is recommended",
+            pc.queue_size,
+            images,
+            ", left out of its negatives" if pc.exclude_own_keys else ", as a negative",
+            images,
+        )
+    return min(pc.queue_size, images)
+
+
+def resolve_bn_groups(pc: PretrainConfig, batch: int, world: int) -> int:
+    """The split-batch-norm groups G for a per-process ``batch`` (1: off).
+
+    ``pretrain.bn_groups`` 0 (auto) splits on one process (:func:`default_bn_groups`) and not
+    under torchrun, where batch-shuffle BN (``shuffle_bn``) or SyncBatchNorm protects instead.
+    """
+    if pc.bn_groups == 0:
+        return default_bn_groups(batch) if world == 1 else 1
+    if pc.bn_groups > 1 and world > 1:
+        raise ConfigError(
+            f"pretrain.bn_groups={pc.bn_groups}: split batch norm is for one process; with "
+            f"{world} processes use pretrain.shuffle_bn (or model.sync_bn) and bn_groups 0 or 1"
+        )
+    if batch % pc.bn_groups:
+        raise ConfigError(
+            f"pretrain.bn_groups={pc.bn_groups} must divide the batch of {batch} images"
+        )
+    return pc.bn_groups
 
 
 def build_optimizer(
@@ -286,19 +364,13 @@ def _pretrain(
         raise ConfigError(f"{cfg.data.dir}: stage 1 needs training images, found {len(train_idx)}")
     if pc.views < 1:
         raise ConfigError(f"pretrain.views must be ≥ 1, got {pc.views}")
-    queue_size = pc.queue_size
-    if queue_size > len(train_idx):
-        log.warning(
-            "pretrain.queue_size=%d exceeds the %d training images; using K=%d",
-            queue_size,
-            len(train_idx),
-            len(train_idx),
-        )
-        queue_size = len(train_idx)
+    queue_size = checked_queue_size(pc, len(train_idx))
     world = world_size()
     batch = min(
         per_rank_batch(pc.batch_size, "pretrain.batch_size"), max(1, len(train_idx) // world)
     )
+    shuffle_bn = pc.shuffle_bn and not cfg.model.sync_bn and world > 1
+    bn_groups = resolve_bn_groups(pc, batch, world)
 
     net = pretrain_network(cfg.model, table.channels)
     precision = resolve_precision(cfg.precision, device)
@@ -338,6 +410,8 @@ def _pretrain(
         state = resume_training(ckpt_path, "pretrain", modules, config_to_dict(cfg))
         start_epoch, rows = state["epoch"], state["history"]
     log.info("precision %s on %s", precision.name, device)
+    if bn_groups > 1:
+        log.info("stage 1 split batch norm: %d groups of %d images", bn_groups, batch // bn_groups)
     step_fn = ContrastiveStep(
         wrap_ddp(net, device),
         teacher,
@@ -347,10 +421,12 @@ def _pretrain(
         pc,
         precision,
         scaler,
-        shuffle_bn=pc.shuffle_bn and not cfg.model.sync_bn and world > 1,
+        shuffle_bn=shuffle_bn,
         seed=cfg.seed,
         compile=cfg.compile,
         cuda_graphs=uses_cuda_graphs(cfg.cuda_graphs, cfg.compile, device, world),
+        bn_groups=bn_groups,
+        exclude_own_keys=pc.exclude_own_keys,
     )
     history = History(out, rows) if is_main() else None
     if is_main():
@@ -379,7 +455,7 @@ def _pretrain(
         loss_sum = torch.zeros((), device=device)
         for i, b in enumerate(bar):
             set_lr(optimizer, cosine_lr(pc.lr, first + i, total_steps, warmup_steps))
-            loss_sum += step_fn.train(step_fn.views(b.images, gen), lam)
+            loss_sum += step_fn.train(step_fn.views(b.images, gen), lam, torch.from_numpy(b.rows))
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
                 rate = (i + 1) * batch * world / (time.perf_counter() - t0)
                 bar.set_postfix(

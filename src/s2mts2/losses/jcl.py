@@ -1,6 +1,8 @@
 """Contrastive losses against a queue of negatives: MoCo's InfoNCE and JCL (Cai et al. 2020).
 
 All embeddings are L2-normalised. Keys and negatives are constants: gradients reach ``q`` only.
+``exclude`` (N, K) bool, optional, removes negative j from query i's sum (a false negative such as
+an earlier key of the query's own image): the loss is then the loss over the other negatives.
 Computation runs in at least float32, also inside an autocast region (bf16/fp16 inputs are
 upcast and autocast is switched off here); the result is a scalar in that dtype (float32, or
 float64 for float64 inputs).
@@ -17,20 +19,32 @@ def _compute_dtype(q: torch.Tensor) -> torch.dtype:
 
 
 def _nce(
-    positive: torch.Tensor, q: torch.Tensor, negatives: torch.Tensor, tau: float
+    positive: torch.Tensor,
+    q: torch.Tensor,
+    negatives: torch.Tensor,
+    tau: float,
+    exclude: torch.Tensor | None,
 ) -> torch.Tensor:
-    """mean_i −log(exp(p_i) / (exp(p_i) + Σ_j exp(q_iᵀn_j/τ))) for positive logits p (N,)."""
+    """mean_i −log(exp(p_i) / (exp(p_i) + Σ_{j not excluded} exp(q_iᵀn_j/τ))), p (N,)."""
     if negatives.ndim != 2 or negatives.shape[1] != q.shape[1]:
         raise ValueError(f"negatives must be (K, {q.shape[1]}), got {tuple(negatives.shape)}")
     with torch.autocast(q.device.type, enabled=False):
         negative = q @ negatives.detach().to(q.dtype).T / tau
+    if exclude is not None:
+        if exclude.shape != negative.shape:
+            raise ValueError(f"exclude must be {tuple(negative.shape)}, got {tuple(exclude.shape)}")
+        negative = negative.masked_fill(exclude, float("-inf"))
     logits = torch.cat([positive[:, None], negative], dim=1)
     target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     return F.cross_entropy(logits, target)
 
 
 def infonce_loss(
-    q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.07
+    q: torch.Tensor,
+    k: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float = 0.07,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MoCo InfoNCE with one positive per query.
 
@@ -39,6 +53,7 @@ def infonce_loss(
         k: (N, D) positive keys (teacher), treated as constants.
         negatives: (K, D) queue entries, treated as constants.
         temperature: τ.
+        exclude: (N, K) bool, negatives left out of query i's sum (None: none).
 
     Returns:
         Scalar: mean_i −log(exp(q_iᵀk_i/τ) / (exp(q_iᵀk_i/τ) + Σ_j exp(q_iᵀn_j/τ))).
@@ -47,7 +62,7 @@ def infonce_loss(
         raise ValueError(f"q and k must both be (N, D), got {tuple(q.shape)}, {tuple(k.shape)}")
     q = q.to(_compute_dtype(q))
     positive = (q * k.detach().to(q.dtype)).sum(dim=1) / temperature
-    return _nce(positive, q, negatives, temperature)
+    return _nce(positive, q, negatives, temperature, exclude)
 
 
 def jcl_loss(
@@ -56,6 +71,7 @@ def jcl_loss(
     negatives: torch.Tensor,
     temperature: float = 0.07,
     lam: float = 2.0,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """JCL: upper bound of the expected InfoNCE over Gaussian positives N(μ_i, λΣ_i).
 
@@ -74,6 +90,7 @@ def jcl_loss(
         negatives: (K, D) queue entries, treated as constants.
         temperature: τ (0.07 in S²MTS²).
         lam: λ, the covariance scale (ramped to 2.0 in S²MTS²).
+        exclude: (N, K) bool, negatives left out of query i's sum (None: none).
 
     Example:
         >>> q = F.normalize(torch.randn(4, 8), dim=1)
@@ -93,4 +110,4 @@ def jcl_loss(
         spread = torch.einsum("nd,nmd->nm", q, keys - mean[:, None])
     c = lam / (2 * temperature**2 * keys.shape[1]) * spread.square().sum(dim=1)
     positive = (q * mean).sum(dim=1) / temperature + c
-    return _nce(positive, q, negatives, temperature) + c.mean()
+    return _nce(positive, q, negatives, temperature, exclude) + c.mean()
