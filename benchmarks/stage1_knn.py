@@ -50,6 +50,68 @@ def _logged_random_score(folder: Path) -> float | None:
     return None
 
 
+def _scored(
+    cfg: Any, data: PreparedData, scored: str, unseen_groups: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, score) table rows: the monitor's labelled rows and the ``scored`` rows."""
+    table = data.table
+    fit, score = monitor_rows(data, cfg)
+    if scored == "unlabelled":
+        score = np.setdiff1d(table.indices("train"), fit)
+    elif scored != "val":
+        raise ConfigError(f"--scored {scored!r}: expected val or unlabelled")
+    if unseen_groups:
+        score = score[~np.isin(table.groups[score], table.groups[fit])]
+    return fit, score
+
+
+def _stage1(ckpt: Path, data_dir: str | None) -> tuple[dict[str, Any], Any, PreparedData]:
+    """(checkpoint state, its config, the prepared data) of a stage-1 checkpoint."""
+    state = load_checkpoint(ckpt)
+    if state.get("kind") != "pretrain":
+        raise ConfigError(f"{ckpt}: not a stage-1 checkpoint (kind {state.get('kind')!r})")
+    cfg = config_from_dict(state["config"])
+    if data_dir is not None:
+        cfg.data.dir = data_dir
+    return state, cfg, PreparedData.open(cfg.data.dir, cfg.data.size)
+
+
+def _knn(net: torch.nn.Module, cfg: Any, data: PreparedData, fit, score) -> np.ndarray:
+    """(len(score), C) kNN class scores from ``net``'s backbone features."""
+    device = torch.device("cpu")
+    size, k = cfg.data.size, cfg.pretrain.knn_k
+    return knn_probs(net.backbone, data, fit, score, size, device, Precision("cpu"), k).numpy()
+
+
+def _teacher(state: dict[str, Any], cfg: Any, channels: int) -> torch.nn.Module:
+    net = pretrain_network(cfg.model, channels)
+    load_backbone_state(net, state["teacher"])
+    return net
+
+
+def _paired(
+    probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, table: Any, n_boot: int
+) -> tuple[float | None, float | None, list[float | None]]:
+    """(AUC of a, AUC of b, [low, high]): a percentile bootstrap CI of a − b over the images."""
+    n_classes = labels.shape[1]
+
+    def difference(p: np.ndarray, y: np.ndarray) -> float | None:
+        a, b = (
+            table_mean_auc(p[:, :n_classes], y, table),
+            table_mean_auc(p[:, n_classes:], y, table),
+        )
+        return None if a is None or b is None else a - b
+
+    low, high = bootstrap_ci(
+        np.concatenate([probs_a, probs_b], axis=1), labels, difference, n_boot=n_boot, seed=0
+    )
+    return (
+        table_mean_auc(probs_a, labels, table),
+        table_mean_auc(probs_b, labels, table),
+        [low, high],
+    )
+
+
 def compare(
     ckpt: Path,
     data_dir: str | None = None,
@@ -65,47 +127,18 @@ def compare(
     that a neighbour cannot be another photograph of the same lesion (the SRC-MT split of
     HAM10000 puts images of one lesion into several splits).
     """
-    state = load_checkpoint(ckpt)
-    if state.get("kind") != "pretrain":
-        raise ConfigError(f"{ckpt}: not a stage-1 checkpoint (kind {state.get('kind')!r})")
-    cfg = config_from_dict(state["config"])
-    if data_dir is not None:
-        cfg.data.dir = data_dir
-    data = PreparedData.open(cfg.data.dir, cfg.data.size)
-    table = data.table
-    fit, score = monitor_rows(data, cfg)
-    if scored == "unlabelled":
-        score = np.setdiff1d(table.indices("train"), fit)
-    elif scored != "val":
-        raise ConfigError(f"--scored {scored!r}: expected val or unlabelled")
-    if unseen_groups:
-        score = score[~np.isin(table.groups[score], table.groups[fit])]
-    device = torch.device("cpu")
-
+    state, cfg, data = _stage1(ckpt, data_dir)
+    fit, score = _scored(cfg, data, scored, unseen_groups)
     seed_everything(cfg.seed)  # the generator state in which the run built its network
-    random_net = pretrain_network(cfg.model, table.channels)
-    trained_net = pretrain_network(cfg.model, table.channels)
-    load_backbone_state(trained_net, state["teacher"])
-    k, size = cfg.pretrain.knn_k, cfg.data.size
-    probs = [
-        knn_probs(n.backbone, data, fit, score, size, device, Precision("cpu"), k).numpy()
-        for n in (random_net, trained_net)
-    ]
-    labels = table.labels[score]
-    n_classes = labels.shape[1]
-
-    def score_of(p: np.ndarray, y: np.ndarray) -> float | None:
-        return table_mean_auc(p, y, table)
-
-    def difference(p: np.ndarray, y: np.ndarray) -> float | None:
-        random_auc, trained_auc = score_of(p[:, :n_classes], y), score_of(p[:, n_classes:], y)
-        if random_auc is None or trained_auc is None:
-            return None
-        return trained_auc - random_auc
-
-    paired = np.concatenate(probs, axis=1)
-    random_auc, trained_auc = score_of(probs[0], labels), score_of(probs[1], labels)
-    low, high = bootstrap_ci(paired, labels, difference, n_boot=n_boot, seed=0)
+    random_net = pretrain_network(cfg.model, data.table.channels)
+    trained = _knn(_teacher(state, cfg, data.table.channels), cfg, data, fit, score)
+    trained_auc, random_auc, ci = _paired(
+        trained,
+        _knn(random_net, cfg, data, fit, score),
+        data.table.labels[score],
+        data.table,
+        n_boot,
+    )
     return {
         "checkpoint": str(ckpt),
         "epoch": int(state["epoch"]),
@@ -114,13 +147,42 @@ def compare(
         "knn_mean_auc_random_init_logged": _logged_random_score(ckpt.parent),
         "knn_mean_auc_trained": trained_auc,
         "difference": None if random_auc is None else trained_auc - random_auc,
-        "difference_ci95": [low, high],
+        "difference_ci95": ci,
         "scored": scored,
         "unseen_groups": unseen_groups,
         "n_fit": len(fit),
         "n_scored": len(score),
-        "k": k,
+        "k": cfg.pretrain.knn_k,
         "n_boot": n_boot,
+    }
+
+
+def paired_difference(
+    ckpt_a: Path, ckpt_b: Path, data_dir: str | None = None, n_boot: int = 1000
+) -> dict[str, Any]:
+    """kNN mean AUC of two stage-1 teachers on the same images (``ckpt_a``'s unlabelled training
+    images of unseen groups) and a paired bootstrap CI of a − b."""
+    state_a, cfg, data = _stage1(ckpt_a, data_dir)
+    state_b, _, _ = _stage1(ckpt_b, data_dir)
+    fit, score = _scored(cfg, data, "unlabelled", True)
+    channels = data.table.channels
+    a, b, ci = _paired(
+        _knn(_teacher(state_a, cfg, channels), cfg, data, fit, score),
+        _knn(
+            _teacher(state_b, config_from_dict(state_b["config"]), channels), cfg, data, fit, score
+        ),
+        data.table.labels[score],
+        data.table,
+        n_boot,
+    )
+    return {
+        "a": str(ckpt_a),
+        "b": str(ckpt_b),
+        "knn_mean_auc_a": a,
+        "knn_mean_auc_b": b,
+        "difference": None if a is None or b is None else a - b,
+        "difference_ci95": ci,
+        "n_scored": len(score),
     }
 
 
