@@ -32,7 +32,7 @@ from s2mts2.engine.checkpoint import load_checkpoint, seed_everything
 from s2mts2.engine.pretrain import knn_probs, monitor_rows
 from s2mts2.engine.runtime import Precision
 from s2mts2.errors import ConfigError, S2MTS2Error
-from s2mts2.eval.metrics import bootstrap_ci, table_mean_auc
+from s2mts2.eval.metrics import paired_auc_difference
 from s2mts2.models.heads import load_backbone_state
 
 log = logging.getLogger("s2mts2.benchmark")
@@ -89,29 +89,6 @@ def _teacher(state: dict[str, Any], cfg: Any, channels: int) -> torch.nn.Module:
     return net
 
 
-def _paired(
-    probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, table: Any, n_boot: int
-) -> tuple[float | None, float | None, list[float | None]]:
-    """(AUC of a, AUC of b, [low, high]): a percentile bootstrap CI of a − b over the images."""
-    n_classes = labels.shape[1]
-
-    def difference(p: np.ndarray, y: np.ndarray) -> float | None:
-        a, b = (
-            table_mean_auc(p[:, :n_classes], y, table),
-            table_mean_auc(p[:, n_classes:], y, table),
-        )
-        return None if a is None or b is None else a - b
-
-    low, high = bootstrap_ci(
-        np.concatenate([probs_a, probs_b], axis=1), labels, difference, n_boot=n_boot, seed=0
-    )
-    return (
-        table_mean_auc(probs_a, labels, table),
-        table_mean_auc(probs_b, labels, table),
-        [low, high],
-    )
-
-
 def compare(
     ckpt: Path,
     data_dir: str | None = None,
@@ -132,13 +109,14 @@ def compare(
     seed_everything(cfg.seed)  # the generator state in which the run built its network
     random_net = pretrain_network(cfg.model, data.table.channels)
     trained = _knn(_teacher(state, cfg, data.table.channels), cfg, data, fit, score)
-    trained_auc, random_auc, ci = _paired(
+    paired = paired_auc_difference(
         trained,
         _knn(random_net, cfg, data, fit, score),
         data.table.labels[score],
         data.table,
-        n_boot,
+        n_boot=n_boot,
     )
+    trained_auc, random_auc = paired["mean_auc_a"], paired["mean_auc_b"]
     return {
         "checkpoint": str(ckpt),
         "epoch": int(state["epoch"]),
@@ -146,8 +124,8 @@ def compare(
         "knn_mean_auc_random_init": random_auc,
         "knn_mean_auc_random_init_logged": _logged_random_score(ckpt.parent),
         "knn_mean_auc_trained": trained_auc,
-        "difference": None if random_auc is None else trained_auc - random_auc,
-        "difference_ci95": ci,
+        "difference": paired["difference"],
+        "difference_ci95": paired["difference_ci95"],
         "scored": scored,
         "unseen_groups": unseen_groups,
         "n_fit": len(fit),
@@ -166,22 +144,22 @@ def paired_difference(
     state_b, _, _ = _stage1(ckpt_b, data_dir)
     fit, score = _scored(cfg, data, "unlabelled", True)
     channels = data.table.channels
-    a, b, ci = _paired(
+    paired = paired_auc_difference(
         _knn(_teacher(state_a, cfg, channels), cfg, data, fit, score),
         _knn(
             _teacher(state_b, config_from_dict(state_b["config"]), channels), cfg, data, fit, score
         ),
         data.table.labels[score],
         data.table,
-        n_boot,
+        n_boot=n_boot,
     )
     return {
         "a": str(ckpt_a),
         "b": str(ckpt_b),
-        "knn_mean_auc_a": a,
-        "knn_mean_auc_b": b,
-        "difference": None if a is None or b is None else a - b,
-        "difference_ci95": ci,
+        "knn_mean_auc_a": paired["mean_auc_a"],
+        "knn_mean_auc_b": paired["mean_auc_b"],
+        "difference": paired["difference"],
+        "difference_ci95": paired["difference_ci95"],
         "n_scored": len(score),
     }
 

@@ -42,6 +42,15 @@ def test_the_demo_runs_every_stage_and_reports_each_method(tmp_path, monkeypatch
         assert metrics["mean_auc"] == pytest.approx(results["methods"][method]["mean_auc"])
         assert 0.0 <= metrics["mean_auc"] <= 1.0
         assert f"| {method} | {metrics['mean_auc']:.4f}" in report
+    for a, b in demo.PAIRS:  # paired differences, recomputed from the per-method AUCs
+        d = results["paired"][f"{a} - {b}"]
+        assert d["difference"] == pytest.approx(
+            results["methods"][a]["mean_auc"] - results["methods"][b]["mean_auc"]
+        )
+        low, high = d["difference_ci95"]
+        assert low <= high
+        assert f"| {a} - {b} | {d['difference']:+.4f} | {low:+.4f} .. {high:+.4f} |" in report
+    assert saved["paired"] == results["paired"]
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert [Path(args[0]).name for args, _ in writes] == ["report.md", "results.json"]
     assert results["dataset"]["labelled"] > 0 and results["dataset"]["images"]["test"] > 0

@@ -245,6 +245,45 @@ def test_bootstrap_resamples_whole_groups():
     assert len(seen) == 50 and len(set(seen)) > 3  # image count varies with the patients drawn
 
 
+def test_paired_difference_is_a_bootstrap_of_both_models_on_the_same_images():
+    """Against a direct computation: sklearn's mean AUC of each model on the same resampled
+    rows (the sampler draws rows with numpy's generator as bootstrap_ci does), percentiles of
+    the per-replicate differences."""
+    from s2mts2.data.table import DatasetTable
+    from s2mts2.eval.metrics import paired_auc_difference
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, (300, 3)).astype(float)
+    good = rng.normal(size=(300, 3)) + 1.5 * labels
+    weak = rng.normal(size=(300, 3)) + 0.5 * labels
+    table = DatasetTable(
+        name="t",
+        paths=[f"{i}.png" for i in range(300)],
+        labels=labels,
+        classes=["a", "b", "c"],
+        task="multilabel",
+        groups=np.arange(300).astype(str),
+        split=np.array(["test"] * 300),
+        channels=1,
+    )
+    got = paired_auc_difference(good, weak, labels, table, n_boot=200, seed=3)
+
+    def mean_auc_of(p, y):
+        return np.mean([roc_auc_score(y[:, c], p[:, c]) for c in range(3)])
+
+    assert got["mean_auc_a"] == pytest.approx(mean_auc_of(good, labels))
+    assert got["difference"] == pytest.approx(mean_auc_of(good, labels) - mean_auc_of(weak, labels))
+    draws = np.random.default_rng(3)
+    diffs = []
+    for _ in range(200):
+        rows = draws.integers(0, 300, 300)
+        diffs.append(mean_auc_of(good[rows], labels[rows]) - mean_auc_of(weak[rows], labels[rows]))
+    np.testing.assert_allclose(got["difference_ci95"], np.quantile(diffs, [0.025, 0.975]))
+    assert 0 < got["difference_ci95"][0] < got["difference"] < got["difference_ci95"][1]
+    with pytest.raises(DataError, match="differ"):
+        paired_auc_difference(good, weak[:, :2], labels, table)
+
+
 def test_bootstrap_skips_undefined_replicates():
     labels = np.array([[1.0], [0.0], [0.0], [0.0], [0.0]])  # one positive: often absent
     probs = np.array([[0.9], [0.1], [0.2], [0.3], [0.4]])

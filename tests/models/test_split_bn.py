@@ -109,7 +109,7 @@ def test_conversion_keeps_the_state_dict_and_refuses_uneven_batches():
 
 
 @pytest.mark.parametrize(
-    ("batch", "groups"), [(64, 4), (128, 8), (256, 8), (48, 3), (8, 4), (6, 3), (3, 1), (7, 1)]
+    ("batch", "groups"), [(64, 4), (128, 8), (256, 8), (48, 3), (8, 2), (12, 3), (6, 1), (7, 1)]
 )
 def test_default_groups(batch, groups):
     assert default_bn_groups(batch) == groups

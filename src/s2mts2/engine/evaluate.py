@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from s2mts2.config import config_from_dict
 from s2mts2.data.prepared import PreparedData
@@ -48,18 +51,29 @@ def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
     return net.eval()
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    *,
+@dataclass
+class SplitPredictions:
+    """A stage-2 checkpoint's probabilities ``probs`` (N, C) on the ``rows`` (N,) of a split of
+    the prepared ``data``, with the checkpoint's ``meta``."""
+
+    probs: np.ndarray
+    rows: np.ndarray
+    data: PreparedData
+    meta: dict[str, Any]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data.table.labels[self.rows]
+
+
+def split_predictions(
+    checkpoint: Path,
     split: str = "test",
     model: str = "teacher",
     data_dir: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    n_boot: int = 1000,
     device: str = "auto",
-) -> dict[str, Any]:
-    """Evaluate on a split of the prepared data; writes metrics.json, report.md, roc.png."""
-    checkpoint = Path(checkpoint)
+) -> SplitPredictions:
+    """Run a stage-2 checkpoint (its teacher or student) over one split, in fp32."""
     state = load_finetuned(checkpoint)
     meta = state["meta"]
     dev = resolve_device(device)
@@ -79,7 +93,39 @@ def evaluate_checkpoint(
             f"(--split {found[-1] if found else 'val'})"
         )
     probs = predict(net, data, idx, meta["size"], dev, fp32, meta["task"])
-    t = data.table
+    return SplitPredictions(np.asarray(probs), idx, data, meta)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    model: str = "teacher",
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    n_boot: int = 1000,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate on a split of the prepared data; writes metrics.json, report.md, roc.png."""
+    checkpoint = Path(checkpoint)
+    pred = split_predictions(checkpoint, split, model, data_dir, device)
+    return evaluate_split(
+        pred, checkpoint, split=split, model=model, out_dir=out_dir, n_boot=n_boot
+    )
+
+
+def evaluate_split(
+    pred: SplitPredictions,
+    checkpoint: Path,
+    *,
+    split: str = "test",
+    model: str = "teacher",
+    out_dir: str | Path | None = None,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Metrics, report.md and roc.png of ``checkpoint``'s predictions ``pred`` on ``split``."""
+    probs, idx, meta = pred.probs, pred.rows, pred.meta
+    t = pred.data.table
     metrics = evaluate_predictions(
         probs,
         t.labels[idx],

@@ -312,6 +312,43 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def paired_auc_difference(
+    probs_a: Any,
+    probs_b: Any,
+    labels: Any,
+    table: DatasetTable,
+    *,
+    groups: Any | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean AUC (``table``'s eval classes) of two models' (N, C) probabilities on the same images
+    and a paired percentile bootstrap 95 % CI of a − b: each replicate resamples the images (whole
+    ``groups`` when given) once and scores both models on them.
+
+    Returns ``{"mean_auc_a", "mean_auc_b", "difference", "difference_ci95": [low, high]}``.
+    """
+    a, b = np.asarray(probs_a), np.asarray(probs_b)
+    if a.shape != b.shape:
+        raise DataError(f"paired_auc_difference: probabilities {a.shape} and {b.shape} differ")
+    c = a.shape[1]
+
+    def difference(p: np.ndarray, y: np.ndarray) -> float | None:
+        auc_a, auc_b = table_mean_auc(p[:, :c], y, table), table_mean_auc(p[:, c:], y, table)
+        return None if auc_a is None or auc_b is None else auc_a - auc_b
+
+    auc_a, auc_b = table_mean_auc(a, labels, table), table_mean_auc(b, labels, table)
+    low, high = bootstrap_ci(
+        np.concatenate([a, b], axis=1), labels, difference, groups=groups, n_boot=n_boot, seed=seed
+    )
+    return {
+        "mean_auc_a": auc_a,
+        "mean_auc_b": auc_b,
+        "difference": None if auc_a is None or auc_b is None else auc_a - auc_b,
+        "difference_ci95": [low, high],
+    }
+
+
 def evaluate_predictions(
     probs: Any,
     labels: Any,

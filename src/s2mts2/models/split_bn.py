@@ -93,9 +93,10 @@ def set_bn_groups(net: nn.Module, groups: int) -> None:
 
 def default_bn_groups(batch: int) -> int:
     """G for a per-process batch: the largest G ≤ 8 that divides it with ≥ 16 images a group
-    (MoCo's single-GPU recipe: 8 groups); else the largest G ≤ 8 with ≥ 2 images a group; 1
-    when the batch cannot be split."""
-    for least in (16, 2):
+    (MoCo's single-GPU recipe: 8 groups); else the largest G ≤ 8 with ≥ 4 images a group (fewer
+    make batch statistics degenerate: two values normalise to ±1 whatever they are); 1 when the
+    batch cannot be split so."""
+    for least in (16, 4):
         for g in range(8, 1, -1):
             if batch % g == 0 and batch // g >= least:
                 return g
