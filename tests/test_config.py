@@ -102,6 +102,9 @@ def test_bad_overrides_name_the_key(override, words):
         ("data.labelled=0", r"in \(0, 1\]"),
         ("finetune.augment_overrides.hflip_p=1.5", r"in \[0, 1\]"),
         ("pretrain.augment.hue=0.6", r"in \[0, 0.5\]"),
+        ("data.size=4", "≥ 8"),
+        ("data.cache_size=4", "0 or ≥ 8"),
+        ("finetune.size=-1", "0 or ≥ 8"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_range(override, expected):
@@ -196,3 +199,56 @@ def test_presets_exist():
         "chestxray14-paper",
         "chexpert-paper",
     } <= names
+
+
+def test_stage_sizes_default_to_data_size_and_a_cache_is_never_below_its_training_size():
+    cfg = load_config(None, ["data.size=32"])
+    assert (cfg.finetune_size(), cfg.data.cache_for(cfg.finetune_size())) == (32, 32)
+    cfg = load_config(None, ["data.size=32", "finetune.size=24", "data.cache_size=48"])
+    assert (cfg.finetune_size(), cfg.data.cache_for(24), cfg.data.cache_for(32)) == (24, 48, 48)
+    with pytest.raises(ConfigError, match="'data.cache_size': 16 px is below the stage-2 training"):
+        load_config(None, ["data.size=32", "data.cache_size=16"])
+    with pytest.raises(ConfigError, match="'data.cache_size': 32 px is below .* 48 px"):
+        load_config(None, ["data.size=16", "finetune.size=48", "data.cache_size=32"])
+
+
+def test_stage1_refuses_a_cache_size_it_does_not_read():
+    larger = ["data.size=32", "data.cache_size=48"]
+    assert load_config(None, larger, stage="finetune").data.cache_size == 48
+    with pytest.raises(
+        ConfigError, match="'data.cache_size': stage 1 reads the cache at data.size"
+    ):
+        load_config(None, larger, stage="pretrain")
+    assert load_config(None, ["data.size=32", "data.cache_size=32"], stage="pretrain")
+
+
+PAPER_SIZES = {  # preset: (stage-1 size, stage-2 size, stage-2 cache size), METHOD.md
+    "chestxray14-paper": (256, 512, 512),
+    "chexpert-paper": (256, 224, 256),
+    "isic2018-paper": (256, 224, 256),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_SIZES))
+def test_paper_presets_hold_the_released_settings(preset):
+    cfg = load_config(preset, stage="pretrain")  # stage 1 accepts them too
+    fc = cfg.finetune
+    sizes = (cfg.data.size, cfg.finetune_size(), cfg.data.cache_for(cfg.finetune_size()))
+    assert sizes == PAPER_SIZES[preset]
+    assert fc.independent_views is False  # one weak view for student and teacher
+    assert (fc.consistency_ramp, fc.consistency_ramp_epochs) == ("linear", fc.epochs)
+    assert fc.augment == "weak" and fc.augment_overrides.crop_scale_min == 0.2
+    assert (cfg.model.backbone, cfg.model.init, cfg.pretrain.loss) == (
+        "densenet121",
+        "imagenet",
+        "jcl",
+    )
+    header = (PRESET_DIR / f"{preset}.yaml").read_text().split("\nseed:")[0]
+    for px in {*sizes[:2]}:
+        assert f"{px} px" in header  # the comments name the sizes the preset trains at
+    assert "224 px" not in header or sizes[1] == 224
+
+
+def test_other_presets_keep_independent_views():
+    others = sorted({p.stem for p in PRESET_DIR.glob("*.yaml")} - set(PAPER_SIZES))
+    assert others and all(load_config(name).finetune.independent_views for name in others)

@@ -27,11 +27,19 @@ class DataConfig:
     """Which prepared dataset to train on and how its labelled subset is drawn."""
 
     dir: str = "runs/data"  # output folder of `s2mts2 prepare`
-    size: int = 64  # cache resolution in pixels (the cache `DIR/cache-<size>px` must exist)
+    size: int = 64  # training and evaluation size in pixels (stage 2: unless finetune.size)
+    # resolution of the image cache stage 2 and its evaluation read (`DIR/cache-<px>px` must
+    # exist); 0 = the training size. Larger: crops are cut from it and resized down with
+    # antialiasing, as crops of the original image would be. Stage 1 reads the data.size cache.
+    cache_size: int = 0
     labelled: float = 0.2  # fraction of train per class (METHOD.md sampling)
     labelled_count: int = 0  # absolute number of labelled images; > 0 replaces `labelled`
     labelled_by_group: bool = False  # sample whole patients/lesions
     split_seed: int = 0  # seed of the labelled-subset draw (files are reused per seed)
+
+    def cache_for(self, size: int) -> int:
+        """Resolution of the cache to read for training at ``size`` px."""
+        return self.cache_size or size
 
     def labelled_draw(self) -> tuple[float | None, int | None, int, bool]:
         """(fraction, count, seed, by_group) for ``PreparedData.labelled``; a count wins."""
@@ -107,6 +115,7 @@ class FinetuneConfig:
 
     method: Literal["supervised", "mean-teacher", "s2mts2"] = "s2mts2"
     pretrained: str = ""  # stage-1 checkpoint for method s2mts2
+    size: int = 0  # training and evaluation size in pixels; 0 = data.size (that of stage 1)
     epochs: int = 30
     steps_per_epoch: int = 0  # 0 = one pass over the labelled images
     batch_size: int = 32  # labelled images per step
@@ -119,7 +128,7 @@ class FinetuneConfig:
     warmup_epochs: int = 0
     consistency: float = 1.0  # maximum weight of the consistency term
     consistency_ramp: Literal["linear", "sigmoid"] = "linear"
-    consistency_ramp_epochs: float = 10.0
+    consistency_ramp_epochs: float = 10.0  # w(t) reaches its maximum after this many epochs
     ema: float = 0.999  # teacher EMA α per step
     ema_buffers: Literal["own", "copy", "ema"] = "own"
     independent_views: bool = True  # student and teacher see independently augmented views
@@ -152,6 +161,10 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    def finetune_size(self) -> int:
+        """Stage 2's training and evaluation size in pixels."""
+        return self.finetune.size or self.data.size
+
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -163,20 +176,23 @@ class _Range:
     low: float | None = None
     high: float | None = None
     open_low: bool = False  # low itself is excluded
+    or_zero: bool = False  # 0 is allowed too (it stands for a default)
 
     def holds(self, v: float) -> bool:
         above = self.low is None or (v > self.low if self.open_low else v >= self.low)
-        return above and (self.high is None or v <= self.high)
+        return (self.or_zero and v == 0) or (above and (self.high is None or v <= self.high))
 
     def __str__(self) -> str:
+        zero = "0 or " if self.or_zero else ""
         if self.high is None:
-            return f"{'>' if self.open_low else '≥'} {self.low:g}"
-        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+            return f"{zero}{'>' if self.open_low else '≥'} {self.low:g}"
+        return f"{zero}in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
 
 
 _POSITIVE, _NATURAL, _COUNT = _Range(0, open_low=True), _Range(0), _Range(1)
 _UNIT, _FRACTION = _Range(0, 1), _Range(0, 1, open_low=True)
 _MOMENTUM = _Range(0, 0.9999)  # SGD momentum below 1
+_IMAGE_SIZE, _IMAGE_SIZE_OR_DEFAULT = _Range(8), _Range(8, or_zero=True)  # pixels; 0: default
 _AUGMENT_PROBABILITIES = ("rotate_p", "hflip_p", "vflip_p", "jitter_p", "blur_p", "erase_p")
 _EITHER_STAGE = {  # keys of both training stages
     "epochs": _COUNT,
@@ -191,7 +207,8 @@ _EITHER_STAGE = {  # keys of both training stages
 _RANGES: dict[tuple[type, str], _Range] = {
     (RunConfig, "threads"): _NATURAL,
     (RunConfig, "log_every"): _COUNT,
-    (DataConfig, "size"): _Range(8),
+    (DataConfig, "size"): _IMAGE_SIZE,
+    (DataConfig, "cache_size"): _IMAGE_SIZE_OR_DEFAULT,
     (DataConfig, "labelled"): _FRACTION,
     (DataConfig, "labelled_count"): _NATURAL,
     (ModelConfig, "proj_dim"): _COUNT,
@@ -214,6 +231,7 @@ _RANGES: dict[tuple[type, str], _Range] = {
     (PretrainConfig, "lam_max"): _NATURAL,
     (PretrainConfig, "monitor_every"): _NATURAL,
     (PretrainConfig, "knn_k"): _COUNT,
+    (FinetuneConfig, "size"): _IMAGE_SIZE_OR_DEFAULT,
     (FinetuneConfig, "steps_per_epoch"): _NATURAL,
     (FinetuneConfig, "unlabelled_ratio"): _POSITIVE,
     (FinetuneConfig, "backbone_lr_scale"): _NATURAL,
@@ -412,7 +430,25 @@ def load_config(
             raise ConfigError(f"{p}: {e}") from e
     for text in overrides:
         _apply(cfg, parse_override(text, stage))
+    _check_sizes(cfg, stage)
     return cfg
+
+
+def _check_sizes(cfg: RunConfig, stage: str | None = None) -> None:
+    """Refuse a ``data.cache_size`` below the stage-2 training size it is read for, or, for
+    ``stage`` ``pretrain``, one other than ``data.size`` (stage 1 reads that cache)."""
+    cache, size = cfg.data.cache_size, cfg.finetune_size()
+    if cache and cache < size:
+        raise ConfigError(
+            f"config key 'data.cache_size': {cache} px is below the stage-2 training size "
+            f"{size} px (finetune.size, else data.size); a cache is resized down, not up: "
+            f"prepare one of at least {size} px, or 0 for the training size"
+        )
+    if stage == "pretrain" and cache not in (0, cfg.data.size):
+        raise ConfigError(
+            f"config key 'data.cache_size': stage 1 reads the cache at data.size "
+            f"({cfg.data.size} px), not {cache} px: --set data.cache_size=0 for stage 1"
+        )
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -4,8 +4,11 @@ import dataclasses
 import doctest
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from s2mts2.data import augment as augment_module
@@ -216,6 +219,85 @@ def test_crop_matches_torchvision_resized_crop_inside():
     torch.testing.assert_close(ours[..., 1:-1, 1:-1], theirs[..., 1:-1, 1:-1], atol=1e-5, rtol=0)
 
 
+# ----------------------------------------------------------------------------- resizing down
+
+
+def zone_plate(size: int) -> torch.Tensor:
+    """(size, size) uint8 rings whose frequency grows to the image's Nyquist limit at its
+    corners: a crop resized down without antialiasing shows moiré rings."""
+    y, x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    radius2 = (x - size / 2) ** 2 + (y - size / 2) ** 2
+    return (127.5 + 127.5 * torch.cos(math.pi * radius2 / (size * math.sqrt(2)))).round().byte()
+
+
+def box_params(boxes: list[tuple[int, int, int, int]], size: int) -> AugmentParams:
+    """Crops of whole pixels (top, left, height, width) of a ``size``-pixel square."""
+    params = identity_params(len(boxes))
+    params.crop = torch.tensor(
+        [
+            [(left + w / 2) / size, (top + h / 2) / size, w / size, h / size]
+            for top, left, h, w in boxes
+        ]
+    )
+    return params
+
+
+def test_crops_of_a_larger_input_match_an_antialiased_resize_of_the_crop():
+    """Each crop shrinking by f > 1 is close to ``interpolate(antialias=True)`` of the cut-out
+    crop, where plain bilinear sampling aliases; an enlarged crop (f < 1) is plain bilinear."""
+    size, out = 512, 128
+    image = zone_plate(size).view(1, 1, size, size)
+    # f = 4, 2, 1.5 (x 4, y 2: per axis) and 0.75
+    boxes = [(0, 0, 512, 512), (128, 128, 256, 256), (160, 96, 192, 192), (0, 0, 256, 512)]
+    boxes.append((200, 180, 96, 96))
+    ours = BatchAugment(AugmentConfig(out_size=out, **RAW1)).apply(
+        image.expand(len(boxes), -1, -1, -1), box_params(boxes, size)
+    )
+    for i, (top, left, h, w) in enumerate(boxes):
+        crop = image[..., top : top + h, left : left + w].float() / 255
+        reference = F.interpolate(crop, size=(out, out), mode="bilinear", antialias=True)[0]
+        plain = F.interpolate(crop, size=(out, out), mode="bilinear")[0]
+        error = (ours[i] - reference).abs().mean().item()
+        if w < out:  # (interpolate clamps at the crop's border, ours read the pixels beyond)
+            inside = (..., slice(1, -1), slice(1, -1))
+            torch.testing.assert_close(ours[i][inside], plain[inside], atol=1e-5, rtol=0)
+        else:
+            assert error < 3 / 255, (i, error)
+            assert (plain - reference).abs().mean().item() > 2.5 * error, i  # plain aliases
+
+
+def test_the_eval_transform_resizes_down_like_pil():
+    """The whole image resized to 256 and 224 px: close to PIL's (antialiased) bilinear resize,
+    an independent implementation; without the antialiasing far from it."""
+    image = zone_plate(512)
+    for out in (256, 224):
+        config = dataclasses.replace(eval_transform(1, out), **RAW1)
+        ours = BatchAugment(config)(image.view(1, 1, 512, 512))[0, 0] * 255
+        pil = Image.fromarray(image.numpy()).resize((out, out), Image.Resampling.BILINEAR)
+        reference = torch.from_numpy(np.array(pil)).float()
+        plain = F.interpolate(image.view(1, 1, 512, 512).float(), size=(out, out), mode="bilinear")
+        assert (ours - reference).abs().mean() < 3.0, out
+        assert (plain[0, 0] - reference).abs().mean() > 15.0, out
+
+
+def test_an_input_at_the_output_size_is_sampled_without_any_filtering(monkeypatch):
+    """The cache at the training size: one bilinear ``grid_sample`` of the uint8 values, exactly
+    as before resizing down existed (the antialiasing is never called)."""
+    monkeypatch.setattr(augment_module, "_antialias", None)  # a call would fail
+    images = random_images(8, 3, 24, 24, seed=21)
+    config = dataclasses.replace(weak_augment(3, 24), crop_scale=(0.2, 1.0), rotate_p=1.0, **RAW3)
+    augment = BatchAugment(config)
+    params = augment.sample_params(8, generator=torch.Generator().manual_seed(5))
+    theta = augment_module._affine_theta(params, (24, 24))
+    grid = F.affine_grid(theta, [8, 3, 24, 24], align_corners=False)
+    sampled = F.grid_sample(
+        images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    torch.testing.assert_close(augment.apply(images, params), sampled / 255, atol=1e-5, rtol=0)
+    for size in (16, 24):  # smaller inputs are enlarged: no filtering either
+        assert augment.apply(random_images(2, 3, size, size), identity_params(2)).shape[-1] == 24
+
+
 @pytest.mark.parametrize("hw", [(16, 16), (12, 20)])
 def test_rotation_matches_torchvision(hw):
     images = random_images(2, 3, *hw, seed=4)
@@ -359,7 +441,7 @@ def test_the_gpu_paths_kernels_blur_where_on_and_keep_the_image_where_off():
     torch.testing.assert_close(kernels[0], gauss / gauss.sum())
     assert torch.equal(kernels[1], (offsets == 0).float())
     x = unit(random_images(2, 3, 12, 12, seed=9))
-    y = augment_module._convolve_separable(x, kernels, radius)
+    y = augment_module._convolve_separable(x, kernels, kernels, radius)
     torch.testing.assert_close(y[1], x[1], atol=1e-6, rtol=0)  # off: the image itself
     blurred = TF.gaussian_blur(x[0], [2 * radius + 1] * 2, [1.5, 1.5])  # reflect padding too
     torch.testing.assert_close(y[0], blurred, atol=1e-5, rtol=0)

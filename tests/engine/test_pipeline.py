@@ -574,6 +574,23 @@ def test_evaluate_scores_the_eval_classes_by_patient_and_checks_the_data(
         evaluate_checkpoint(ckpt, split="val", data_dir=data, device="cpu")
 
 
+def test_stage2_trains_at_its_own_size_from_a_larger_cache_which_evaluation_reads_too(
+    data_dir, tmp_path, monkeypatch
+):
+    opened = spy(monkeypatch, PreparedData, "open")
+    steps = spy(monkeypatch, finetune_mod.MeanTeacherStep, "train")
+    sizes = ["finetune.size=12", "data.cache_size=16"]  # the tiny data's cache is 16 px
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1", *sizes)
+    ckpt = finetune(cfg, tmp_path / "ft", progress=False)
+    assert [args[1] for args, _ in opened] == [16]
+    assert {tuple(args[1].shape[-2:]) for args, _ in steps} == {(12, 12)}  # labelled views
+    assert {tuple(args[3].shape[-2:]) for args, _ in steps} == {(12, 12)}  # teacher's views
+    meta = load_checkpoint(ckpt)["meta"]
+    assert (meta["size"], meta["cache_size"]) == (12, 16)
+    metrics = evaluate_checkpoint(ckpt, split="val", n_boot=0, device="cpu")
+    assert [args[1] for args, _ in opened[1:]] == [16] and metrics["mean_auc"] is not None
+
+
 def test_predict_on_the_image_files_equals_evaluation_on_the_cache(data_dir, tmp_path):
     """Inference (files, the checkpoint's stored preprocessing) sees what training and
     evaluation saw (the cache, the evaluation transform)."""

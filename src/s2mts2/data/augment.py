@@ -9,8 +9,11 @@ Pipeline (the released strong augmentation, in its order):
 1. geometry, one sampling grid (``affine_grid``'s, built by broadcasting) + ``grid_sample``
    per batch with a per-sample (2, 3) matrix covering RandomResizedCrop, resize to
    ``out_size``, rotation (RandomAffine degrees) and flips. Bilinear, ``align_corners=False``
-   (identity parameters hit pixel centres exactly), no antialiasing (cache the images near the
-   training resolution). Points outside the image use ``padding_mode`` (default
+   (identity parameters hit pixel centres exactly). An input larger than ``out_size`` (a cache
+   above the training resolution) is first blurred per sample and axis where its crop shrinks
+   (:func:`_antialias`), so a downscaled crop does not alias, as the antialiased resize of
+   PIL / ``interpolate(antialias=True)``; an input of ``out_size`` is sampled as it is (a crop
+   there never shrinks). Points outside the image use ``padding_mode`` (default
    ``reflection``: no black corners after rotation, unlike the zero fill of the released
    code). The crop aspect ratio is relative to the input's aspect ratio (the same as
    torchvision for square caches); a crop that does not fit after 10 tries falls back to the
@@ -392,31 +395,62 @@ def _gaussian_kernels(sigma: Tensor, on: Tensor, radius: int) -> Tensor:
     )
 
 
-def _convolve_separable(x: Tensor, kernels: Tensor, radius: int) -> Tensor:
-    """(B, C, H, W), (B, k) kernels -> rows then columns convolved per sample, reflect padding."""
+def _convolve_separable(x: Tensor, kernels_x: Tensor, kernels_y: Tensor, radius: int) -> Tensor:
+    """(B, C, H, W), (B, k) row and (B, k) column kernels -> rows then columns convolved per
+    sample, reflect padding."""
     batch, channels, height, width = x.shape
-    weight = kernels.repeat_interleave(channels, dim=0)  # (B*C, k)
     groups = batch * channels
+    weight_x = kernels_x.repeat_interleave(channels, dim=0)  # (B*C, k)
+    weight_y = kernels_y.repeat_interleave(channels, dim=0)
     y = F.pad(x.reshape(1, groups, height, width), (radius,) * 4, mode="reflect")
-    y = F.conv2d(y, weight.view(groups, 1, 1, -1), groups=groups)
-    y = F.conv2d(y, weight.view(groups, 1, -1, 1), groups=groups)
+    y = F.conv2d(y, weight_x.view(groups, 1, 1, -1), groups=groups)
+    y = F.conv2d(y, weight_y.view(groups, 1, -1, 1), groups=groups)
     return y.view(batch, channels, height, width)
 
 
-def _gaussian_blur(x: Tensor, sigma: Tensor, on: Tensor, radius: int) -> Tensor:
-    """(B, C, H, W), (B,) sigma, (B,) bool -> separable Gaussian blur, reflect padding.
+def _gaussian_blur(x: Tensor, sigma_x: Tensor, sigma_y: Tensor, on: Tensor, radius: int) -> Tensor:
+    """(B, C, H, W), (B,) sigma along x and along y, (B,) bool -> separable Gaussian blur,
+    reflect padding.
 
     On the CPU only the blurred samples are convolved (the others are left as they are, in
     place in ``x``); on a GPU that selection would wait for the device, so every sample is
     convolved there, with a delta kernel where the blur is off.
     """
-    kernels = _gaussian_kernels(sigma.to(x.dtype), on, radius)
+    kernels_x = _gaussian_kernels(sigma_x.to(x.dtype), on, radius)
+    kernels_y = _gaussian_kernels(sigma_y.to(x.dtype), on, radius)
     if x.device.type != "cpu":
-        return _convolve_separable(x, kernels, radius)
+        return _convolve_separable(x, kernels_x, kernels_y, radius)
     index = on.nonzero().squeeze(1)
     if len(index):
-        x[index] = _convolve_separable(x[index], kernels[index], radius)
+        x[index] = _convolve_separable(x[index], kernels_x[index], kernels_y[index], radius)
     return x
+
+
+def _antialias(x: Tensor, crop: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """(B, C, H, W) float input, (B, 4) crops (:class:`AugmentParams`) -> the input blurred so
+    that bilinear sampling of each crop at ``out_hw`` does not alias.
+
+    A crop spans ``f = crop width · W / out_w`` input pixels per output pixel along x (and
+    likewise along y; a rotation, applied in output pixels, leaves both unchanged). Where
+    ``f > 1`` the crop shrinks, and the axis is blurred with a Gaussian of variance
+    ``(f² − 1) / 6``: with the bilinear sampling's own (triangle, variance 1/6) filter that makes
+    the variance ``f² / 6`` of the triangle filter of half-width ``f`` that an antialiased
+    bilinear resize (PIL, ``interpolate(antialias=True)``) applies. Where ``f ≤ 1`` nothing is
+    blurred: an enlarged crop is sampled as without antialiasing (as those resizes do). The
+    radius, ``3σ`` of the whole image's factor (the largest a crop has), needs no device sync.
+    """
+    height, width = x.shape[-2:]
+    out_h, out_w = out_hw
+
+    def sigma(extent: Tensor, scale: float) -> Tensor:
+        # σ = 1e-6 gives exactly a delta (exp underflows to 0 off the centre; 0 would give 0/0)
+        return ((extent * scale).square() - 1.0).clamp(min=0.0).div(6.0).sqrt().clamp(min=1e-6)
+
+    sigma_x, sigma_y = sigma(crop[:, 2], width / out_w), sigma(crop[:, 3], height / out_h)
+    largest = max(width / out_w, height / out_h)
+    radius = min(math.ceil(3.0 * math.sqrt((largest**2 - 1.0) / 6.0)), min(height, width) - 1)
+    on = (crop[:, 2] * (width / out_w) > 1.0) | (crop[:, 3] * (height / out_h) > 1.0)
+    return _gaussian_blur(x, sigma_x, sigma_y, on, radius)
 
 
 def _box_keep(boxes: Tensor, out_hw: tuple[int, int], on: Tensor) -> Tensor:
@@ -503,10 +537,13 @@ class BatchAugment:
         size = self.config.out_size
         out_hw = (height, width) if size is None else (size, size)
         grid = _sampling_grid(_affine_theta(params, out_hw), out_hw)
+        x = images.float()
+        if height > out_hw[0] or width > out_hw[1]:
+            x = _antialias(x, params.crop, out_hw)
         # Bilinear sampling is linear: sample the 0..255 values and scale them afterwards,
         # together with the brightness factor when there is jitter.
         x = F.grid_sample(
-            images.float(),
+            x,
             grid,
             mode="bilinear",
             padding_mode=self.config.padding_mode,
@@ -518,7 +555,7 @@ class BatchAugment:
             x = _colour_jitter(x, params.jitter_factors, params.jitter)
         if params.blur is not None:
             radius = min(math.ceil(3.0 * self.config.blur_sigma[1]), min(out_hw) - 1)
-            x = _gaussian_blur(x, params.blur_sigma, params.blur, radius)
+            x = _gaussian_blur(x, params.blur_sigma, params.blur_sigma, params.blur, radius)
         for c, (m, s) in enumerate(zip(mean, std)):
             x[:, c].sub_(m).div_(s)
         if params.erase is not None:  # erased pixels become 0 (a multiplication: fast on CPU)

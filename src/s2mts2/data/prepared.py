@@ -39,14 +39,15 @@ class PreparedData:
 
     @classmethod
     def open(cls, data_dir: str | Path, size: int) -> PreparedData:
+        """The folder ``data_dir`` with its cache at ``size`` px (``DataError`` when not built)."""
         d = Path(data_dir)
         table = DatasetTable.load(d)
         cdir = cache_dir(d, size)
         if not cdir.is_dir():
             built = sorted(p.name for p in d.glob("cache-*px"))
             raise DataError(
-                f"{d}: no image cache at {size} px (data.size={size}); found {built or 'none'}. "
-                f"Run `s2mts2 prepare ... --out {d} --size {size}`"
+                f"{d}: no image cache at {size} px (data.size, finetune.size or data.cache_size); "
+                f"found {built or 'none'}. Run `s2mts2 prepare ... --out {d} --size {size}`"
             )
         cache = ImageCache.open(cdir)
         return cls(d, table, cache, cache.rows_for(table.paths))

@@ -79,7 +79,8 @@ def split_predictions(
     dev = resolve_device(device)
     fp32 = Precision(dev.type)  # reported numbers in full precision, like the ONNX export
     net = fp32.prepare(load_classifier(state, model), dev)
-    data = PreparedData.open(data_dir or meta["data_dir"], meta["size"])
+    # the cache the run trained on (earlier checkpoints: the one at the input size)
+    data = PreparedData.open(data_dir or meta["data_dir"], meta.get("cache_size", meta["size"]))
     if data.table.classes != meta["classes"]:
         raise DataError(
             f"{data.dir}: classes {data.table.classes} differ from the checkpoint's "

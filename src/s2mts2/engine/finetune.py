@@ -217,13 +217,15 @@ def predict(
 def checkpoint_meta(cfg: RunConfig, data: PreparedData, n_labelled: int) -> dict[str, Any]:
     """What inference needs to rebuild and feed the network, with no config file at hand."""
     t = data.table
-    transform = build_eval_transform(t.channels, cfg.data.size).config
+    size = cfg.finetune_size()
+    transform = build_eval_transform(t.channels, size).config
     return {
         "classes": t.classes,
         "eval_classes": t.eval_classes,
         "task": t.task,
         "channels": t.channels,
-        "size": cfg.data.size,
+        "size": size,
+        "cache_size": data.cache.size,
         "mean": list(transform.mean),
         "std": list(transform.std),
         "backbone": cfg.model.backbone,
@@ -260,7 +262,8 @@ def _finetune(
     fc = cfg.finetune
     setup_threads(cfg.threads)
     seed_everything(cfg.seed)
-    data = PreparedData.open(cfg.data.dir, cfg.data.size)
+    size = cfg.finetune_size()
+    data = PreparedData.open(cfg.data.dir, cfg.data.cache_for(size))
     t = data.table
     with main_first():  # may write the labelled-subset file into the data folder
         labelled = data.labelled(*cfg.data.labelled_draw())
@@ -301,7 +304,7 @@ def _finetune(
     pos_weight = None
     if fc.pos_weight and t.task == "multilabel":
         pos_weight = positive_weights(t.labels[labelled]).to(device)
-    augment = build_augment(fc.augment, t.channels, cfg.data.size, fc.augment_overrides)
+    augment = build_augment(fc.augment, t.channels, size, fc.augment_overrides)
 
     l_stream = IndexStream(labelled, batch, cfg.seed, rank(), world)
     l_loader = BatchLoader(data.images(), l_stream, device, data.rows)
@@ -403,7 +406,7 @@ def _finetune(
         last = epoch + 1 == fc.epochs
         improved = False
         if len(val) and (last or (epoch + 1) % max(1, fc.eval_every) == 0):
-            probs = predict(teacher.module, data, val, cfg.data.size, device, precision, t.task)
+            probs = predict(teacher.module, data, val, size, device, precision, t.task)
             score = table_mean_auc(probs, t.labels[val], t)
             row["val_mean_auc"] = score
             if score is not None and (best is None or score > best):
