@@ -73,7 +73,7 @@ def _stage1(ckpt: Path, data_dir: str | None) -> tuple[dict[str, Any], Any, Prep
     cfg = config_from_dict(state["config"])
     if data_dir is not None:
         cfg.data.dir = data_dir
-    return state, cfg, PreparedData.open(cfg.data.dir, cfg.data.size)
+    return state, cfg, PreparedData.open(cfg.data.dir, cfg.data.cache_for(cfg.data.size))
 
 
 def _knn(net: torch.nn.Module, cfg: Any, data: PreparedData, fit, score) -> np.ndarray:

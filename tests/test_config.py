@@ -212,18 +212,18 @@ def test_stage_sizes_default_to_data_size_and_a_cache_is_never_below_its_trainin
         load_config(None, ["data.size=16", "finetune.size=48", "data.cache_size=32"])
 
 
-def test_stage1_refuses_a_cache_size_it_does_not_read():
+def test_stage1_reads_a_larger_cache_and_refuses_a_smaller_one():
     larger = ["data.size=32", "data.cache_size=48"]
-    assert load_config(None, larger, stage="finetune").data.cache_size == 48
-    with pytest.raises(
-        ConfigError, match="'data.cache_size': stage 1 reads the cache at data.size"
-    ):
-        load_config(None, larger, stage="pretrain")
+    assert load_config(None, larger, stage="pretrain").data.cache_for(32) == 48
+    with pytest.raises(ConfigError, match="'data.cache_size': 24 px is below the stage-1"):
+        load_config(
+            None, ["data.size=32", "finetune.size=16", "data.cache_size=24"], stage="pretrain"
+        )
     assert load_config(None, ["data.size=32", "data.cache_size=32"], stage="pretrain")
 
 
 PAPER_SIZES = {  # preset: (stage-1 size, stage-2 size, stage-2 cache size), METHOD.md
-    "chestxray14-paper": (256, 512, 512),
+    "chestxray14-paper": (256, 512, 512),  # stage 1 crops from the 512 px cache too
     "chexpert-paper": (256, 224, 256),
     "isic2018-paper": (256, 224, 256),
 }

@@ -435,19 +435,19 @@ def load_config(
 
 
 def _check_sizes(cfg: RunConfig, stage: str | None = None) -> None:
-    """Refuse a ``data.cache_size`` below the stage-2 training size it is read for, or, for
-    ``stage`` ``pretrain``, one other than ``data.size`` (stage 1 reads that cache)."""
-    cache, size = cfg.data.cache_size, cfg.finetune_size()
+    """Refuse a ``data.cache_size`` below the training size it is read for: stage 2's, or, for
+    ``stage`` ``pretrain``, stage 1's (``data.size``)."""
+    cache = cfg.data.cache_size
+    size = cfg.data.size if stage == "pretrain" else cfg.finetune_size()
     if cache and cache < size:
-        raise ConfigError(
-            f"config key 'data.cache_size': {cache} px is below the stage-2 training size "
-            f"{size} px (finetune.size, else data.size); a cache is resized down, not up: "
-            f"prepare one of at least {size} px, or 0 for the training size"
+        what = (
+            "stage-1 training size (data.size)"
+            if stage == "pretrain"
+            else ("stage-2 training size (finetune.size, else data.size)")
         )
-    if stage == "pretrain" and cache not in (0, cfg.data.size):
         raise ConfigError(
-            f"config key 'data.cache_size': stage 1 reads the cache at data.size "
-            f"({cfg.data.size} px), not {cache} px: --set data.cache_size=0 for stage 1"
+            f"config key 'data.cache_size': {cache} px is below the {what} {size} px; a cache is "
+            f"resized down, not up: prepare one of at least {size} px, or 0 for the training size"
         )
 
 

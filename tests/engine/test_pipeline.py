@@ -591,6 +591,16 @@ def test_stage2_trains_at_its_own_size_from_a_larger_cache_which_evaluation_read
     assert [args[1] for args, _ in opened[1:]] == [16] and metrics["mean_auc"] is not None
 
 
+def test_stage1_crops_from_a_larger_cache_and_trains_at_its_size(data_dir, tmp_path, monkeypatch):
+    opened = spy(monkeypatch, PreparedData, "open")
+    steps = spy(monkeypatch, pretrain_mod.ContrastiveStep, "train")
+    cfg = cfg_for(data_dir, "data.size=12", "data.cache_size=16", "pretrain.epochs=1")
+    state = load_checkpoint(pretrain(cfg, tmp_path / "pre", progress=False))
+    assert [args[1] for args, _ in opened] == [16]  # the tiny data's 16 px cache
+    assert {tuple(args[1].shape[-2:]) for args, _ in steps} == {(12, 12)}  # query and key views
+    assert state["meta"]["size"] == 12
+
+
 def test_predict_on_the_image_files_equals_evaluation_on_the_cache(data_dir, tmp_path):
     """Inference (files, the checkpoint's stored preprocessing) sees what training and
     evaluation saw (the cache, the evaluation transform)."""

@@ -357,7 +357,7 @@ def _pretrain(
     pc = cfg.pretrain
     setup_threads(cfg.threads)
     seed_everything(cfg.seed)
-    data = PreparedData.open(cfg.data.dir, cfg.data.size)
+    data = PreparedData.open(cfg.data.dir, cfg.data.cache_for(cfg.data.size))
     table = data.table
     train_idx = table.indices("train")
     if len(train_idx) < 2:

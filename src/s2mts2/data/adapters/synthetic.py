@@ -23,7 +23,7 @@ from s2mts2.files import write_text_atomic
 FINDINGS = ["Nodule", "Effusion", "Cardiomegaly", "Pneumothorax", "Opacity"]
 MULTICLASS = ["Normal", "Nodule", "Effusion", "Cardiomegaly", "Pneumothorax"]
 MULTICLASS_P = [0.4, 0.15, 0.15, 0.15, 0.15]
-VERSION = 2
+VERSION = 1
 CHUNK = 128
 
 
@@ -70,8 +70,8 @@ def _params(rng: np.random.Generator, patient: np.ndarray) -> dict[str, np.ndarr
         "heart_x": per_patient(0.04, 0.12),
         "heart_y": per_patient(0.2, 0.3),
         "heart_ry": per_patient(0.2, 0.26),
-        "ctr": per_patient(0.34, 0.44),
-        "ctr_big": per_patient(0.52, 0.62),
+        "ctr": per_patient(0.36, 0.48),
+        "ctr_big": per_patient(0.47, 0.6),
         "rib_f": per_patient(5.0, 7.0),
         "rib_phase": per_patient(0.0, 2 * np.pi),
         "rot": rng.normal(0.0, 0.08, n),
@@ -81,26 +81,24 @@ def _params(rng: np.random.Generator, patient: np.ndarray) -> dict[str, np.ndarr
         "contrast": per_image(0.7, 1.3),
         "bright": per_image(-0.1, 0.1),
         "gamma": per_image(0.8, 1.25),
-        "noise": per_image(0.01, 0.025),
-        # findings: side (0 = image left lung, 1 = right), position in the lung, size, strength;
-        # at the scale the augmentation keeps (a few pixels at 32 px), told apart by shape,
-        # size and texture rather than by a small change of intensity
+        "noise": per_image(0.01, 0.035),
+        # findings: side (0 = image left lung, 1 = right), position in the lung, size, strength
         "nod_side": rng.integers(0, 2, n).astype(np.float64),
-        "nod_count": rng.integers(2, 4, n).astype(np.float64),
+        "nod_r": np.sqrt(per_image(0.0, 0.6)),
         "nod_t": per_image(0.0, 2 * np.pi),
-        "nod_r": per_image(0.075, 0.11),
-        "nod_a": per_image(0.2, 0.3),
+        "nod_s": per_image(0.045, 0.075),
+        "nod_a": per_image(0.1, 0.18),
         "eff_side": rng.integers(0, 2, n).astype(np.float64),
-        "eff_h": per_image(0.3, 0.55),
-        "eff_a": per_image(0.2, 0.3),
+        "eff_h": per_image(0.15, 0.4),
+        "eff_a": per_image(0.12, 0.24),
         "ptx_side": rng.integers(0, 2, n).astype(np.float64),
-        "ptx_w": per_image(0.3, 0.45),
-        "ptx_a": per_image(0.12, 0.2),
+        "ptx_w": per_image(0.12, 0.25),
+        "ptx_a": per_image(0.06, 0.12),
         "opa_side": rng.integers(0, 2, n).astype(np.float64),
-        "opa_r": np.sqrt(per_image(0.0, 0.3)),
+        "opa_r": np.sqrt(per_image(0.0, 0.5)),
         "opa_t": per_image(0.0, 2 * np.pi),
-        "opa_s": per_image(0.2, 0.28),
-        "opa_a": per_image(0.2, 0.3),
+        "opa_s": per_image(0.12, 0.22),
+        "opa_a": per_image(0.08, 0.15),
     }
 
 
@@ -183,22 +181,13 @@ def _render(
     level = bottom - q["eff_h"] * q["lung_ry"] - 0.15 * sign * (x - sign * q["lung_x"])
     img = img + has["Effusion"] * q["eff_a"] * mask * _sigmoid((yy - level) / 0.03)
 
-    # Nodules: two or three round bright spots with sharp edges, spread over one lung.
-    spots = np.zeros_like(img)
-    for k in range(3):
-        t = q["nod_t"] + 2.1 * k
-        r = 0.25 + 0.2 * k
-        sign = 2 * q["nod_side"] - 1
-        nx = sign * q["lung_x"] + r * q["lung_rx"] * np.cos(t)
-        ny = q["lung_y"] + r * q["lung_ry"] * np.sin(t)
-        disc = _sigmoid((q["nod_r"] - np.sqrt((x - nx) ** 2 + (yy - ny) ** 2)) / 0.012)
-        spots = spots + disc * (q["nod_count"] > k)
-    img = img + has["Nodule"] * q["nod_a"] * np.minimum(spots, 1.0) * lungs
-    # Opacity: a wide patch of mottled texture (blotches a few pixels across) inside a lung.
+    # Nodule: a small bright blob; opacity: a wide, faint haze; both inside a lung.
+    nx, ny = in_lung("nod_side", "nod_r", "nod_t")
+    blob = np.exp(-0.5 * ((x - nx) ** 2 + (yy - ny) ** 2) / q["nod_s"] ** 2)
+    img = img + has["Nodule"] * q["nod_a"] * blob * lungs
     ox, oy = in_lung("opa_side", "opa_r", "opa_t")
-    patch = _sigmoid((q["opa_s"] - np.sqrt((x - ox) ** 2 + (yy - oy) ** 2)) / 0.04)
-    mottle = _sigmoid(3.0 * _smooth_noise(rng, b, size, cells=max(4, size // 3)))
-    img = img + has["Opacity"] * q["opa_a"] * patch * mottle * lungs
+    haze = np.exp(-0.5 * ((x - ox) ** 2 + (yy - oy) ** 2) / q["opa_s"] ** 2)
+    img = img + has["Opacity"] * q["opa_a"] * haze * lungs
 
     img = q["contrast"] * (img - 0.4) + 0.4 + q["bright"]
     img = np.clip(img + q["noise"] * rng.normal(size=img.shape), 0.0, 1.0) ** q["gamma"]
