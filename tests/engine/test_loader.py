@@ -42,6 +42,7 @@ def test_loader_fetches_rows_in_order_through_the_row_map():
     assert len(batches) == 3
     for step, b in enumerate(batches):
         assert np.array_equal(b.rows, stream.batch_rows(step))
+        assert b.ids.dtype == torch.int64 and b.ids.tolist() == b.rows.tolist()
         assert b.images.dtype == torch.uint8 and b.images.shape == (4, 1, 2, 1)
         assert torch.equal(b.images[:, 0, 0, 0], torch.from_numpy(5 - b.rows).to(torch.uint8))
 

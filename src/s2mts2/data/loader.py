@@ -20,10 +20,12 @@ import torch
 
 @dataclass
 class Batch:
-    """images: (B, C, H, W) uint8 on the device; rows: (B,) int64 stream (table) rows, CPU."""
+    """images: (B, C, H, W) uint8 on the device; rows: (B,) int64 stream (table) rows, CPU;
+    ids: the same rows as a (B,) int64 tensor on the device (copied without a host sync)."""
 
     images: torch.Tensor
     rows: np.ndarray
+    ids: torch.Tensor
 
 
 class IndexStream:
@@ -115,7 +117,8 @@ class BatchLoader:
                     if stop_flag.is_set():
                         return
                     rows = self.stream.batch_rows(s)
-                    q.put((self.fetch(rows), rows))
+                    ids = torch.from_numpy(rows)
+                    q.put((self.fetch(rows), rows, ids.pin_memory() if self.pin else ids))
                 q.put(None)
             except BaseException as e:  # surfaced in the consumer
                 q.put(e)
@@ -129,8 +132,12 @@ class BatchLoader:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                images, rows = item
-                yield Batch(images.to(self.device, non_blocking=True), rows)
+                images, rows, ids = item
+                yield Batch(
+                    images.to(self.device, non_blocking=True),
+                    rows,
+                    ids.to(self.device, non_blocking=True),
+                )
         finally:
             stop_flag.set()
             while worker.is_alive():

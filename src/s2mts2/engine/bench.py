@@ -432,7 +432,7 @@ def measure_pretrain(s: BenchSettings, data: BenchData, device: torch.device) ->
     _, ref_warmup, ref_steps = reference_schedule(s)
 
     def train_on(b: Batch) -> torch.Tensor:
-        return step.train(step.views(b.images, gen), lam, torch.from_numpy(b.rows))
+        return step.train(step.views(b.images, gen), lam, b.ids)
 
     def one_round() -> dict[str, float]:
         batches = loader.steps(0, s.warmup + s.steps)

@@ -169,12 +169,11 @@ class ContrastiveStep:
     def train(
         self, views: torch.Tensor, lam: float, ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """One step on ``views`` (1+M, B, C, S, S) of the images ``ids`` (B,) (table rows; None:
-        unknown images, whose queue entries are no query's own)."""
+        """One step on ``views`` (1+M, B, C, S, S) of the images ``ids`` (B,) (table rows, on the
+        device; None: unknown images, whose queue entries are no query's own)."""
         m, b = self.cfg.views, views.shape[1]
         if ids is None:
-            ids = torch.full((b,), -1, dtype=torch.long)
-        ids = ids.to(self.queue.ids.device, non_blocking=True)
+            ids = torch.full((b,), -1, dtype=torch.long, device=self.queue.ids.device)
         query = self.precision.layout(views[0])
         keys_in = self.precision.layout(views[1:].flatten(0, 1))
         if self.cuda_graphs:
@@ -455,7 +454,7 @@ def _pretrain(
         loss_sum = torch.zeros((), device=device)
         for i, b in enumerate(bar):
             set_lr(optimizer, cosine_lr(pc.lr, first + i, total_steps, warmup_steps))
-            loss_sum += step_fn.train(step_fn.views(b.images, gen), lam, torch.from_numpy(b.rows))
+            loss_sum += step_fn.train(step_fn.views(b.images, gen), lam, b.ids)
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
                 rate = (i + 1) * batch * world / (time.perf_counter() - t0)
                 bar.set_postfix(
