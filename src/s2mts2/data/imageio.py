@@ -59,8 +59,7 @@ def read_image(path: str | Path | BinaryIO, channels: int) -> np.ndarray:
     try:
         pixels = _decode_dicom(path) if _is_dicom(path) else _decode_pil(path)
     except Exception as exc:  # decoders raise many undocumented types for corrupt input
-        name = str(getattr(path, "name", path))
-        raise ImageReadError(name, f"{type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(_source_name(path), f"{type(exc).__name__}: {exc}") from exc
     return _to_channels(pixels, channels)
 
 
@@ -88,9 +87,16 @@ def _check_channels(channels: int) -> None:
         raise ConfigError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
 
 
+def _source_name(source: str | Path | BinaryIO) -> str:
+    """A path as given; a file object's ``name`` (an upload's file name), if it has one."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return str(getattr(source, "name", "<in memory>"))
+
+
 def _is_dicom(path: str | Path | BinaryIO) -> bool:
     """True for a ``.dcm`` name or a file with the ``DICM`` magic after its 128-byte preamble."""
-    if Path(str(getattr(path, "name", path))).suffix.lower() == ".dcm":
+    if Path(_source_name(path)).suffix.lower() == ".dcm":
         return True
     if not isinstance(path, (str, Path)):  # a file object: peek, then rewind
         start = path.tell()

@@ -172,7 +172,6 @@ function metricRows(doc) {
   for (const key of ["accuracy", "balanced_accuracy", "f1"]) {
     if (key in m) rows.push([key.replace("_", " "), fmt(m[key])]);
   }
-  for (const [name, value] of Object.entries(m.per_class_auc)) rows.push([`AUC ${name}`, fmt(value)]);
   return rows;
 }
 
@@ -185,6 +184,11 @@ async function loadSummary() {
     const row = el("tr");
     row.append(el("th", "", name), el("td", "", String(value)));
     table.append(row);
+  }
+  for (const [name, value] of Object.entries(doc.metrics.per_class_auc)) {
+    const item = el("li");
+    item.append(el("span", "", name), el("span", "value", fmt(value)));
+    $("per-class").append(item);
   }
   $("roc").src = "/api/split/roc.png";
   for (const name of ["true", "pred"]) {
