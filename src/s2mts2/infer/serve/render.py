@@ -10,6 +10,7 @@ from PIL import Image
 from s2mts2.infer.gradcam import overlay
 
 DISPLAY_SIDE = 512  # longest side of the images the page shows (pixels)
+PNG_LEVEL = 1  # zlib level: 20 ms for a 512 px overlay against 120 ms at Pillow's default 6
 
 
 def display_pixels(pixels: np.ndarray, max_side: int = DISPLAY_SIDE) -> np.ndarray:
@@ -25,9 +26,11 @@ def display_pixels(pixels: np.ndarray, max_side: int = DISPLAY_SIDE) -> np.ndarr
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """uint8 (H, W, 1|3) -> PNG file contents."""
+    """uint8 (H, W, 1|3) -> PNG file contents, compressed lightly (the page is local: a 512 px
+    overlay encodes in a sixth of the default level's time for a sixth more bytes)."""
     buf = io.BytesIO()
-    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buf, "PNG")
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    image.save(buf, "PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
 
 
