@@ -26,18 +26,18 @@ RGB_CLASSES = ("mel", "nv")
 
 
 def write_checkpoint(
-    path: Path, task: str, channels: int, classes: Sequence[str], seed: int = 0
+    path: Path, task: str, channels: int, classes: Sequence[str], seed: int = 0, size: int = SIZE
 ) -> Path:
     """A stage-2 checkpoint in ``finetune``'s layout; student and teacher hold different random
     weights (inference and export must use the teacher's)."""
     cfg = RunConfig()
     cfg.model.backbone = "resnet18_small"
-    cfg.data.size = SIZE
+    cfg.data.size = size
     cfg.finetune.method = "supervised"
     torch.manual_seed(seed)
     teacher = classifier_network(cfg.model, channels, len(classes)).eval()
     student = classifier_network(cfg.model, channels, len(classes)).eval()
-    stats = eval_transform(channels, SIZE)
+    stats = eval_transform(channels, size)
     state = {
         "kind": "finetune",
         "epoch": 3,
@@ -50,7 +50,7 @@ def write_checkpoint(
             "eval_classes": list(classes),
             "task": task,
             "channels": channels,
-            "size": SIZE,
+            "size": size,
             "mean": list(stats.mean),
             "std": list(stats.std),
             "backbone": cfg.model.backbone,

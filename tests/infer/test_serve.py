@@ -24,7 +24,7 @@ from s2mts2.infer.serve.app import create_app  # noqa: E402
 from s2mts2.infer.serve.render import DISPLAY_SIDE  # noqa: E402
 from s2mts2.infer.serve.run import build_state  # noqa: E402
 
-from .conftest import GREY_CLASSES, png_bytes  # noqa: E402
+from .conftest import GREY_CLASSES, png_bytes, write_checkpoint  # noqa: E402
 
 
 def client(ckpt: Path, **kwargs) -> TestClient:
@@ -127,6 +127,17 @@ def test_browse_sorts_filters_and_pages(split_ckpt, prepared):
     ):
         refused = api.get("/api/split", params=query)
         assert refused.status_code == 400 and refused.json()["error"] == message
+
+
+def test_a_smaller_model_browses_a_larger_cache(prepared, tmp_path):
+    table = DatasetTable.load(prepared)
+    ckpt = write_checkpoint(
+        tmp_path / "best.pt", table.task, table.channels, table.classes, size=16
+    )
+    api = client(ckpt, data_dir=prepared)
+    assert api.get("/api/info").json()["size"] == 16
+    assert api.get("/api/split").json()["total"] == len(table.indices("test"))
+    assert png_size(api.get("/api/split/images/0.png").content) == (32, 32)  # the cache's
 
 
 def test_split_metrics_come_from_evaluate_when_it_scored_this_model(split_ckpt, prepared):

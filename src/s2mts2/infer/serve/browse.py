@@ -1,7 +1,8 @@
 """A prepared split seen through the model: labels, probabilities, loss, metrics and ROC plot.
 
-Images come from the prepared folder's uint8 cache at the model's input size (what the model
-sees) and are named by their position in the split, never by a path. Multi-label predictions are
+Images come from the prepared folder's uint8 cache at the model's input size (else the smallest
+larger one, resized down by the evaluation transform) and are named by their position in the
+split, never by a path. Multi-label predictions are
 the classes with p >= 0.5; a multi-class prediction is the most probable class. An image is
 misclassified when a known label disagrees with the prediction.
 """
@@ -73,7 +74,7 @@ class SplitView:
     ) -> SplitView:
         """Run the model over the split's cached images (``data_dir`` as ``prepare`` wrote it)."""
         info = analyst.info
-        data = PreparedData.open(data_dir, info.size)
+        data = PreparedData.open(data_dir, _cache_size(data_dir, info.size))
         table = data.table
         if table.classes != info.classes or table.channels != info.channels:
             raise DataError(
@@ -189,6 +190,13 @@ class SplitView:
             "pages": pages,
             "items": items,
         }
+
+
+def _cache_size(data_dir: Path, size: int) -> int:
+    """The cache at the model's input ``size``, else the smallest larger one (the evaluation
+    transform resizes it down, as for a run trained from a larger cache)."""
+    sizes = sorted(int(p.name[6:-2]) for p in data_dir.glob("cache-*px") if p.name[6:-2].isdigit())
+    return next((s for s in sizes if s >= size), size)
 
 
 def _read_metrics(path: Path | None) -> dict[str, Any] | None:
