@@ -124,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser(
+        "serve",
+        help="a local web page: drop images, see probabilities and Grad-CAM; browse a split",
+    )
+    p.add_argument(
+        "model", type=Path, help="stage-2 checkpoint (best.pt) or model.onnx (with its model.json)"
+    )
+    p.add_argument("--data", type=Path, help="prepared-data folder whose split the page browses")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-file-mb", type=float, default=50.0, help="largest upload (default 50)")
+    p.add_argument("--max-files", type=int, default=64, help="uploads held in memory (default 64)")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("export", help="ONNX model + safetensors weights + JSON model card")
     p.add_argument("checkpoint", type=Path, help="stage-2 checkpoint (best.pt)")
     p.add_argument(
@@ -248,6 +264,21 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         print(result.summary())
         return 1 if result.all_failed else 0
+    if args.command == "serve":
+        from s2mts2.infer.serve.run import run_serve
+
+        run_serve(
+            args.model,
+            data_dir=args.data,
+            split=args.split,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            max_file_mb=args.max_file_mb,
+            max_files=args.max_files,
+            progress=not args.no_progress,
+        )
+        return 0
     if args.command == "export":
         from s2mts2.infer.export import export_model
 

@@ -1,4 +1,5 @@
-"""Small stage-2 checkpoints (random ``resnet18_small`` weights, 32 px, no training), bad files."""
+"""Small stage-2 checkpoints (random ``resnet18_small`` weights, 32 px, no training), bad files,
+a prepared data folder at their size."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from PIL import Image
 
 from s2mts2.config import RunConfig, config_to_dict
 from s2mts2.data.augment import eval_transform
+from s2mts2.data.prepared import prepare_dataset
+from s2mts2.data.table import DatasetTable
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import save_checkpoint
 from s2mts2.models.ema import EmaTeacher
@@ -23,18 +26,18 @@ RGB_CLASSES = ("mel", "nv")
 
 
 def write_checkpoint(
-    path: Path, task: str, channels: int, classes: Sequence[str], seed: int = 0
+    path: Path, task: str, channels: int, classes: Sequence[str], seed: int = 0, size: int = SIZE
 ) -> Path:
     """A stage-2 checkpoint in ``finetune``'s layout; student and teacher hold different random
     weights (inference and export must use the teacher's)."""
     cfg = RunConfig()
     cfg.model.backbone = "resnet18_small"
-    cfg.data.size = SIZE
+    cfg.data.size = size
     cfg.finetune.method = "supervised"
     torch.manual_seed(seed)
     teacher = classifier_network(cfg.model, channels, len(classes)).eval()
     student = classifier_network(cfg.model, channels, len(classes)).eval()
-    stats = eval_transform(channels, SIZE)
+    stats = eval_transform(channels, size)
     state = {
         "kind": "finetune",
         "epoch": 3,
@@ -47,7 +50,7 @@ def write_checkpoint(
             "eval_classes": list(classes),
             "task": task,
             "channels": channels,
-            "size": SIZE,
+            "size": size,
             "mean": list(stats.mean),
             "std": list(stats.std),
             "backbone": cfg.model.backbone,
@@ -105,3 +108,19 @@ def bad_files(tmp_path: Path) -> list[Path]:
     text = tmp_path / "bad" / "notes.png"
     text.write_text("this is not an image\n")
     return [truncated, text]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared synthetic multi-label set (grey, 120 images, cache at the checkpoints' size)."""
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    options = {"n": 120, "size": 48}
+    prepare_dataset("synthetic", out, out, size=SIZE, progress=False, options=options, workers=1)
+    return out
+
+
+@pytest.fixture
+def split_ckpt(prepared: Path, tmp_path: Path) -> Path:
+    """A checkpoint with the classes of ``prepared`` (to browse its test split)."""
+    table = DatasetTable.load(prepared)
+    return write_checkpoint(tmp_path / "best.pt", table.task, table.channels, table.classes)

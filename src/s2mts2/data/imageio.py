@@ -21,6 +21,7 @@ Conventions:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -46,9 +47,11 @@ class ImageReadError(DataError):
         return f"cannot read image {self.path}: {self.reason}"
 
 
-def read_image(path: str | Path, channels: int) -> np.ndarray:
+def read_image(path: str | Path | BinaryIO, channels: int) -> np.ndarray:
     """Decode a PNG, JPEG or DICOM file fully into a uint8 array of shape (H, W, channels).
 
+    ``path`` may also be a binary file object (an upload held in memory, ``io.BytesIO``); its
+    ``name`` attribute, when set, names it in errors and a ``.dcm`` name marks it as DICOM.
     Raises :class:`ImageReadError` (a ``DataError``) naming the path and the reason for any
     failure: missing, truncated, not an image, unsupported DICOM.
     """
@@ -56,7 +59,7 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
     try:
         pixels = _decode_dicom(path) if _is_dicom(path) else _decode_pil(path)
     except Exception as exc:  # decoders raise many undocumented types for corrupt input
-        raise ImageReadError(str(path), f"{type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(_source_name(path), f"{type(exc).__name__}: {exc}") from exc
     return _to_channels(pixels, channels)
 
 
@@ -84,10 +87,23 @@ def _check_channels(channels: int) -> None:
         raise ConfigError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
 
 
-def _is_dicom(path: str | Path) -> bool:
+def _source_name(source: str | Path | BinaryIO) -> str:
+    """A path as given; a file object's ``name`` (an upload's file name), if it has one."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return str(getattr(source, "name", "<in memory>"))
+
+
+def _is_dicom(path: str | Path | BinaryIO) -> bool:
     """True for a ``.dcm`` name or a file with the ``DICM`` magic after its 128-byte preamble."""
-    if Path(path).suffix.lower() == ".dcm":
+    if Path(_source_name(path)).suffix.lower() == ".dcm":
         return True
+    if not isinstance(path, (str, Path)):  # a file object: peek, then rewind
+        start = path.tell()
+        path.seek(_DICOM_MAGIC_OFFSET, 1)
+        magic = path.read(4)
+        path.seek(start)
+        return magic == b"DICM"
     try:
         with open(path, "rb") as f:
             f.seek(_DICOM_MAGIC_OFFSET)
@@ -96,7 +112,7 @@ def _is_dicom(path: str | Path) -> bool:
         return False  # let the image decoder report the problem
 
 
-def _decode_pil(path: str | Path) -> np.ndarray:
+def _decode_pil(path: str | Path | BinaryIO) -> np.ndarray:
     """Decode with PIL: uint8 (H, W) grey or (H, W, 3) RGB."""
     with Image.open(path) as opened:
         opened.load()  # decode everything now, so a truncated file fails here
@@ -113,7 +129,7 @@ def _decode_pil(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def _decode_dicom(path: str | Path) -> np.ndarray:
+def _decode_dicom(path: str | Path | BinaryIO) -> np.ndarray:
     """Decode a single-frame DICOM to display values: uint8 (H, W) grey or (H, W, 3) RGB."""
     ds = dcmread(path, force=True)
     frames = int(ds.get("NumberOfFrames") or 1)

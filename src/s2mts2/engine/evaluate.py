@@ -51,6 +51,17 @@ def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
     return net.eval()
 
 
+def default_eval_dir(checkpoint: Path, split: str, model: str = "teacher") -> Path:
+    """Where ``evaluate`` writes by default: ``eval-<split>`` next to ``best.pt``.
+
+    The student's goes next to the teacher's, another checkpoint's (such as ``last.pt``) to
+    ``eval-<split>-last``, so that evaluating one never replaces the other's.
+    """
+    suffix = "" if model == "teacher" else f"-{model}"
+    suffix += "" if checkpoint.stem == "best" else f"-{checkpoint.stem}"
+    return checkpoint.parent / f"eval-{split}{suffix}"
+
+
 @dataclass
 class SplitPredictions:
     """A stage-2 checkpoint's probabilities ``probs`` (N, C) on the ``rows`` (N,) of a split of
@@ -137,11 +148,7 @@ def evaluate_split(
         n_boot=n_boot,
     )
     metrics.update(checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method"))
-    # the student's next to the teacher's; best.pt's in eval-<split>, another checkpoint's (such
-    # as last.pt) in eval-<split>-last, so that evaluating one never replaces the other's
-    suffix = "" if model == "teacher" else f"-{model}"
-    suffix += "" if checkpoint.stem == "best" else f"-{checkpoint.stem}"
-    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}{suffix}"
+    out = Path(out_dir) if out_dir else default_eval_dir(checkpoint, split, model)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{meta.get('method', '')} {model}, {t.name} {split}".strip()
     report = f"# Evaluation: {title}\n\n" + markdown_table(metrics, t.classes)

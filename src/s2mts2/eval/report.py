@@ -132,10 +132,21 @@ def plot_roc(
     title: str | None = None,
     eval_classes: Sequence[str] | None = None,
 ) -> Path:
-    """One PNG with a ROC curve per class (those of eval_classes when given), AUCs in the legend.
+    """Write :func:`roc_figure` as a PNG to ``path``; returns the path written."""
+    return _save(roc_figure(probs, labels, classes, title, eval_classes), path)
+
+
+def roc_figure(
+    probs: Any,
+    labels: Any,
+    classes: Sequence[str],
+    title: str | None = None,
+    eval_classes: Sequence[str] | None = None,
+) -> Figure:
+    """A ROC curve per class (those of eval_classes when given), AUCs in the legend.
 
     probs (N, C); labels (N, C) in {0, 1} with NaN = unknown (ignored per class). Classes without
-    positives or negatives are skipped. Returns the path written.
+    positives or negatives are skipped.
     """
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
@@ -158,7 +169,7 @@ def plot_roc(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(title="class (AUC)", fontsize="small", loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_comparison_bars(

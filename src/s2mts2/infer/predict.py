@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -251,12 +251,18 @@ def _display_stem(path: Path) -> str:
     return _UNSAFE_NAME.sub("_", name) or "image"
 
 
-def _decode(path: Path, channels: int) -> np.ndarray | str:
-    """uint8 (H, W, channels) pixels, or the reason the file cannot be read."""
+def decode_image(source: Path | BinaryIO, channels: int) -> np.ndarray | str:
+    """uint8 (H, W, channels) pixels of a file or an in-memory upload, or why it cannot be read."""
     try:
-        return read_image(path, channels)
+        return read_image(source, channels)
     except DataError as e:
         return getattr(e, "reason", str(e))
+
+
+def model_input(squashed: Sequence[np.ndarray], transform: BatchAugment) -> torch.Tensor:
+    """uint8 (size, size, C) images (:func:`resize_square`) -> the normalised (B, C, size, size)."""
+    batch = torch.from_numpy(np.stack(squashed)).permute(0, 3, 1, 2).contiguous()
+    return transform(batch)
 
 
 class _CamWriter:
@@ -323,15 +329,14 @@ def predict_files(
             for path in chunk:
                 row = Prediction(str(path))
                 results.append(row)
-                pixels = _decode(path, info.channels)
+                pixels = decode_image(path, info.channels)
                 if isinstance(pixels, str):
                     row.error = pixels
                     continue
                 inputs.append(resize_square(pixels, info.size))
                 items.append((row, path, pixels if cam_writer is not None else None))
             if items:
-                batch = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).contiguous()
-                x = transform(batch)
+                x = model_input(inputs, transform)
                 probs = model(x) if cam_writer is None else cam_writer(x, items)
                 for (row, _, _), p in zip(items, probs.numpy()):
                     row.probabilities = p
