@@ -16,7 +16,13 @@ import numpy as np
 
 from s2mts2.data.adapters import load_dataset
 from s2mts2.data.cache import ImageCache, build_cache
-from s2mts2.data.splits import labelled_file_name, labelled_subset, load_labelled, save_labelled
+from s2mts2.data.splits import (
+    check_labelled,
+    labelled_file_name,
+    labelled_subset,
+    load_labelled,
+    save_labelled,
+)
 from s2mts2.data.table import DatasetTable
 from s2mts2.errors import DataError
 from s2mts2.files import write_text_atomic
@@ -132,6 +138,8 @@ def prepare_dataset(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Adapter -> table -> cache -> labelled subset; writes and returns ``summary.json``."""
+    if labelled is not None or labelled_count is not None:
+        check_labelled(labelled, labelled_count)  # before hours of decoding, not after
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if name == "synthetic":

@@ -113,6 +113,16 @@ def _take(per_stratum: list[tuple[np.ndarray, np.ndarray]], fraction: float) -> 
     return np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
+def check_labelled(fraction: float | None, count: int | None) -> None:
+    """ConfigError unless exactly one of a fraction in (0, 1] and a count >= 1 is given."""
+    if (fraction is None) == (count is None):
+        raise ConfigError("give exactly one of --labelled (fraction) or --labelled-count")
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--labelled must be a fraction in (0, 1], got {fraction}")
+    if count is not None and count < 1:
+        raise ConfigError(f"--labelled-count must be at least 1, got {count}")
+
+
 def labelled_subset(
     labels: np.ndarray,
     train_idx: np.ndarray,
@@ -146,11 +156,8 @@ def labelled_subset(
     """
     train_idx = np.asarray(train_idx, dtype=np.int64)
     n_train = len(train_idx)
-    if (fraction is None) == (count is None):
-        raise ConfigError("give exactly one of --labelled (fraction) or --labelled-count")
-    if fraction is not None and not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"--labelled must be a fraction in (0, 1], got {fraction}")
-    if count is not None and not 1 <= count <= n_train:
+    check_labelled(fraction, count)
+    if count is not None and count > n_train:
         raise ConfigError(
             f"--labelled-count must be in [1, {n_train}] (training images), got {count}"
         )

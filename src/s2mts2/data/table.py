@@ -55,6 +55,8 @@ class DatasetTable:
 
     def __post_init__(self) -> None:
         n = len(self.paths)
+        if not self.classes:
+            raise DataError(f"{self.name}: no classes: not one image has a label (blank column?)")
         self.labels = np.asarray(self.labels, dtype=np.float32)
         self.groups = np.asarray(self.groups).astype(str)
         self.split = np.asarray(self.split).astype(str)

@@ -44,8 +44,25 @@ def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
         weights.pop("_extra_state", None)
     else:
         weights = state["student"]
-    net.load_state_dict(weights)
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise DataError(
+            f"the {model}'s weights do not fit the network its meta describes ({meta['channels']} "
+            f"channel(s), {len(meta['classes'])} classes, {cfg.model.backbone}): "
+            f"{str(e).strip().splitlines()[0]}"
+        ) from e
     return net.eval()
+
+
+def default_out_dir(checkpoint: Path, split: str, model: str) -> Path:
+    """Where ``evaluate`` writes without ``--out``: ``eval-<split>`` next to the checkpoint for
+    best.pt's teacher, ``eval-<split>-student`` for its student, and the checkpoint's name after
+    it for another one (``last.pt`` -> ``eval-<split>-last``), so that one never replaces
+    another's results."""
+    suffix = "" if model == "teacher" else f"-{model}"
+    suffix += "" if checkpoint.stem == "best" else f"-{checkpoint.stem}"
+    return checkpoint.parent / f"eval-{split}{suffix}"
 
 
 def evaluate_checkpoint(
@@ -90,11 +107,7 @@ def evaluate_checkpoint(
         n_boot=n_boot,
     )
     metrics.update(checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method"))
-    # the student's next to the teacher's; best.pt's in eval-<split>, another checkpoint's (such
-    # as last.pt) in eval-<split>-last, so that evaluating one never replaces the other's
-    suffix = "" if model == "teacher" else f"-{model}"
-    suffix += "" if checkpoint.stem == "best" else f"-{checkpoint.stem}"
-    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}{suffix}"
+    out = Path(out_dir) if out_dir else default_out_dir(checkpoint, split, model)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{meta.get('method', '')} {model}, {t.name} {split}".strip()
     report = f"# Evaluation: {title}\n\n" + markdown_table(metrics, t.classes)
