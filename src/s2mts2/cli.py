@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,18 @@ DEBUG_HELP = "show the Python traceback of an error (default: one line)"
 EXIT_FAILED = 1  # the system could not do it (file system, memory), or predict read no input
 EXIT_BAD_INPUT = 2  # the command line, config or input data is wrong
 EXIT_INTERRUPTED = 130
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def whole_number(text: str) -> int:
+        value = int(text)  # a ValueError: argparse says "invalid whole_number value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole_number
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, str]:
@@ -70,17 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     p.add_argument("--out", type=Path, required=True, help="prepared-data folder")
-    p.add_argument("--size", type=int, default=256, help="cache resolution in pixels (default 256)")
+    p.add_argument(
+        "--size", type=_at_least(1), default=256, help="cache resolution in pixels (default 256)"
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--labelled",
         type=float,
         help="labelled fraction of train, in (0, 1] (default: none drawn; finetune draws it)",
     )
-    g.add_argument("--labelled-count", type=int, help="number of labelled train images")
+    g.add_argument("--labelled-count", type=_at_least(1), help="number of labelled train images")
     p.add_argument("--by-patient", action="store_true", help="sample labelled patients/lesions")
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subset")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: all)")
+    p.add_argument(
+        "--workers", type=_at_least(1), default=None, help="decode processes (default: all)"
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -109,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="teacher", choices=("teacher", "student"))
     p.add_argument("--data", type=Path, help="prepared-data folder (default: from the checkpoint)")
     p.add_argument("--out", type=Path, help="output folder (default: next to the checkpoint)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the CI")
+    p.add_argument(
+        "--bootstrap", type=_at_least(0), default=1000, help="bootstrap replicates for the CI"
+    )
     p.add_argument("--device", default="auto")
 
     p = command(
@@ -132,9 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", nargs="+", metavar="CLASS", help="Grad-CAM for these classes (after INPUTS)"
     )
     g.add_argument(
-        "--top-k", type=int, default=1, metavar="K", help="Grad-CAM for the K most probable classes"
+        "--top-k",
+        type=_at_least(1),
+        default=1,
+        metavar="K",
+        help="Grad-CAM for the K most probable classes",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_at_least(1), default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 

@@ -138,8 +138,6 @@ def prepare_dataset(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Adapter -> table -> cache -> labelled subset; writes and returns ``summary.json``."""
-    if labelled is not None or labelled_count is not None:
-        check_labelled(labelled, labelled_count)  # before hours of decoding, not after
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if name == "synthetic":
@@ -147,6 +145,9 @@ def prepare_dataset(
     table = load_dataset(name, root, **(options or {}))
     if len(table) == 0:
         raise DataError(f"{name}: no images found under {root}")
+    drawn = labelled is not None or labelled_count is not None
+    if drawn:  # before hours of decoding, not after
+        check_labelled(labelled, labelled_count, len(table.indices("train")))
     cache, failures = build_cache(
         table.paths,
         cache_dir(out, size),
@@ -191,7 +192,7 @@ def prepare_dataset(
         },
     }
     n_train = len(table.indices("train"))
-    if labelled is not None or labelled_count is not None:
+    if drawn:
         idx = data.draw_labelled(labelled, labelled_count, seed, by_group)
         summary.update(
             labelled=len(idx),

@@ -55,9 +55,9 @@ class DatasetTable:
 
     def __post_init__(self) -> None:
         n = len(self.paths)
-        if not self.classes:
-            raise DataError(f"{self.name}: no classes: not one image has a label (blank column?)")
         self.labels = np.asarray(self.labels, dtype=np.float32)
+        if n and (not self.classes or np.isnan(self.labels).all()):
+            raise DataError(f"{self.name}: not one image has a label (are the label cells blank?)")
         self.groups = np.asarray(self.groups).astype(str)
         self.split = np.asarray(self.split).astype(str)
         if self.labels.shape != (n, len(self.classes)):

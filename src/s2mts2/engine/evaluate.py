@@ -27,15 +27,21 @@ def load_finetuned(path: Path) -> dict[str, Any]:
             f"{path} is a {state['kind']} checkpoint; a fine-tuned (stage-2) one is needed, "
             "e.g. runs/<run>/best.pt from s2mts2 finetune"
         )
-    missing = [key for key in ("meta", "config", "teacher") if key not in state]
+    missing = [key for key in ("meta", "config", "teacher") if not isinstance(state.get(key), dict)]
     if missing:
         raise DataError(f"{path}: no {', '.join(missing)} entry: not a complete stage-2 checkpoint")
+    try:
+        config_from_dict(state["config"])
+    except ConfigError as e:
+        raise DataError(f"{path}: its config is damaged or edited: {e}") from e
     return state
 
 
-def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
+def load_classifier(
+    state: dict[str, Any], model: str = "teacher", source: str | Path = "checkpoint"
+) -> Network:
     """Rebuild the network of a stage-2 checkpoint (``load_finetuned``) with the teacher's or
-    the student's weights."""
+    the student's weights; a DataError naming ``source`` when they do not fit it."""
     cfg = config_from_dict(state["config"])
     meta = state["meta"]
     net = classifier_network(cfg.model, meta["channels"], len(meta["classes"]), init="random")
@@ -47,10 +53,11 @@ def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
     try:
         net.load_state_dict(weights)
     except (RuntimeError, KeyError, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise DataError(
-            f"the {model}'s weights do not fit the network its meta describes ({meta['channels']} "
-            f"channel(s), {len(meta['classes'])} classes, {cfg.model.backbone}): "
-            f"{str(e).strip().splitlines()[0]}"
+            f"{source}: the {model}'s weights do not fit the network its meta and config "
+            f"describe ({meta['channels']} channel(s), {len(meta['classes'])} classes, "
+            f"{cfg.model.backbone}): damaged or edited ({lines[min(1, len(lines) - 1)]})"
         ) from e
     return net.eval()
 
@@ -81,7 +88,7 @@ def evaluate_checkpoint(
     meta = state["meta"]
     dev = resolve_device(device)
     fp32 = Precision(dev.type)  # reported numbers in full precision, like the ONNX export
-    net = fp32.prepare(load_classifier(state, model), dev)
+    net = fp32.prepare(load_classifier(state, model, checkpoint), dev)
     data = PreparedData.open(data_dir or meta["data_dir"], meta["size"])
     if data.table.classes != meta["classes"]:
         raise DataError(

@@ -108,7 +108,8 @@ class ModelInfo:
                 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)
                 and (name == "mean" or all(v > 0 for v in stats))
             ):
-                problems.append(f"{name} {stats!r} (one finite number per channel)")
+                above = ", above 0" if name == "std" else ""
+                problems.append(f"{name} {stats!r} (one finite number per channel{above})")
         if problems:
             raise DataError(f"{source}: damaged or edited: {'; '.join(problems)}")
         return cls(
@@ -167,10 +168,13 @@ class OnnxModel:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], Network, ModelInfo]:
-    """Load a stage-2 checkpoint safely: (its state, the teacher network in eval mode, its info)."""
+    """Load a stage-2 checkpoint safely: (its state, the teacher network in eval mode, its info),
+    checked (:func:`check_model`)."""
     state = load_finetuned(path)
     info = ModelInfo.from_mapping(state["meta"], path)
-    return state, load_classifier(state), info
+    net = load_classifier(state, source=path)
+    check_model(TorchModel(net, info, torch.device("cpu")), path)
+    return state, net, info
 
 
 def load_model(path: str | Path, device: str = "auto") -> TorchModel | OnnxModel:
@@ -180,7 +184,7 @@ def load_model(path: str | Path, device: str = "auto") -> TorchModel | OnnxModel
     dev = resolve_device(device)
     if path.suffix.lower() != ".onnx":
         _, net, info = read_checkpoint(path)
-        return check_model(TorchModel(net, info, dev), path)
+        return TorchModel(net, info, dev)
     if not path.is_file():
         raise DataError(f"ONNX model not found: {path}")
     card_path = path.with_suffix(".json")
@@ -214,6 +218,13 @@ def check_model(model: TorchModel | OnnxModel, source: Path) -> TorchModel | Onn
         raise DataError(
             f"{source}: lists {len(info.classes)} classes but the network gives "
             f"{out.shape[-1] if out.ndim else 'no'} output(s) per image: damaged or edited"
+        )
+    if not torch.isfinite(out).all():
+        raise DataError(f"{source}: the network gives non-finite probabilities: damaged weights")
+    if info.task == "multiclass" and not torch.allclose(out.sum(1), torch.ones(2), atol=1e-3):
+        raise DataError(
+            f"{source}: says multiclass, but the network's probabilities do not sum to 1 per "
+            "image (a multi-label network?): damaged or edited"
         )
     return model
 
