@@ -34,6 +34,9 @@ def load_finetuned(path: Path) -> dict[str, Any]:
         config_from_dict(state["config"])
     except ConfigError as e:
         raise DataError(f"{path}: its config is damaged or edited: {e}") from e
+    from s2mts2.infer.predict import ModelInfo  # which builds on this module
+
+    ModelInfo.from_mapping(state["meta"], path)  # a DataError naming what is damaged
     return state
 
 
