@@ -148,24 +148,27 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def check_writable(path: str | Path, *, folder: bool) -> None:
-    """Fail now, not after hours of work, when ``path`` cannot be written: a folder (``folder``;
-    created) or a file (its folder is created). A path of the wrong kind is an S2MTS2Error;
-    a folder where no file can be created (permissions, read-only or full file system) raises
-    the ``OSError`` naming it."""
-    path = Path(path)
+    """Fail now, not after hours of work, when ``path`` cannot be written: a folder (``folder``)
+    or a file. Nothing is created: the nearest existing folder on the way must take a new file.
+    A path of the wrong kind is an S2MTS2Error; a folder where no file can be created
+    (permissions, a read-only or full file system) raises the ``OSError`` naming it."""
+    path = Path(path).absolute()
     if folder and path.exists() and not path.is_dir():
         raise S2MTS2Error(f"{path} is a file, not a folder: give a folder")
     if not folder and path.is_dir():
         raise S2MTS2Error(f"{path} is a folder: give a file name")
-    target = path if folder else path.parent
-    target.mkdir(parents=True, exist_ok=True)
+    existing = path if folder else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise S2MTS2Error(f"{existing} is a file, so {path} cannot be written")
     try:
-        with tempfile.TemporaryFile(dir=target):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise OSError(e.errno, e.strerror, str(target)) from e
-    if shutil.disk_usage(target).free == 0:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        raise OSError(e.errno, e.strerror, str(existing)) from e
+    if shutil.disk_usage(existing).free == 0:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(existing))
 
 
 def describe_os_error(e: OSError) -> str:
