@@ -18,7 +18,7 @@ from s2mts2.files import check_writable, describe_os_error
 
 DATASETS = ("chestxray14", "chexpert", "isic2018", "csv", "synthetic")
 DEBUG_HELP = "show the Python traceback of an error (default: one line)"
-# exit codes (README.md, "Exit codes")
+# exit codes (README.md, "Exit codes and errors")
 EXIT_FAILED = 1  # the system could not do it (file system, memory), or predict read no input
 EXIT_BAD_INPUT = 2  # the command line, config or input data is wrong
 EXIT_INTERRUPTED = 130
@@ -223,7 +223,9 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, bool]]:
         return [(args.onnx, False)]
     if args.command == "bench":
         return [(args.json, False)]
-    return [(args.out, True)]
+    if args.command in ("prepare", "pretrain", "finetune", "demo"):
+        return [(args.out, True)]
+    return []
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -347,7 +349,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; every failure ends in one line on stderr and an exit code (README.md,
-    "Exit codes"), or in its traceback with ``--debug``."""
+    "Exit codes and errors"), or in its traceback with ``--debug``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
