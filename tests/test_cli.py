@@ -111,6 +111,9 @@ def test_errors_and_interruptions_have_their_exit_codes(monkeypatch, tmp_path, c
 
     monkeypatch.setattr(s2mts2.engine.pretrain, "pretrain", interrupted)
     assert main(["pretrain", "--config", "tiny", "--out", str(tmp_path)]) == 130
+    assert "interrupted; no epoch had finished, so nothing was saved" in capsys.readouterr().err
+    (tmp_path / "last.pt").write_bytes(b"an epoch")
+    assert main(["pretrain", "--config", "tiny", "--out", str(tmp_path)]) == 130
     assert f"finished epochs are in {tmp_path}/last.pt: continue with --resume" in (
         capsys.readouterr().err
     )

@@ -8,12 +8,32 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from s2mts2 import __version__
 from s2mts2.errors import S2MTS2Error
+from s2mts2.files import check_writable, describe_os_error
 
 DATASETS = ("chestxray14", "chexpert", "isic2018", "csv", "synthetic")
+DEBUG_HELP = "show the Python traceback of an error (default: one line)"
+# exit codes (README.md, "Exit codes and errors")
+EXIT_FAILED = 1  # the system could not do it (file system, memory), or predict read no input
+EXIT_BAD_INPUT = 2  # the command line, config or input data is wrong
+EXIT_INTERRUPTED = 130
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def whole_number(text: str) -> int:
+        value = int(text)  # a ValueError: argparse says "invalid whole_number value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole_number
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, str]:
@@ -50,23 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"s2mts2 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # --debug after the subcommand too; SUPPRESS keeps the subparser from resetting it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="dataset -> table, split, labelled subset, uint8 cache")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[debug], **kwargs)
+
+    p = command("prepare", help="dataset -> table, split, labelled subset, uint8 cache")
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     p.add_argument("--out", type=Path, required=True, help="prepared-data folder")
-    p.add_argument("--size", type=int, default=256, help="cache resolution in pixels (default 256)")
+    p.add_argument(
+        "--size", type=_at_least(1), default=256, help="cache resolution in pixels (default 256)"
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--labelled",
         type=float,
         help="labelled fraction of train, in (0, 1] (default: none drawn; finetune draws it)",
     )
-    g.add_argument("--labelled-count", type=int, help="number of labelled train images")
+    g.add_argument("--labelled-count", type=_at_least(1), help="number of labelled train images")
     p.add_argument("--by-patient", action="store_true", help="sample labelled patients/lesions")
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subset")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: all)")
+    p.add_argument(
+        "--workers", type=_at_least(1), default=None, help="decode processes (default: all)"
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -80,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pretrain", "stage 1: self-supervised mean-teacher pre-training (JCL or MoCo)"),
         ("finetune", "stage 2: semi-supervised mean-teacher fine-tuning"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = command(name, help=text)
         _add_training_flags(p)
         if name == "finetune":
             p.add_argument(
@@ -89,16 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
                 help="labelled fraction: --set data.labelled=X data.labelled_count=0",
             )
 
-    p = sub.add_parser("evaluate", help="metrics, report and ROC plot of a checkpoint")
+    p = command("evaluate", help="metrics, report and ROC plot of a checkpoint")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--model", default="teacher", choices=("teacher", "student"))
     p.add_argument("--data", type=Path, help="prepared-data folder (default: from the checkpoint)")
     p.add_argument("--out", type=Path, help="output folder (default: next to the checkpoint)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the CI")
+    p.add_argument(
+        "--bootstrap", type=_at_least(0), default=1000, help="bootstrap replicates for the CI"
+    )
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser(
+    p = command(
         "predict",
         help="class probabilities (and Grad-CAM heatmaps) for PNG/JPEG/TIFF/BMP/DICOM files",
     )
@@ -118,13 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", nargs="+", metavar="CLASS", help="Grad-CAM for these classes (after INPUTS)"
     )
     g.add_argument(
-        "--top-k", type=int, default=1, metavar="K", help="Grad-CAM for the K most probable classes"
+        "--top-k",
+        type=_at_least(1),
+        default=1,
+        metavar="K",
+        help="Grad-CAM for the K most probable classes",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_at_least(1), default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser(
+    p = command(
         "serve",
         help="a local web page: drop images, see probabilities and Grad-CAM; browse a split",
     )
@@ -134,13 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="prepared-data folder whose split the page browses")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_at_least(1), default=8000)
     p.add_argument("--device", default="auto")
     p.add_argument("--max-file-mb", type=float, default=50.0, help="largest upload (default 50)")
-    p.add_argument("--max-files", type=int, default=64, help="uploads held in memory (default 64)")
+    p.add_argument(
+        "--max-files", type=_at_least(1), default=64, help="uploads held in memory (default 64)"
+    )
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("export", help="ONNX model + safetensors weights + JSON model card")
+    p = command("export", help="ONNX model + safetensors weights + JSON model card")
     p.add_argument("checkpoint", type=Path, help="stage-2 checkpoint (best.pt)")
     p.add_argument(
         "--onnx",
@@ -149,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX file to write; NAME.safetensors and NAME.json are written next to it",
     )
 
-    p = sub.add_parser("bench", help="training speed: model-only vs end-to-end vs reference")
+    p = command("bench", help="training speed: model-only vs end-to-end vs reference")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--precision",
@@ -182,15 +221,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, required=True, help="write the result to this JSON file")
 
-    p = sub.add_parser("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
+    p = command("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--quick", action="store_true", help="fewer epochs (under 5 minutes)")
     p.add_argument("--no-progress", action="store_true")
     return parser
 
 
+def _outputs(args: argparse.Namespace) -> list[tuple[Path, bool]]:
+    """(path, is a folder) of everything the command will write, checked before it starts."""
+    if args.command == "predict":
+        return [(args.out, False)] + ([(args.cam, True)] if args.cam is not None else [])
+    if args.command == "evaluate":
+        from s2mts2.engine.evaluate import default_eval_dir
+
+        out = args.out or default_eval_dir(args.checkpoint, args.split, args.model)
+        return [(out, True)]
+    if args.command == "export":
+        return [(args.onnx, False)]
+    if args.command == "bench":
+        return [(args.json, False)]
+    if args.command in ("prepare", "pretrain", "finetune", "demo"):
+        return [(args.out, True)]
+    return []
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     command = "s2mts2 " + shlex.join(argv)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
+        for path, folder in _outputs(args):
+            check_writable(path, folder=folder)
     if args.command == "prepare":
         from s2mts2.data.adapters import parse_option
         from s2mts2.data.prepared import prepare_dataset
@@ -263,7 +323,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             progress=not args.no_progress,
         )
         print(result.summary())
-        return 1 if result.all_failed else 0
+        return EXIT_FAILED if result.all_failed else 0
     if args.command == "serve":
         from s2mts2.infer.serve.run import run_serve
 
@@ -321,6 +381,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; every failure ends in one line on stderr and an exit code (README.md,
+    "Exit codes and errors"), or in its traceback with ``--debug``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -329,12 +391,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _run(args, argv)
-    except S2MTS2Error as e:
-        print(f"s2mts2 {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         hint = ""
         if args.command in ("pretrain", "finetune"):
-            hint = f"; finished epochs are in {args.out}/last.pt: continue with --resume"
+            last = args.out / "last.pt"
+            hint = (
+                f"; finished epochs are in {last}: continue with --resume"
+                if last.is_file()
+                else "; no epoch had finished, so nothing was saved"
+            )
         print(f"s2mts2 {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.debug:
+            raise
+        code, text = _describe(e)
+        print(f"s2mts2 {args.command}: error: {text}", file=sys.stderr)
+        return code
+
+
+def _describe(e: Exception) -> tuple[int, str]:
+    """(exit code, one line) for an error that ended a command."""
+    if isinstance(e, S2MTS2Error):
+        return EXIT_BAD_INPUT, str(e)
+    if isinstance(e, OSError):
+        return EXIT_FAILED, describe_os_error(e)
+    if isinstance(e, MemoryError):
+        return EXIT_FAILED, "out of memory (a smaller --batch-size or image size may fit)"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return EXIT_FAILED, (
+        f"unexpected {type(e).__name__}: {first} (a bug in s2mts2? --debug shows where)"
+    )

@@ -390,7 +390,16 @@ def parse_value(text: str, hint: Any, where: str) -> Any:
     try:
         return yaml.safe_load(text) if text else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: cannot parse value {text!r}: {e}") from e
+        raise ConfigError(f"{where}: cannot parse value {text!r}: {_yaml_problem(e)}") from e
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: where and what."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def parse_override(text: str, stage: str | None = None) -> dict[str, Any]:
@@ -419,9 +428,11 @@ def load_config(
                 raise ConfigError(f"--config: file not found: {p}")
             p = preset_path(str(p))
         try:
-            values = yaml.safe_load(p.read_text()) or {}
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+            raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(e)}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not a YAML text file ({e.reason})") from e
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
         try:

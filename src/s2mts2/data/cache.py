@@ -4,8 +4,9 @@ A cache directory holds ``images.npy``, a uint8 array (N, C, H, W) with H = W = 
 ``manifest.json``, which records the settings, the source paths in store order, the images that
 failed to decode (path -> reason), a hash of the inputs (paths, file sizes, modification times) and
 settings, and the build's duration and throughput (input images per second). A build writes both
-under temporary names; it removes the old manifest, renames the store, then renames the manifest,
-so an interrupted build never leaves a cache that looks valid.
+under temporary names (``files.atomic_path``, with the store's blocks reserved before decoding, so
+a full disk is an error, not a crash); it removes the old manifest, renames the store, then renames
+the manifest, so an interrupted build never leaves a cache that looks valid.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from s2mts2.data.imageio import ImageReadError, load_preprocessed
 from s2mts2.errors import ConfigError, DataError
-from s2mts2.files import write_text_atomic
+from s2mts2.files import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -159,28 +160,21 @@ def build_cache(
         return reused, dict(reused.failures)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp_images = cache_dir / f".{IMAGES_NAME}.tmp-{os.getpid()}"
     workers = max(1, min(workers or os.cpu_count() or 1, len(inputs)))
     start = time.perf_counter()
-    try:
+    with atomic_path(cache_dir / IMAGES_NAME) as tmp_images:
         n_ok, failures = _decode_into(tmp_images, inputs, size, channels, workers, progress)
-    except BaseException:
-        tmp_images.unlink(missing_ok=True)
-        raise
-    seconds = time.perf_counter() - start
-
-    for path, reason in failures.items():
-        logger.warning("image left out of the cache: %s: %s", path, reason)
-    if failures:
-        logger.warning("%d of %d images could not be decoded", len(failures), len(inputs))
-    if n_ok == 0:
-        tmp_images.unlink()
-        first = next(iter(failures.items()))
-        raise DataError(
-            f"none of the {len(inputs)} images could be decoded (first: {first[0]}: {first[1]})"
-        )
-    (cache_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    os.replace(tmp_images, cache_dir / IMAGES_NAME)
+        seconds = time.perf_counter() - start
+        for path, reason in failures.items():
+            logger.warning("image left out of the cache: %s: %s", path, reason)
+        if failures:
+            logger.warning("%d of %d images could not be decoded", len(failures), len(inputs))
+        if n_ok == 0:
+            first = next(iter(failures.items()))
+            raise DataError(
+                f"none of the {len(inputs)} images could be decoded (first: {first[0]}: {first[1]})"
+            )
+        (cache_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -214,6 +208,11 @@ def _decode_into(
     store = np.lib.format.open_memmap(
         npy_path, mode="w+", dtype=np.uint8, shape=(len(inputs), channels, size, size)
     )
+    if hasattr(os, "posix_fallocate"):
+        # reserve the blocks now: writing a page of a sparse memory map on a full disk kills the
+        # process with SIGBUS, whereas this raises an OSError (ENOSPC) naming the file
+        with open(npy_path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, store.offset + store.nbytes)
     n_ok = 0
     failures: dict[str, str] = {}
     with tqdm(total=len(inputs), unit="img", desc="decoding", disable=not progress) as bar:

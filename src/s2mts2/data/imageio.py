@@ -20,6 +20,7 @@ Conventions:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -114,7 +115,12 @@ def _is_dicom(path: str | Path | BinaryIO) -> bool:
 
 def _decode_pil(path: str | Path | BinaryIO) -> np.ndarray:
     """Decode with PIL: uint8 (H, W) grey or (H, W, 3) RGB."""
-    with Image.open(path) as opened:
+    with warnings.catch_warnings():
+        # an image above Pillow's decompression-bomb limit is refused with its reason (Pillow
+        # itself refuses twice that size), not decoded after a raw warning
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        opened = Image.open(path)
+    with opened:
         opened.load()  # decode everything now, so a truncated file fails here
         img = ImageOps.exif_transpose(opened)  # as viewers show it (EXIF Orientation)
         if img.mode in _HIGH_BIT_MODES:

@@ -16,7 +16,13 @@ import numpy as np
 
 from s2mts2.data.adapters import load_dataset
 from s2mts2.data.cache import ImageCache, build_cache
-from s2mts2.data.splits import labelled_file_name, labelled_subset, load_labelled, save_labelled
+from s2mts2.data.splits import (
+    check_labelled,
+    labelled_file_name,
+    labelled_subset,
+    load_labelled,
+    save_labelled,
+)
 from s2mts2.data.table import DatasetTable
 from s2mts2.errors import DataError
 from s2mts2.files import write_text_atomic
@@ -140,6 +146,9 @@ def prepare_dataset(
     table = load_dataset(name, root, **(options or {}))
     if len(table) == 0:
         raise DataError(f"{name}: no images found under {root}")
+    drawn = labelled is not None or labelled_count is not None
+    if drawn:  # before hours of decoding, not after
+        check_labelled(labelled, labelled_count, len(table.indices("train")))
     cache, failures = build_cache(
         table.paths,
         cache_dir(out, size),
@@ -184,7 +193,7 @@ def prepare_dataset(
         },
     }
     n_train = len(table.indices("train"))
-    if labelled is not None or labelled_count is not None:
+    if drawn:
         idx = data.draw_labelled(labelled, labelled_count, seed, by_group)
         summary.update(
             labelled=len(idx),

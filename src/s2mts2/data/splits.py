@@ -113,6 +113,19 @@ def _take(per_stratum: list[tuple[np.ndarray, np.ndarray]], fraction: float) -> 
     return np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
+def check_labelled(fraction: float | None, count: int | None, n_train: int) -> None:
+    """ConfigError unless exactly one of a fraction in (0, 1] and a count in [1, n_train] is
+    given (``n_train``: the training images)."""
+    if (fraction is None) == (count is None):
+        raise ConfigError("give exactly one of --labelled (fraction) or --labelled-count")
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--labelled must be a fraction in (0, 1], got {fraction}")
+    if count is not None and not 1 <= count <= n_train:
+        raise ConfigError(
+            f"--labelled-count must be in [1, {n_train}] (training images), got {count}"
+        )
+
+
 def labelled_subset(
     labels: np.ndarray,
     train_idx: np.ndarray,
@@ -146,14 +159,7 @@ def labelled_subset(
     """
     train_idx = np.asarray(train_idx, dtype=np.int64)
     n_train = len(train_idx)
-    if (fraction is None) == (count is None):
-        raise ConfigError("give exactly one of --labelled (fraction) or --labelled-count")
-    if fraction is not None and not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"--labelled must be a fraction in (0, 1], got {fraction}")
-    if count is not None and not 1 <= count <= n_train:
-        raise ConfigError(
-            f"--labelled-count must be in [1, {n_train}] (training images), got {count}"
-        )
+    check_labelled(fraction, count, n_train)
     strata = _strata(np.asarray(labels)[train_idx])
     if groups is None:
         units = np.arange(n_train)

@@ -56,6 +56,8 @@ class DatasetTable:
     def __post_init__(self) -> None:
         n = len(self.paths)
         self.labels = np.asarray(self.labels, dtype=np.float32)
+        if n and (not self.classes or np.isnan(self.labels).all()):
+            raise DataError(f"{self.name}: not one image has a label (are the label cells blank?)")
         self.groups = np.asarray(self.groups).astype(str)
         self.split = np.asarray(self.split).astype(str)
         if self.labels.shape != (n, len(self.classes)):

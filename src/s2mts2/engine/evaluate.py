@@ -30,15 +30,24 @@ def load_finetuned(path: Path) -> dict[str, Any]:
             f"{path} is a {state['kind']} checkpoint; a fine-tuned (stage-2) one is needed, "
             "e.g. runs/<run>/best.pt from s2mts2 finetune"
         )
-    missing = [key for key in ("meta", "config", "teacher") if key not in state]
+    missing = [key for key in ("meta", "config", "teacher") if not isinstance(state.get(key), dict)]
     if missing:
         raise DataError(f"{path}: no {', '.join(missing)} entry: not a complete stage-2 checkpoint")
+    try:
+        config_from_dict(state["config"])
+    except ConfigError as e:
+        raise DataError(f"{path}: its config is damaged or edited: {e}") from e
+    from s2mts2.infer.predict import ModelInfo  # which builds on this module
+
+    ModelInfo.from_mapping(state["meta"], path)  # a DataError naming what is damaged
     return state
 
 
-def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
+def load_classifier(
+    state: dict[str, Any], model: str = "teacher", source: str | Path = "checkpoint"
+) -> Network:
     """Rebuild the network of a stage-2 checkpoint (``load_finetuned``) with the teacher's or
-    the student's weights."""
+    the student's weights; a DataError naming ``source`` when they do not fit it."""
     cfg = config_from_dict(state["config"])
     meta = state["meta"]
     net = classifier_network(cfg.model, meta["channels"], len(meta["classes"]), init="random")
@@ -47,7 +56,15 @@ def load_classifier(state: dict[str, Any], model: str = "teacher") -> Network:
         weights.pop("_extra_state", None)
     else:
         weights = state["student"]
-    net.load_state_dict(weights)
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, KeyError, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise DataError(
+            f"{source}: the {model}'s weights do not fit the network its meta and config "
+            f"describe ({meta['channels']} channel(s), {len(meta['classes'])} classes, "
+            f"{cfg.model.backbone}): damaged or edited ({lines[min(1, len(lines) - 1)]})"
+        ) from e
     return net.eval()
 
 
@@ -89,7 +106,7 @@ def split_predictions(
     meta = state["meta"]
     dev = resolve_device(device)
     fp32 = Precision(dev.type)  # reported numbers in full precision, like the ONNX export
-    net = fp32.prepare(load_classifier(state, model), dev)
+    net = fp32.prepare(load_classifier(state, model, checkpoint), dev)
     # the cache the run trained on (earlier checkpoints: the one at the input size)
     data = PreparedData.open(data_dir or meta["data_dir"], meta.get("cache_size", meta["size"]))
     if data.table.classes != meta["classes"]:

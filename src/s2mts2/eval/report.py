@@ -17,6 +17,7 @@ from sklearn.metrics import roc_curve
 
 from s2mts2.errors import DataError
 from s2mts2.eval.metrics import class_indices, per_class_auc
+from s2mts2.files import write_atomic
 
 NA = "n/a"
 MULTICLASS_COLUMNS = ("sensitivity", "specificity", "precision", "f1")
@@ -119,8 +120,7 @@ def comparison_table(
 
 def _save(fig: Figure, path: str | Path) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    write_atomic(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png", dpi=120))
     return out
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch import nn
 
 from s2mts2 import __version__
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
-from s2mts2.files import ordinary_file_mode, write_text_atomic
+from s2mts2.files import atomic_path
 from s2mts2.infer.onnx_packages import require_onnx_packages
 from s2mts2.infer.predict import CARD_FORMAT, ModelInfo, read_checkpoint
 from s2mts2.losses.consistency import probabilities
@@ -106,7 +105,7 @@ def onnx_parity(model: ProbabilityModel, info: ModelInfo, path: Path, seed: int 
     for batch in PARITY_BATCHES:
         x = torch.randn(batch, info.channels, info.size, info.size, generator=gen)
         (onnx_out,) = session.run(["probabilities"], {"image": x.numpy()})
-        worst = max(worst, float(np.abs(onnx_out - model(x).numpy()).max()))
+        worst = float(np.max([worst, np.abs(onnx_out - model(x).numpy()).max()]))  # NaN stays
     return worst
 
 
@@ -202,23 +201,28 @@ def export_model(checkpoint: str | Path, onnx_path: str | Path) -> ExportResult:
     require_onnx_packages("onnx", "onnxruntime", "onnxscript")
     state, net, info = read_checkpoint(checkpoint)
     model = ProbabilityModel(net, info.task)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, info, onnx_path)
-    max_diff = onnx_parity(model, info, onnx_path)
-    if not max_diff < PARITY_TOLERANCE:
-        raise S2MTS2Error(
-            f"{onnx_path}: ONNX parity check failed: onnxruntime differs from PyTorch by up to "
-            f"{max_diff:.2e} (tolerance {PARITY_TOLERANCE:g}); do not use this file"
+    weights, card = onnx_path.with_suffix(".safetensors"), onnx_path.with_suffix(".json")
+    # all three are written first and renamed into place together: a failure keeps an earlier
+    # export whole, never a new model next to an old card
+    with (
+        atomic_path(onnx_path) as onnx_tmp,
+        atomic_path(weights) as weights_tmp,
+        atomic_path(card) as card_tmp,
+    ):
+        export_onnx(model, info, onnx_tmp)
+        max_diff = onnx_parity(model, info, onnx_tmp)
+        if not max_diff < PARITY_TOLERANCE:
+            raise S2MTS2Error(
+                f"{onnx_path}: ONNX parity check failed: onnxruntime differs from PyTorch by up "
+                f"to {max_diff:.2e} (tolerance {PARITY_TOLERANCE:g}); nothing was written"
+            )
+        save_file(
+            {k: v.contiguous() for k, v in net.state_dict().items()},
+            str(weights_tmp),
+            metadata={"format": "pt", "model_card": card.name},
         )
-    weights = onnx_path.with_suffix(".safetensors")
-    save_file(
-        {k: v.contiguous() for k, v in net.state_dict().items()},
-        str(weights),
-        metadata={"format": "pt", "model_card": onnx_path.with_suffix(".json").name},
-    )
-    os.chmod(weights, ordinary_file_mode())  # safetensors writes owner-only files
-    card = onnx_path.with_suffix(".json")
-    write_text_atomic(
-        card, json.dumps(model_card(state, info, checkpoint, onnx_path, max_diff), indent=2) + "\n"
-    )
+        card_tmp.write_text(
+            json.dumps(model_card(state, info, checkpoint, onnx_path, max_diff), indent=2) + "\n",
+            encoding="utf-8",
+        )
     return ExportResult(onnx_path, weights, card, max_diff)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from s2mts2.files import write_atomic
 from s2mts2.models.backbones import feature_layer
 from s2mts2.models.heads import Network
 
@@ -98,4 +99,4 @@ def overlay(
 
 def save_overlay(path: str | Path, image: np.ndarray, cam: np.ndarray) -> None:
     """Write :func:`overlay` of ``image`` (H, W, C) and ``cam`` (h, w) as a PNG of size W x H."""
-    Image.fromarray(overlay(image, cam)).save(path)
+    write_atomic(path, lambda f: Image.fromarray(overlay(image, cam)).save(f, format="PNG"))

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -83,17 +85,41 @@ class ModelInfo:
         ]
         if missing:
             raise DataError(f"{source}: no {', '.join(missing)} entry: not an s2mts2 model")
-        info = cls(
-            classes=[str(c) for c in values["classes"]],
+        classes, channels, size = values["classes"], values["channels"], values["size"]
+        mean, std = values["mean"], values["std"]
+        problems = []
+        if not (
+            isinstance(classes, (list, tuple))
+            and classes
+            and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)
+        ):
+            problems.append(f"classes {classes!r} (a list of distinct names)")
+        if values["task"] not in ("multilabel", "multiclass"):
+            problems.append(f"task {values['task']!r} (multilabel or multiclass)")
+        if channels not in (1, 3) or isinstance(channels, bool):
+            problems.append(f"channels {channels!r} (1 or 3)")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            problems.append(f"size {size!r} (pixels, a positive whole number)")
+        for name, stats in (("mean", mean), ("std", std)):
+            if not (
+                isinstance(stats, (list, tuple))
+                and (channels not in (1, 3) or len(stats) == channels)
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)
+                and (name == "mean" or all(v > 0 for v in stats))
+            ):
+                above = ", above 0" if name == "std" else ""
+                problems.append(f"{name} {stats!r} (one finite number per channel{above})")
+        if problems:
+            raise DataError(f"{source}: damaged or edited: {'; '.join(problems)}")
+        return cls(
+            classes=list(classes),
             task=str(values["task"]),
-            channels=int(values["channels"]),
-            size=int(values["size"]),
-            mean=tuple(float(v) for v in values["mean"]),
-            std=tuple(float(v) for v in values["std"]),
+            channels=int(channels),
+            size=size,
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
         )
-        if info.task not in ("multilabel", "multiclass"):
-            raise DataError(f"{source}: task {info.task!r} is not multilabel or multiclass")
-        return info
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -142,14 +168,18 @@ class OnnxModel:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], Network, ModelInfo]:
-    """Load a stage-2 checkpoint safely: (its state, the teacher network in eval mode, its info)."""
+    """Load a stage-2 checkpoint safely: (its state, the teacher network in eval mode, its info),
+    checked (:func:`check_model`)."""
     state = load_finetuned(path)
     info = ModelInfo.from_mapping(state["meta"], path)
-    return state, load_classifier(state), info
+    net = load_classifier(state, source=path)
+    check_model(TorchModel(net, info, torch.device("cpu")), path)
+    return state, net, info
 
 
 def load_model(path: str | Path, device: str = "auto") -> TorchModel | OnnxModel:
-    """A checkpoint (teacher weights) or an ONNX file with its model card (same name, .json)."""
+    """A checkpoint (teacher weights) or an ONNX file with its model card (same name, .json),
+    checked against its network (:func:`check_model`)."""
     path = Path(path)
     dev = resolve_device(device)
     if path.suffix.lower() != ".onnx":
@@ -169,7 +199,34 @@ def load_model(path: str | Path, device: str = "auto") -> TorchModel | OnnxModel
         raise DataError(f"{card_path}: not a JSON model card: {e}") from e
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise DataError(f"{card_path}: not an s2mts2 model card (format {CARD_FORMAT!r})")
-    return OnnxModel(path, ModelInfo.from_mapping(card, card_path), dev)
+    return check_model(OnnxModel(path, ModelInfo.from_mapping(card, card_path), dev), card_path)
+
+
+def check_model(model: TorchModel | OnnxModel, source: Path) -> TorchModel | OnnxModel:
+    """``model`` when its network takes the input its info describes and gives one probability
+    per class; else a DataError naming ``source`` (the checkpoint or model card)."""
+    info = model.info
+    try:
+        out = model(torch.zeros(2, info.channels, info.size, info.size))
+    except Exception as e:  # onnxruntime and torch raise their own types for a shape mismatch
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"{source}: the network does not take the input it describes ({info.channels} "
+            f"channel(s), {info.size}x{info.size} px): {first}"
+        ) from e
+    if tuple(out.shape) != (2, len(info.classes)):
+        raise DataError(
+            f"{source}: lists {len(info.classes)} classes but the network gives "
+            f"{out.shape[-1] if out.ndim else 'no'} output(s) per image: damaged or edited"
+        )
+    if not torch.isfinite(out).all():
+        raise DataError(f"{source}: the network gives non-finite probabilities: damaged weights")
+    if info.task == "multiclass" and not torch.allclose(out.sum(1), torch.ones(2), atol=1e-3):
+        raise DataError(
+            f"{source}: says multiclass, but the network's probabilities do not sum to 1 per "
+            "image (a multi-label network?): damaged or edited"
+        )
+    return model
 
 
 def _is_image_file(path: Path) -> bool:
@@ -178,11 +235,12 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden files and folders skipped), sorted."""
+    """Image files under ``folder`` (recursive, hidden files and folders skipped), sorted; a
+    broken link with an image's name is kept, so that its row reports it."""
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file()
+        if (p.is_file() or (p.is_symlink() and not p.exists()))
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and _is_image_file(p)
     )
@@ -353,8 +411,8 @@ def _top_class(pred: Prediction, info: ModelInfo) -> str:
 def write_predictions(
     predictions: Sequence[Prediction], info: ModelInfo, out: Path, model: str | Path
 ) -> None:
-    """Write the rows to ``out`` (.csv or .json; see the module docstring for the layout)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Write the rows to ``out`` atomically (.csv or .json; the module docstring shows the
+    layout)."""
     with_cams = any(p.cams for p in predictions)
     if out.suffix.lower() == ".json":
         rows = [
@@ -375,19 +433,20 @@ def write_predictions(
     header = ["path", *info.classes]
     header += ["top_class"] if info.task == "multiclass" else []
     header += ["cam"] if with_cams else []
-    with open(out, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*header, "error"])
-        for p in predictions:
-            probs = (
-                [""] * len(info.classes)
-                if p.probabilities is None
-                else [f"{v:.6g}" for v in p.probabilities]
-            )
-            row = [p.path, *probs]
-            row += [_top_class(p, info)] if info.task == "multiclass" else []
-            row += [";".join(p.cams)] if with_cams else []
-            writer.writerow([*row, p.error or ""])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow([*header, "error"])
+    for p in predictions:
+        probs = (
+            [""] * len(info.classes)
+            if p.probabilities is None
+            else [f"{v:.6g}" for v in p.probabilities]
+        )
+        row = [p.path, *probs]
+        row += [_top_class(p, info)] if info.task == "multiclass" else []
+        row += [";".join(p.cams)] if with_cams else []
+        writer.writerow([*row, p.error or ""])
+    write_text_atomic(out, text.getvalue())
 
 
 @dataclass

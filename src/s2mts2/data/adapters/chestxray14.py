@@ -11,6 +11,7 @@ from s2mts2.data.adapters.common import (
     check_choice,
     find_file,
     index_files,
+    refuse_repeats,
     report_missing,
     require_images,
 )
@@ -98,6 +99,7 @@ def load_chestxray14(
 
     table = CsvTable(csv_path)
     names = table.values("Image Index")
+    refuse_repeats(table, names, "image")
     findings = table.values("Finding Labels")
     patients = table.values("Patient ID")
     keep = np.ones(len(names), dtype=bool)

@@ -15,6 +15,7 @@ from s2mts2.data.adapters.common import (
     check_choice,
     existing,
     find_file,
+    refuse_repeats,
     report_missing,
     require_images,
 )
@@ -106,6 +107,7 @@ def load_chexpert(
             continue
         table = CsvTable(csv_path)
         rel = table.values("Path")
+        refuse_repeats(table, rel, "image")
         keep = np.ones(len(rel), dtype=bool)
         if frontal_only:
             keep &= np.asarray(table.values("Frontal/Lateral")) == "Frontal"

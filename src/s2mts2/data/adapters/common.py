@@ -82,16 +82,30 @@ class CsvTable:
         return [r[j].strip() if j < len(r) else "" for r in self.rows]
 
 
+def refuse_repeats(table: CsvTable, keys: Sequence[str], what: str) -> None:
+    """DataError naming both lines when a key (an image) is listed twice in ``table``: it could
+    count twice, land in two splits, or take the label of whichever line comes last."""
+    first: dict[str, int] = {}
+    for key, line in zip(keys, table.lines):
+        if key in first:
+            raise DataError(
+                f"{table.path}, line {line}: {what} {key} is listed again (first on line "
+                f"{first[key]}); list each once"
+            )
+        first[key] = line
+
+
 def cell_matrix(
     table: CsvTable, rows: np.ndarray, columns: list[str], values: dict[str, float], expected: str
 ) -> np.ndarray:
-    """(len(rows), len(columns)) float32 of the cells mapped through ``values``; DataError naming
-    the line, the column and the cell for anything else (``expected`` describes the values)."""
+    """(len(rows), len(columns)) float32 of the cells mapped through ``values`` (a cell that is
+    not a key is looked up in lower case too); DataError naming the line, the column and the cell
+    for anything else (``expected`` describes the values)."""
     out = np.empty((len(rows), len(columns)), dtype=np.float32)
     for j, c in enumerate(columns):
         col = table.values(c)
         for k, i in enumerate(rows):
-            v = values.get(col[i])
+            v = values.get(col[i], values.get(col[i].casefold()))
             if v is None:
                 raise DataError(
                     f"{table.path}, line {table.lines[i]}: column {c!r} has {col[i]!r}, "

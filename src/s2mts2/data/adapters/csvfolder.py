@@ -15,6 +15,7 @@ from s2mts2.data.adapters.common import (
     cell_matrix,
     check_choice,
     existing,
+    refuse_repeats,
     report_missing,
     require_images,
 )
@@ -23,6 +24,15 @@ from s2mts2.data.table import SPLITS, DatasetTable
 from s2mts2.errors import ConfigError, DataError
 
 CELL = {"": np.nan, "1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0}
+# what spreadsheets and pandas write for an empty cell: unknown, as a blank, never a class name
+MISSING = frozenset({"nan", "na", "n/a", "<na>", "#n/a", "null", "none"})
+
+
+def _blank_missing(cells: list[str]) -> list[str]:
+    """``cells`` with the spellings of a missing value (``nan``, ``NA``, ...) made blank."""
+    return ["" if c.casefold() in MISSING else c for c in cells]
+
+
 RARE_CLASS = 3  # a class with fewer images is reported: often a typo in the CSV
 
 
@@ -77,13 +87,16 @@ def _class_names(
 
 
 def _inside(root: str, table: CsvTable, paths: list[str]) -> list[str]:
-    """Absolute normalised paths; DataError naming the row when one escapes ``root``."""
+    """Absolute normalised paths; DataError naming the row when one escapes ``root``, by its
+    name or through a symbolic link (the check compares resolved paths)."""
     out = []
+    real_root = os.path.realpath(root)
     for p, line in zip(paths, table.lines):
         if os.sep == "/":  # backslash separators: a CSV written on Windows
             p = p.replace("\\", "/")
         full = os.path.normpath(os.path.join(root, p))
-        if not p or os.path.commonpath([root, full]) != root:
+        real = os.path.realpath(full)
+        if not p or os.path.commonpath([real_root, real]) != real_root:
             raise DataError(
                 f"{table.path}, line {line}: image path {p!r} is not inside the root folder {root}"
             )
@@ -151,14 +164,7 @@ def load_csv(
             table.column(c)
 
     full = _inside(root_s, table, table.values(path_column))
-    first: dict[str, int] = {}
-    for path, line in zip(full, table.lines):
-        if path in first:  # it could land in two splits, or count twice
-            raise DataError(
-                f"{table.path}, line {line}: image {path} is listed again (first on line "
-                f"{first[path]}); list each image once"
-            )
-        first[path] = line
+    refuse_repeats(table, full, "image")
     on_disk = existing(full)
     rows = np.flatnonzero(on_disk)
     listed = table.values(path_column)
@@ -173,7 +179,7 @@ def load_csv(
             value = UNCERTAIN[uncertain]
             cells = CELL | {"-1": value, "-1.0": value}
         expected = "0, 1 or blank" + (", -1" if uncertain else " (-1: --option uncertain=...)")
-        labels = cell_matrix(table, rows, classes, cells, expected)
+        labels = cell_matrix(table, rows, classes, cells | dict.fromkeys(MISSING, np.nan), expected)
         if task == "multiclass":
             known = ~np.isnan(labels).any(axis=1)
             bad = np.flatnonzero(known & (labels.sum(axis=1) != 1))
@@ -183,7 +189,7 @@ def load_csv(
                     f"exactly one 1 among {classes}"
                 )
     else:
-        names = np.asarray(table.values(class_column))[rows]
+        names = np.asarray(_blank_missing(table.values(class_column)))[rows]
         classes = _class_names(
             table, rows, names, None if classes is None else _names(classes, "classes")
         )

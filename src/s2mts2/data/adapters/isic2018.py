@@ -12,6 +12,7 @@ from s2mts2.data.adapters.common import (
     check_choice,
     find_file,
     index_files,
+    refuse_repeats,
     report_missing,
     require_images,
 )
@@ -32,6 +33,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 def _read_metadata(path: Path) -> tuple[dict[str, int], dict[str, str]]:
     """HAM10000 metadata -> (image id -> class index, image id -> lesion id)."""
     table = CsvTable(path)
+    refuse_repeats(table, table.values("image_id"), "image")
     dx_col = {c.lower(): j for j, c in enumerate(CLASSES)}
     label, lesion = {}, {}
     for image, dx, les, line in zip(
@@ -50,6 +52,7 @@ def _read_onehot(path: Path) -> dict[str, tuple[int, int]]:
     """One-hot CSV (``image,MEL,NV,...``) -> image id -> (class index, file line)."""
     table = CsvTable(path)
     images = table.values("image")
+    refuse_repeats(table, images, "image")
     cols = np.asarray([table.values(c) for c in CLASSES]).T
     out = {}
     for image, row, line in zip(images, cols, table.lines):
