@@ -171,12 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="prepared-data folder whose split the page browses")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=_at_least(1), default=8000)
+    p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
     p.add_argument("--max-file-mb", type=float, default=50.0, help="largest upload (default 50)")
-    p.add_argument(
-        "--max-files", type=_at_least(1), default=64, help="uploads held in memory (default 64)"
-    )
+    p.add_argument("--max-files", type=int, default=64, help="uploads held in memory (default 64)")
     p.add_argument("--no-progress", action="store_true")
 
     p = command("export", help="ONNX model + safetensors weights + JSON model card")
