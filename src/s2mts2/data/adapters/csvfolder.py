@@ -193,7 +193,8 @@ def load_csv(
         classes = _class_names(
             table, rows, names, None if classes is None else _names(classes, "classes")
         )
-        labels = (names[:, None] == np.asarray(classes)[None, :]).astype(np.float32)
+        # dtype=str: an empty class list compared to the names is (N, 0), not a scalar
+        labels = (names[:, None] == np.asarray(classes, dtype=str)[None, :]).astype(np.float32)
         labels[names == ""] = np.nan
 
     groups = np.asarray(full)[rows]  # one group per image unless a group column says otherwise
