@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# CUDA check in one go, for a session lent an H100/H200 (give the run call timeout_s 600). Parts
+# CUDA check in one go on an H100/H200, within a 10-minute time limit. Parts
 # run in the order given, most needed first; each is stopped after PART_LIMIT seconds (default
 # 240; bench_compile 420, compile 360; LIMIT_<part>=S sets one) and none starts past BUDGET
 # seconds (default 540), so the log and the finished parts' files come back even when one hangs.
-# Measured on an H100 / H200: tests 0.5-2.7 (2.7 on an H200 in the twelfth session, with since
-# removed tests), cli 0.7-2.1 (2.1 with its stage 1 compiled; in the twelfth session it had 2.1
+# Measured on an H100 / H200: tests 0.5-2.7 (2.7 on an H200, with since
+# removed tests), cli 0.7-2.1 (2.1 with its stage 1 compiled; once it had 2.1
 # minutes of the budget left and was stopped before predict), bench 2.3-2.5 minutes, levers 1.0,
 # graph_tests 0.3, profile 0.5.
 # bench_compile ran past 7.5 minutes on an H100 (compiling DenseNet-121 for both stages) and

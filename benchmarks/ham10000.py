@@ -13,7 +13,7 @@ Every cell (method × seed) lives in ``RUNS/<benchmark>/<method>-s<seed>/`` and 
 ``result.json`` exists; an interrupted cell resumes from its ``last.pt``. One stage-1 checkpoint
 per loss (``RUNS/<benchmark>/stage1-<loss>/``, preset seed) is shared by the seeds: stage 1 sees no
 labels, the seed drives the labelled subset, the initialisation of the head and the augmentation
-of stage 2. Re-running skips what is finished, so the table can be built across sessions; the
+of stage 2. Re-running skips what is finished, so the table can be built over several runs; the
 summary (``benchmarks/results/<benchmark>.json`` + bar plot PNG) is rewritten from the finished
 cells after every cell.
 """
@@ -253,7 +253,7 @@ def _check_recipe(folder: Path, stored: dict[str, Any], cfg: RunConfig, stage: s
 
 
 def _add_minutes(folder: Path, minutes: float) -> float:
-    """Accumulate the compute minutes of a run folder over sessions (timing.json)."""
+    """Accumulate the compute minutes of a run folder over interrupted runs (timing.json)."""
     path = folder / "timing.json"
     timing = json.loads(path.read_text()) if path.is_file() else {"minutes": 0.0, "machines": []}
     timing["minutes"] += minutes
@@ -418,7 +418,7 @@ def aggregate(cells: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
 
 
 def write_summary(plan: Plan, cfg: RunConfig) -> dict[str, Any]:
-    """Write RESULTS/<stem>.json and <stem>.png from every finished cell on disk (any seed, session
+    """Write RESULTS/<stem>.json and <stem>.png from every finished cell on disk (any seed, earlier
     or concurrent invocation); returns the summary."""
     cells = [
         json.loads(path.read_text())
