@@ -71,7 +71,7 @@ METRICS = {
     "srcmt_f1": "src_mt.f1",
 }
 QUICK = ("pretrain.epochs=4", "finetune.epochs=5")
-# small grey-scale datasets: METHOD.md's brightness/contrast jitter back on (the preset drops the
+# small grey-scale datasets: the released brightness/contrast jitter back on (the preset drops the
 # colour jitter for dermoscopy, where colour is diagnostic); more, smaller fine-tuning steps than
 # one pass of 64 so that the EMA teachers (0.99) move
 SMALL_GREY = (

@@ -222,7 +222,7 @@ def test_stage1_reads_a_larger_cache_and_refuses_a_smaller_one():
     assert load_config(None, ["data.size=32", "data.cache_size=32"], stage="pretrain")
 
 
-PAPER_SIZES = {  # preset: (stage-1 size, stage-2 size, stage-2 cache size), METHOD.md
+PAPER_SIZES = {  # preset: (stage-1 size, stage-2 size, stage-2 cache size), docs/method.md
     "chestxray14-paper": (256, 512, 512),  # stage 1 crops from the 512 px cache too
     "chexpert-paper": (256, 224, 256),
     "isic2018-paper": (256, 224, 256),

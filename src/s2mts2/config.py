@@ -28,11 +28,11 @@ class DataConfig:
 
     dir: str = "runs/data"  # output folder of `s2mts2 prepare`
     size: int = 64  # training and evaluation size in pixels (stage 2: unless finetune.size)
-    # resolution of the image cache stage 2 and its evaluation read (`DIR/cache-<px>px` must
-    # exist); 0 = the training size. Larger: crops are cut from it and resized down with
-    # antialiasing, as crops of the original image would be. Stage 1 reads the data.size cache.
+    # resolution of the image cache both stages and their evaluation read (`DIR/cache-<px>px`
+    # must exist); 0 = each stage's training size. Larger: crops are cut from it and resized down
+    # with antialiasing, as crops of the original image would be.
     cache_size: int = 0
-    labelled: float = 0.2  # fraction of train per class (METHOD.md sampling)
+    labelled: float = 0.2  # fraction of train per class (the paper's sampling, docs/method.md)
     labelled_count: int = 0  # absolute number of labelled images; > 0 replaces `labelled`
     labelled_by_group: bool = False  # sample whole patients/lesions
     split_seed: int = 0  # seed of the labelled-subset draw (files are reused per seed)
@@ -81,14 +81,14 @@ class AugmentOverrides:
 
 @dataclass
 class PretrainConfig:
-    """Stage 1: self-supervised mean teacher with JCL (METHOD.md defaults are the released ones)."""
+    """Stage 1: self-supervised mean teacher with JCL (defaults: the released settings)."""
 
     loss: Literal["jcl", "moco"] = "jcl"
     epochs: int = 100
     batch_size: int = 256
     views: int = 2  # M key views per image
     queue_size: int = 65536  # K negatives (capped at the number of training images)
-    # what the queue stores of each image: μ, its mean key (METHOD.md, the released code), or
+    # what the queue stores of each image: μ, its mean key (the released code), or
     # μ/|μ| (then the negatives are unit vectors like MoCo's keys; |μ| < 1 when the views differ)
     queue_entries: Literal["mean", "normalised_mean"] = "mean"
     temperature: float = 0.07

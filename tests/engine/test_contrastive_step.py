@@ -1,5 +1,5 @@
 """The stage-1 step against a direct computation: its loss and gradient, and what the negative
-queue receives (METHOD.md: the μ of a batch)."""
+queue receives (docs/method.md: the μ of a batch)."""
 
 import copy
 import dataclasses

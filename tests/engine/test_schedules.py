@@ -14,7 +14,7 @@ from s2mts2.engine.runtime import cosine_lr, set_lr
 
 
 def test_lambda_ramps_linearly_to_lam_max_per_epoch():
-    """METHOD.md: λ_t = λ_max·(epoch+1)/epochs; MoCo has no λ."""
+    """docs/method.md: λ_t = λ_max·(epoch+1)/epochs; MoCo has no λ."""
     cfg = PretrainConfig(epochs=4, lam_max=2.0)
     assert [lambda_at(cfg, e) for e in range(4)] == pytest.approx([0.5, 1.0, 1.5, 2.0])
     cfg.loss = "moco"

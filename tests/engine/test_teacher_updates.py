@@ -1,4 +1,4 @@
-"""Both training steps move the teacher as METHOD.md says: after the student's optimiser step,
+"""Both training steps move the teacher as docs/method.md says: after the student's optimiser step,
 θ' ← m·θ' + (1−m)·θ with the updated student θ, and no gradient reaches the teacher."""
 
 import torch

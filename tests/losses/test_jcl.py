@@ -14,7 +14,7 @@ def _unit(*shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 def _direct_jcl(q, keys, negatives, tau: float, lam: float) -> float:
-    """Per-sample formula of METHOD.md with an explicit D×D covariance."""
+    """Per-sample formula of docs/method.md with an explicit D×D covariance."""
     total = 0.0
     for i in range(q.shape[0]):
         mu = keys[i].mean(0)

@@ -2,7 +2,7 @@
 
 ``grouped_split`` keeps every group (patient, lesion) inside one split and balances classes
 across splits; ``labelled_subset`` draws the labelled part of the training images the way the
-paper does (METHOD.md): per class, a seeded shuffle of the training images carrying it, take the
+paper does (docs/method.md): per class, a seeded shuffle of the training images carrying it, take the
 fraction, union over classes.
 """
 
