@@ -94,6 +94,17 @@ def training_state(kind: str, modules: dict[str, Any], **values: Any) -> dict[st
     }
 
 
+# what a stage-2 best.pt holds: the model a user ships, not the state to continue training
+MODEL_KEYS = ("kind", "teacher", "meta", "config", "epoch", "best_val")
+
+
+def model_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The shipped model of a stage-2 training state: the teacher's weights (the network that
+    evaluate, predict, export and serve use), meta, config, and the selected epoch with its
+    validation score; no student, optimiser, RNG states or history (``last.pt`` keeps them)."""
+    return {key: state[key] for key in MODEL_KEYS}
+
+
 # config keys a resumed run may change: where and how it runs, what it only reads or reports
 RESUME_MAY_CHANGE = frozenset(
     {
@@ -102,6 +113,7 @@ RESUME_MAY_CHANGE = frozenset(
         "cuda_graphs",
         "threads",
         "log_every",
+        "tensorboard",
         "data.dir",
         "model.weights",
         "pretrain.monitor_every",
