@@ -146,9 +146,7 @@ def test_errors_and_interruptions_have_their_exit_codes(monkeypatch, tmp_path, c
     (tmp_path / "last.pt").write_bytes(b"an epoch")
     assert main(["pretrain", "--config", "tiny", "--out", str(tmp_path)]) == 130
     resume = f"continue with s2mts2 pretrain --out {tmp_path} --resume"
-    assert f"finished epochs are in {tmp_path}/last.pt: {resume}" in (
-        capsys.readouterr().err
-    )
+    assert f"finished epochs are in {tmp_path}/last.pt: {resume}" in (capsys.readouterr().err)
     assert main(["pretrain", "--config", "tiny", "--set", "nope=1", "--out", str(tmp_path)]) == 2
     assert "s2mts2 pretrain: error: unknown config key" in capsys.readouterr().err
 
