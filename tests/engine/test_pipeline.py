@@ -236,7 +236,8 @@ def test_consistency_compares_student_with_teacher_and_trains_the_student(data_d
 
 def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.select=last")
-    full = load_checkpoint(finetune(cfg, tmp_path / "full", progress=False))
+    finetune(cfg, tmp_path / "full", progress=False)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
     _interrupt_after_first_checkpoint(monkeypatch, finetune_mod)
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, tmp_path / "cut", progress=False)
@@ -524,7 +525,8 @@ def test_both_stages_run_and_resume_in_mixed_precision(data_dir, tmp_path, monke
     assert state["scaler"] == {} and state["config"]["precision"] == "bf16"
     assert all(torch.isfinite(v).all() for v in state["student"].values())
     ft = cfg_for(data_dir, *bf16, f"finetune.pretrained={pre}", "finetune.epochs=1")
-    rows = load_checkpoint(finetune(ft, tmp_path / "ft", progress=False))["history"]
+    finetune(ft, tmp_path / "ft", progress=False)
+    rows = load_checkpoint(tmp_path / "ft" / "last.pt")["history"]
     assert all(math.isfinite(r["loss"]) and r["consistency"] > 0 for r in rows)
 
     fp16 = cfg_for(data_dir, "precision=fp16", "pretrain.epochs=2")

@@ -181,8 +181,9 @@ def resume_training(
     if changed:
         longer = any(c.startswith(f"{kind}.epochs:") for c in changed)
         raise ConfigError(
-            f"--resume: {path} was trained with other settings; resume with the same config "
-            f"and --set values (saved in {path.parent / 'config.yaml'}). Changed: "
+            f"--resume: {path} was trained with other settings; resume with --out alone (the "
+            f"run's {path.parent / 'config.yaml'} holds them), or the same config and --set "
+            "values. Changed: "
             + "; ".join(changed)
             + (
                 f". The number of epochs shapes the learning-rate schedule and the ramps, so a "
