@@ -10,14 +10,18 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s2mts2 import __version__
-from s2mts2.errors import S2MTS2Error
+from s2mts2.errors import ConfigError, S2MTS2Error
 from s2mts2.files import check_writable, describe_os_error
+
+if TYPE_CHECKING:
+    from s2mts2.config import RunConfig
 
 DATASETS = ("chestxray14", "chexpert", "isic2018", "csv", "synthetic")
 DEBUG_HELP = "show the Python traceback of an error (default: one line)"
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto: the first GPU, else the CPU)"
 # exit codes (README.md, "Exit codes and errors")
 EXIT_FAILED = 1  # the system could not do it (file system, memory), or predict read no input
 EXIT_BAD_INPUT = 2  # the command line, config or input data is wrong
@@ -47,18 +51,94 @@ def _key_values(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML preset (configs/*.yaml)")
+def help_with_default(action: argparse.Action) -> str:
+    """``action``'s help text ending with its default: ``(default: X)``, ``(default: off)`` for a
+    flag; unchanged where the text names its default already or the argument is required."""
+    text = action.help or ""
+    if "default" in text or action.required or action.default is argparse.SUPPRESS:
+        return text
+    if action.nargs == 0:  # a flag: store_true / store_false
+        return f"{text} (default: off)"
+    if action.default is None or action.default == []:
+        return text  # such a help text must say what happens without it (tests/test_cli.py)
+    return f"{text} (default: %(default)s)"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with every argument's default (:func:`help_with_default`); descriptions and
+    epilogs keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return help_with_default(action)
+
+
+def _adapter_options_text() -> str:
+    """The ``--option`` keys of every dataset adapter with their defaults, for ``prepare``."""
+    import inspect
+    import textwrap
+
+    from s2mts2.data.adapters import adapter_options
+
+    lines = ["dataset options (--option KEY=VALUE, repeatable):"]
+    for name in DATASETS:
+        keys = [
+            f"{key} (required)" if default is inspect.Parameter.empty else f"{key}={default}"
+            for key, default in adapter_options(name).items()
+        ]
+        lines += textwrap.wrap(
+            ", ".join(keys) or "none",
+            width=96,
+            initial_indent=f"  {name}: ",
+            subsequent_indent=" " * (len(name) + 4),
+        )
+    return "\n".join(lines)
+
+
+def _add_training_flags(p: argparse.ArgumentParser, stage: str) -> None:
+    from s2mts2.config import PRESET_DIR
+
+    presets = ", ".join(sorted(path.stem for path in PRESET_DIR.glob("*.yaml")))
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="PRESET|FILE",
+        help=f"a built-in preset ({presets}) or a YAML file; its relative paths are taken from "
+        "the current folder (default: the built-in defaults; with --resume: OUT/config.yaml)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="prepared-data folder (the --out of s2mts2 prepare), = --set data.dir=DIR "
+        "(default: the config's data.dir)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set pretrain.epochs=5 (repeatable)",
+        help=f"override a config value, e.g. --set {stage}.epochs=5 --set seed=1; inside "
+        f"{stage}, epochs means {stage}.epochs (repeatable; default: none)",
     )
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run folder: checkpoints, config.yaml, run.json, metrics.csv, train.log",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from OUT/last.pt, with the settings it recorded in "
+        "OUT/config.yaml unless --config is given",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the per-epoch metrics to OUT/tensorboard (pip install -e '.[tb]'); "
+        "= --set tensorboard=true",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -66,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s2mts2",
         description="Self-supervised Mean Teacher (S2MTS2) for semi-supervised medical image "
-        "classification: prepare -> pretrain (stage 1, JCL) -> finetune (stage 2) -> evaluate.",
+        "classification:\nprepare -> pretrain (stage 1, JCL) -> finetune (stage 2) -> evaluate.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"s2mts2 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -77,59 +158,95 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[debug], **kwargs)
+        return sub.add_parser(name, parents=[debug], formatter_class=HelpFormatter, **kwargs)
 
-    p = command("prepare", help="dataset -> table, split, labelled subset, uint8 cache")
-    p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
-    p.add_argument("--out", type=Path, required=True, help="prepared-data folder")
-    p.add_argument(
-        "--size", type=_at_least(1), default=256, help="cache resolution in pixels (default 256)"
+    p = command(
+        "prepare",
+        help="dataset -> table, split, labelled subset, uint8 cache",
+        epilog=_adapter_options_text(),
     )
+    p.add_argument("dataset", choices=DATASETS, help=f"dataset adapter: {', '.join(DATASETS)}")
+    p.add_argument(
+        "--root",
+        type=Path,
+        help="dataset folder (default: none; required except for synthetic, which generates its "
+        "images into OUT)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="prepared-data folder")
+    p.add_argument("--size", type=_at_least(1), default=256, help="cache resolution in pixels")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--labelled",
         type=float,
         help="labelled fraction of train, in (0, 1] (default: none drawn; finetune draws it)",
     )
-    g.add_argument("--labelled-count", type=_at_least(1), help="number of labelled train images")
+    g.add_argument(
+        "--labelled-count",
+        type=_at_least(1),
+        help="number of labelled train images (default: none drawn; finetune draws it)",
+    )
     p.add_argument("--by-patient", action="store_true", help="sample labelled patients/lesions")
-    p.add_argument("--seed", type=int, default=0, help="seed of the labelled subset")
     p.add_argument(
-        "--workers", type=_at_least(1), default=None, help="decode processes (default: all)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the labelled subset drawn here, the one a run with data.split_seed=SEED "
+        "trains on; the train/val/test split has its own, --option seed=N",
+    )
+    p.add_argument(
+        "--workers", type=_at_least(1), default=None, help="decode processes (default: all cores)"
     )
     p.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="adapter option, e.g. view=PA, uncertain=ones, split=lesion, csv=labels.csv",
+        help="adapter option, e.g. split=lesion, view=PA, csv=labels.csv; each adapter's keys "
+        "are listed below (repeatable; default: the adapter's defaults)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     for name, text in (
         ("pretrain", "stage 1: self-supervised mean-teacher pre-training (JCL or MoCo)"),
         ("finetune", "stage 2: semi-supervised mean-teacher fine-tuning"),
     ):
         p = command(name, help=text)
-        _add_training_flags(p)
+        _add_training_flags(p, name)
         if name == "finetune":
             p.add_argument(
                 "--labelled",
                 type=float,
-                help="labelled fraction: --set data.labelled=X data.labelled_count=0",
+                help="labelled fraction, = --set data.labelled=X data.labelled_count=0 "
+                "(default: the config's data.labelled / data.labelled_count)",
+            )
+            p.add_argument(
+                "--pretrained",
+                metavar="RUN",
+                help="stage-1 run folder (the --out of s2mts2 pretrain) or its last.pt, "
+                "= --set finetune.pretrained=RUN (default: the config's finetune.pretrained)",
             )
 
     p = command("evaluate", help="metrics, report and ROC plot of a checkpoint")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--model", default="teacher", choices=("teacher", "student"))
+    p.add_argument("checkpoint", type=Path, help="stage-2 checkpoint (best.pt or last.pt)")
+    p.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="split to score"
+    )
+    p.add_argument(
+        "--model",
+        default="teacher",
+        choices=("teacher", "student"),
+        help="network to score (best.pt holds the teacher only; last.pt both)",
+    )
     p.add_argument("--data", type=Path, help="prepared-data folder (default: from the checkpoint)")
-    p.add_argument("--out", type=Path, help="output folder (default: next to the checkpoint)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: eval-SPLIT next to the checkpoint)",
+    )
     p.add_argument(
         "--bootstrap", type=_at_least(0), default=1000, help="bootstrap replicates for the CI"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = command(
         "predict",
@@ -140,15 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
     p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("predictions.csv"),
-        help="results file, .csv or .json (default: predictions.csv)",
+        "--out", type=Path, default=Path("predictions.csv"), help="results file, .csv or .json"
     )
-    p.add_argument("--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
+    p.add_argument(
+        "--cam",
+        type=Path,
+        metavar="DIR",
+        help="write Grad-CAM overlays (PNG) to DIR (default: none)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--classes", nargs="+", metavar="CLASS", help="Grad-CAM for these classes (after INPUTS)"
+        "--classes",
+        nargs="+",
+        metavar="CLASS",
+        help="Grad-CAM for these classes, after INPUTS (default: the --top-k most probable)",
     )
     g.add_argument(
         "--top-k",
@@ -157,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="Grad-CAM for the K most probable classes",
     )
-    p.add_argument("--batch-size", type=_at_least(1), default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=_at_least(1), default=32, help="images per forward pass")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = command(
         "serve",
@@ -168,14 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model", type=Path, help="stage-2 checkpoint (best.pt) or model.onnx (with its model.json)"
     )
-    p.add_argument("--data", type=Path, help="prepared-data folder whose split the page browses")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-file-mb", type=float, default=50.0, help="largest upload (default 50)")
-    p.add_argument("--max-files", type=int, default=64, help="uploads held in memory (default 64)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="prepared-data folder whose split the page browses (default: none, drop images only)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="split of --data that the page browses",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--max-file-mb", type=float, default=50.0, help="largest upload in MB")
+    p.add_argument("--max-files", type=int, default=64, help="uploads held in memory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = command("export", help="ONNX model + safetensors weights + JSON model card")
     p.add_argument("checkpoint", type=Path, help="stage-2 checkpoint (best.pt)")
@@ -187,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("bench", help="training speed: model-only vs end-to-end vs reference")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--precision",
         default="auto",
@@ -220,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, required=True, help="write the result to this JSON file")
 
     p = command("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder")
     p.add_argument("--quick", action="store_true", help="fewer epochs (under 5 minutes)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -242,6 +373,35 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, bool]]:
     if args.command in ("prepare", "pretrain", "finetune", "demo"):
         return [(args.out, True)]
     return []
+
+
+def training_config(args: argparse.Namespace) -> RunConfig:
+    """The config of a ``pretrain``/``finetune`` command: ``--config`` (with ``--resume`` and no
+    ``--config``: the run's own ``OUT/config.yaml``) <- ``--set`` <- the flags that name keys;
+    its paths made absolute (:meth:`RunConfig.absolute_paths`)."""
+    from s2mts2.config import load_config
+
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data.dir={args.data}")
+    if getattr(args, "pretrained", None) is not None:
+        overrides.append(f"finetune.pretrained={args.pretrained}")
+    if getattr(args, "labelled", None) is not None:
+        # the fraction asked for here, not a count from the config
+        overrides += [f"data.labelled={args.labelled}", "data.labelled_count=0"]
+    if args.tensorboard:
+        overrides.append("tensorboard=true")
+    config = args.config
+    if config is None and args.resume:
+        config = args.out / "config.yaml"
+        if not config.is_file():
+            raise ConfigError(
+                f"--resume: {args.out} holds no run (no {config.name}); give the --out of an "
+                f"earlier s2mts2 {args.command}, or --config to start one there without --resume"
+            )
+    cfg = load_config(config, overrides, stage=args.command)
+    cfg.absolute_paths()
+    return cfg
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -275,13 +435,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"wrote {args.out / 'summary.json'}")
         return 0
     if args.command in ("pretrain", "finetune"):
-        from s2mts2.config import load_config
-
-        overrides = list(args.overrides)
-        if getattr(args, "labelled", None) is not None:
-            # the fraction asked for here, not a count from the config
-            overrides += [f"data.labelled={args.labelled}", "data.labelled_count=0"]
-        cfg = load_config(args.config, overrides, stage=args.command)
+        cfg = training_config(args)
         if args.command == "pretrain":
             from s2mts2.engine.pretrain import pretrain as train
         else:
@@ -394,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("pretrain", "finetune"):
             last = args.out / "last.pt"
             hint = (
-                f"; finished epochs are in {last}: continue with --resume"
+                f"; finished epochs are in {last}: continue with "
+                f"s2mts2 {args.command} --out {shlex.quote(str(args.out))} --resume"
                 if last.is_file()
                 else "; no epoch had finished, so nothing was saved"
             )

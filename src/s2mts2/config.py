@@ -5,6 +5,22 @@ Overrides use dotted keys (``pretrain.epochs=3``); inside a stage subcommand a k
 is not a top-level field is looked up in that stage's section (``s2mts2 pretrain --set epochs=3``,
 ``--set augment.jitter_p=0``).
 Unknown keys and values of the wrong type are errors that name the key.
+
+Paths in a config (``data.dir``, ``finetune.pretrained``, ``model.weights``), in a preset as in
+your own file, are taken relative to the folder the command runs in, like paths on the command
+line, never relative to the YAML file: a built-in preset's ``data.dir: runs/ham`` means
+``./runs/ham``. A training run records them as absolute paths in its ``config.yaml``.
+
+Three seeds, three jobs:
+
+- ``seed``: the repetition of a run: network initialisation, batch order, augmentation. Change
+  it (alone) to repeat an experiment on the same labelled images.
+- ``data.split_seed``: which labelled subset: the seed of its draw from the training images
+  (``DIR/labelled/labelled-f<F>-s<S>.txt``, drawn once and reused). Change it too for a
+  repetition with another labelled subset. ``s2mts2 prepare --seed S`` draws the same subset
+  ahead of training (for the summary's counts); a run draws it itself when it is missing.
+- The train/val/test split is not drawn by either: it is the dataset's own or the adapter's
+  (``prepare --option seed=N`` where an adapter draws one), fixed when the data is prepared.
 """
 
 from __future__ import annotations
@@ -35,7 +51,9 @@ class DataConfig:
     labelled: float = 0.2  # fraction of train per class (the paper's sampling, docs/method.md)
     labelled_count: int = 0  # absolute number of labelled images; > 0 replaces `labelled`
     labelled_by_group: bool = False  # sample whole patients/lesions
-    split_seed: int = 0  # seed of the labelled-subset draw (files are reused per seed)
+    # which labelled subset: the seed of its draw (= prepare --seed; the file is reused per
+    # seed); change it for a repetition with other labelled images (module docstring: seeds)
+    split_seed: int = 0
 
     def cache_for(self, size: int) -> int:
         """Resolution of the cache to read for training at ``size`` px."""
@@ -143,7 +161,8 @@ class FinetuneConfig:
 class RunConfig:
     """Everything one run needs; written resolved into every run folder."""
 
-    seed: int = 0  # initialisation, sampling and augmentation
+    # the run's repetition: initialisation, batch order, augmentation (module docstring: seeds)
+    seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # forward passes: bf16 / fp16 autocast + channels-last, or fp32 NCHW; auto = bf16 on GPUs
     # with native bf16, fp16 (loss-scaled) on older GPUs, fp32 on CPUs
@@ -156,6 +175,7 @@ class RunConfig:
     cuda_graphs: bool = True
     threads: int = 0  # torch CPU threads (0 = all cores)
     log_every: int = 10  # steps between progress-bar metric refreshes (no per-step host sync)
+    tensorboard: bool = False  # also write the per-epoch metrics to OUT/tensorboard (the tb extra)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -164,6 +184,14 @@ class RunConfig:
     def finetune_size(self) -> int:
         """Stage 2's training and evaluation size in pixels."""
         return self.finetune.size or self.data.size
+
+    def absolute_paths(self) -> None:
+        """Make the paths it names absolute, relative ones taken from the current folder (module
+        docstring), so that the run folder's ``config.yaml`` means the same files anywhere."""
+        for section, key in (("data", "dir"), ("finetune", "pretrained"), ("model", "weights")):
+            obj = getattr(self, section)
+            if getattr(obj, key):
+                setattr(obj, key, str(Path(getattr(obj, key)).expanduser().absolute()))
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"

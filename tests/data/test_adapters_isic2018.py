@@ -176,3 +176,38 @@ def test_generated_folder_split_files_and_lesion_ids(tmp_path, caplog):
     assert len(lesion) == 9 and ids[2] in lesion.groups
     for g in np.unique(lesion.groups):
         assert len(set(lesion.split[lesion.groups == g])) == 1
+
+
+def test_the_split_used_and_its_shared_lesions_are_named(tmp_path, caplog):
+    """prepare names the split in summary.json and the log, with the lesions it shares between
+    train/val/test: SRC-MT's files put lesion HAM_2 in val and test; the lesion split none."""
+    import json
+
+    from s2mts2.data.prepared import prepare_dataset
+
+    _generated_folder(tmp_path / "ham")
+    with caplog.at_level("INFO", logger="s2mts2"):
+        summary = prepare_dataset(
+            "isic2018", tmp_path / "ham", tmp_path / "out", size=8, progress=False, workers=1
+        )
+    assert summary["split"].startswith("srcmt: SRC-MT's training.csv, validation.csv, testing.csv")
+    assert summary["groups_in_several_splits"] == 1
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["split"] == summary["split"]
+    assert "isic2018 split: srcmt" in caplog.text
+    assert "1 patients/lesions have images in more than one of train/val/test" in caplog.text
+    lesion = prepare_dataset(
+        "isic2018",
+        tmp_path / "ham",
+        tmp_path / "lesion",
+        size=8,
+        progress=False,
+        workers=1,
+        options={"split": "lesion", "seed": 3},
+    )
+    assert lesion["split"] == "lesion: grouped by lesion, class-stratified 70/10/20, seed 3"
+    assert lesion["groups_in_several_splits"] == 0
+
+
+def test_srcmt_split_shares_lesions_between_train_and_test(table, lesion_table):
+    assert table.groups_in_several_splits() == 1013  # SRC-MT split by image, not by lesion
+    assert lesion_table.groups_in_several_splits() == 0

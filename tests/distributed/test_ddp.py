@@ -162,7 +162,8 @@ def test_two_processes_take_the_steps_of_one_with_the_global_batch(two_ranks, da
     cfg = plain_config(data_dir)
     with worker.TinyNetworks(batchnorm=False):
         one = load_checkpoint(pretrain(cfg, tmp_path / "pre", progress=False))
-        one_ft = load_checkpoint(finetune(cfg, tmp_path / "ft", progress=False))
+        finetune(cfg, tmp_path / "ft", progress=False)
+        one_ft = load_checkpoint(tmp_path / "ft" / "last.pt")
     two = load_checkpoint(two_ranks / "pre" / "last.pt")
     two_ft = load_checkpoint(two_ranks / "ft" / "last.pt")
     assert two["step"] == one["step"] == 6
@@ -237,7 +238,8 @@ def test_torchrun_cli_runs_both_stages(data_dir, tmp_path):
     pretrained = f"finetune.pretrained={pre / 'last.pt'}"
     stage2 = ["-m", "s2mts2", "finetune", "--config", demo, *flags, "--set", pretrained]
     torchrun(*stage2, "--out", str(ft), logs=tmp_path / "logs")
-    state = load_checkpoint(ft / "best.pt")
+    state = load_checkpoint(ft / "last.pt")
     assert state["kind"] == "finetune" and state["epoch"] == 1
     assert 0.0 <= state["history"][-1]["val_mean_auc"] <= 1.0
+    assert load_checkpoint(ft / "best.pt")["best_val"] == state["best_val"]
     assert (ft / "metrics.csv").read_text().count("\n") == 2

@@ -4,6 +4,7 @@ import copy
 import json
 import logging
 import math
+import re
 import shutil
 import signal
 import subprocess
@@ -147,9 +148,16 @@ def test_a_stage1_checkpoint_of_another_backbone_is_named(data_dir, pretrained, 
         finetune_mod.init_from_pretrained(net, str(pretrained), 3, cfg.model.backbone)
 
 
-def test_s2mts2_needs_a_pretrained_checkpoint(data_dir, tmp_path):
-    with pytest.raises(ConfigError, match="finetune.pretrained"):
+def test_s2mts2_needs_a_stage1_run_and_finds_its_checkpoint(data_dir, pretrained, tmp_path):
+    with pytest.raises(ConfigError, match="needs a stage-1 run: --pretrained RUN"):
         finetune(cfg_for(data_dir, "finetune.epochs=1"), tmp_path, progress=False)
+    assert finetune_mod.stage1_checkpoint(str(pretrained.parent)) == pretrained  # a run folder
+    assert finetune_mod.stage1_checkpoint(str(pretrained)) == pretrained
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'empty'} is a folder without")):
+        finetune_mod.stage1_checkpoint(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'nope'} does not exist")):
+        finetune_mod.stage1_checkpoint(str(tmp_path / "nope"))
 
 
 def test_mean_teacher_consistency_is_active(data_dir, tmp_path, caplog):
@@ -162,13 +170,13 @@ def test_mean_teacher_consistency_is_active(data_dir, tmp_path, caplog):
         "finetune.pretrained (runs/pre/last.pt) is not used: finetune.method is mean-teacher"
         in (caplog.text)
     )
-    rows = load_checkpoint(best)["history"]
+    rows = load_checkpoint(best.parent / "last.pt")["history"]
     assert all(r["consistency"] > 0 for r in rows)
     assert all(r["loss"] > r["supervised"] for r in rows)
     sup = finetune(
         cfg_for(data_dir, "finetune.method=supervised"), tmp_path / "sup", progress=False
     )
-    sup_state = load_checkpoint(sup)
+    sup_state = load_checkpoint(sup.parent / "last.pt")
     assert all(r["consistency"] == 0 for r in sup_state["history"])
     # its teacher never sees training images: its BatchNorm statistics must still be learnt
     means = [v for k, v in sup_state["teacher"].items() if k.endswith("running_mean")]
@@ -228,7 +236,8 @@ def test_consistency_compares_student_with_teacher_and_trains_the_student(data_d
 
 def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.select=last")
-    full = load_checkpoint(finetune(cfg, tmp_path / "full", progress=False))
+    finetune(cfg, tmp_path / "full", progress=False)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
     _interrupt_after_first_checkpoint(monkeypatch, finetune_mod)
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, tmp_path / "cut", progress=False)
@@ -434,6 +443,28 @@ def test_a_run_folder_is_never_overwritten_and_resume_keeps_the_settings(
         finetune(cfg_for(data_dir), out, progress=False)
 
 
+def test_best_pt_is_the_shipped_model_and_a_full_best_pt_still_loads(data_dir, tmp_path):
+    """best.pt: the teacher's weights, meta, config and the selected epoch; last.pt: the full
+    state. A best.pt of the full state (as earlier versions wrote) is read as before."""
+    from s2mts2.infer.predict import read_checkpoint
+
+    cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1")
+    best_path = finetune(cfg, tmp_path / "run", progress=False)
+    best, last = load_checkpoint(best_path), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert set(best) == {"kind", "teacher", "meta", "config", "epoch", "best_val"}
+    assert best_path.stat().st_size < 0.6 * (tmp_path / "run" / "last.pt").stat().st_size
+    assert best["teacher"].keys() == last["teacher"].keys()  # one epoch: the same teacher
+    tensors = {k: v for k, v in last["teacher"].items() if isinstance(v, torch.Tensor)}
+    assert tensors and all(torch.equal(best["teacher"][k], v) for k, v in tensors.items())
+    full = tmp_path / "old" / "best.pt"
+    full.parent.mkdir()
+    shutil.copy(tmp_path / "run" / "last.pt", full)
+    for path in (best_path, full):
+        _, net, info = read_checkpoint(path)
+        assert info.classes == best["meta"]["classes"]
+        assert max_diff(net.state_dict(), load_classifier(last).state_dict()) == 0
+
+
 def test_labelled_count_is_used_and_best_is_written_before_last(data_dir, tmp_path, monkeypatch):
     """``data.labelled_count`` replaces the fraction in both stages; an epoch that improves writes
     best.pt before last.pt (last.pt's ``best_val`` must never name weights not yet saved)."""
@@ -494,7 +525,8 @@ def test_both_stages_run_and_resume_in_mixed_precision(data_dir, tmp_path, monke
     assert state["scaler"] == {} and state["config"]["precision"] == "bf16"
     assert all(torch.isfinite(v).all() for v in state["student"].values())
     ft = cfg_for(data_dir, *bf16, f"finetune.pretrained={pre}", "finetune.epochs=1")
-    rows = load_checkpoint(finetune(ft, tmp_path / "ft", progress=False))["history"]
+    finetune(ft, tmp_path / "ft", progress=False)
+    rows = load_checkpoint(tmp_path / "ft" / "last.pt")["history"]
     assert all(math.isfinite(r["loss"]) and r["consistency"] > 0 for r in rows)
 
     fp16 = cfg_for(data_dir, "precision=fp16", "pretrain.epochs=2")
@@ -655,15 +687,42 @@ def test_cli_stages_end_to_end(data_dir, pretrained, tmp_path, capsys):
     assert (tmp_path / "ft" / "eval-test" / "roc.png").stat().st_size > 0
     assert "Mean AUC" in capsys.readouterr().out
     student = ["evaluate", str(tmp_path / "ft" / "best.pt"), "--model", "student", "--device"]
+    assert main([*student, "cpu", "--bootstrap", "0"]) == 2  # best.pt ships the teacher only
+    assert f"evaluate {tmp_path / 'ft' / 'last.pt'} --model student" in capsys.readouterr().err
+    student[1] = str(tmp_path / "ft" / "last.pt")
     assert main([*student, "cpu", "--bootstrap", "0"]) == 0
     assert (
-        json.loads((tmp_path / "ft" / "eval-test-student" / "metrics.json").read_text())["model"]
+        json.loads((tmp_path / "ft" / "eval-test-student-last" / "metrics.json").read_text())[
+            "model"
+        ]
         == "student"
     )
     assert (
         json.loads((tmp_path / "ft" / "eval-test" / "metrics.json").read_text())["model"]
         == "teacher"
     )  # the teacher's evaluation is kept
+
+
+def test_a_run_logs_to_train_log_and_resumes_with_only_its_folder(
+    data_dir, tmp_path, monkeypatch, caplog
+):
+    """train.log: the console's messages without the progress bars, appended on resume, with
+    the command and the interruption; --resume needs only --out; run.json names the device."""
+    out = tmp_path / "pre"
+    _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
+    start = ["pretrain", "--config", "tiny", "--data", str(data_dir), "--out", str(out)]
+    with caplog.at_level(logging.INFO, logger="s2mts2"):
+        assert main(start) == 130  # interrupted after epoch 1
+        monkeypatch.undo()
+        assert main(["pretrain", "--out", str(out), "--resume"]) == 0
+    log = (out / "train.log").read_text()
+    assert log.count("s2mts2 pretrain ") == 2  # each command, appended
+    assert "ERROR interrupted" in log and "resumed" in log
+    assert "pretrain epoch 1/2" in log and "left" in log
+    assert "pretrain epoch 2/2" in log and "run complete" in log
+    assert not any(c in log for c in "\r█▏▎▍▌▋▊▉") and "it/s" not in log  # no bars
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    assert json.loads((out / "run.json").read_text())["device"].startswith("cpu (")
 
 
 def test_cli_errors_are_clear(data_dir, tmp_path, capsys):

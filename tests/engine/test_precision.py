@@ -41,10 +41,24 @@ def test_auto_is_fp32_nchw_on_a_cpu():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_a_cpu_with_native_bf16_gets_a_hint_not_a_change(monkeypatch, caplog, native):
+    """The hint comes where asked for (a run starting in its folder), once per process."""
     monkeypatch.setattr(runtime, "_cpu_bf16", lambda: native)
+    runtime._hint_cpu_bf16.cache_clear()
     with caplog.at_level("INFO", logger="s2mts2"):
-        assert resolve_precision("auto", CPU).name == "fp32"
-    assert ("--set precision=bf16" in caplog.text) == native
+        assert resolve_precision("auto", CPU).name == "fp32"  # not asked for: no hint
+        assert "--set precision=bf16" not in caplog.text
+        for _ in range(2):
+            assert resolve_precision("auto", CPU, hint=True).name == "fp32"
+    assert caplog.text.count("--set precision=bf16") == int(native)
+    runtime._hint_cpu_bf16.cache_clear()
+
+
+def test_the_device_is_described_by_its_hardware(monkeypatch):
+    monkeypatch.setattr(runtime, "_cpu_name", lambda: "AMD EPYC 7B13")
+    assert runtime.describe_device(CPU) == "cpu (AMD EPYC 7B13)"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"NVIDIA H100 #{i}")
+    assert runtime.describe_device(torch.device("cuda:1")) == "cuda:1 (NVIDIA H100 #1)"
+    assert runtime._cpu_name()  # the real one: never empty
 
 
 @pytest.mark.parametrize(

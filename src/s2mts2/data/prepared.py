@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,23 +159,27 @@ def prepare_dataset(
     )
     if failures:
         keep = np.array([p not in failures for p in table.paths])  # build_cache named them
-        table = DatasetTable(
-            name=table.name,
+        table = replace(
+            table,
             paths=[p for p, k in zip(table.paths, keep) if k],
             labels=table.labels[keep],
-            classes=table.classes,
-            task=table.task,
             groups=table.groups[keep],
             split=table.split[keep],
-            channels=table.channels,
-            eval_classes=table.eval_classes,
-            missing=table.missing,
         )
     previous = (out / "table.csv").read_bytes() if (out / "table.csv").exists() else None
     table.save(out)
     if previous is not None and previous != (out / "table.csv").read_bytes():
         _remove_labelled_lists(out)
     data = PreparedData(out, table, cache, cache.rows_for(table.paths))
+    crossing = table.groups_in_several_splits()
+    log.log(
+        logging.WARNING if crossing else logging.INFO,
+        "%s split: %s; %d patients/lesions have images in more than one of train/val/test%s",
+        name,
+        table.split_source or "the adapter's",
+        crossing,
+        " (the test split holds some of the training patients/lesions)" if crossing else "",
+    )
     summary: dict[str, Any] = {
         "dataset": name,
         "root": str(root),
@@ -185,6 +189,8 @@ def prepare_dataset(
         "task": table.task,
         "channels": table.channels,
         "size": size,
+        "split": table.split_source or None,
+        "groups_in_several_splits": crossing,
         "missing_files": table.missing,
         "unreadable_images": len(failures),
         "positives_train": {

@@ -29,6 +29,11 @@ def _strata(labels: np.ndarray) -> np.ndarray:
     return np.concatenate([pos, ~pos.any(axis=1, keepdims=True)], axis=1)
 
 
+def grouped_split_name(groups: str, seed: int, fractions: str = "70/10/20") -> str:
+    """How :func:`grouped_split` made a split, for ``DatasetTable.split_source``."""
+    return f"grouped by {groups}, class-stratified {fractions}, seed {seed}"
+
+
 def grouped_split(
     groups: np.ndarray,
     labels: np.ndarray | None = None,

@@ -40,6 +40,7 @@ class DatasetTable:
         eval_classes: classes averaged into the headline mean AUC (ChestX-ray14 leaves out
             ``No Finding``); defaults to all classes.
         missing: rows of the source CSV whose image file was not found (reported, left out).
+        split_source: how the train/val/test split was made (named in ``summary.json``).
     """
 
     name: str
@@ -52,6 +53,7 @@ class DatasetTable:
     channels: int
     eval_classes: list[str] = field(default_factory=list)
     missing: int = 0
+    split_source: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -84,6 +86,14 @@ class DatasetTable:
         """(n,) int64 row indices of one split."""
         return np.flatnonzero(self.split == split)
 
+    def groups_in_several_splits(self) -> int:
+        """How many groups (patients, lesions) have images in more than one split: 0 for the
+        splits this package draws; a dataset's own split may leak (SRC-MT's ISIC2018 split)."""
+        splits_of: dict[str, set[str]] = {}
+        for group, part in zip(self.groups.tolist(), self.split.tolist()):
+            splits_of.setdefault(group, set()).add(part)
+        return sum(len(parts) > 1 for parts in splits_of.values())
+
     def counts(self) -> dict[str, int]:
         return {s: int((self.split == s).sum()) for s in SPLITS if (self.split == s).any()}
 
@@ -108,6 +118,7 @@ class DatasetTable:
             "channels": self.channels,
             "eval_classes": self.eval_classes,
             "missing": self.missing,
+            "split_source": self.split_source,
         }
         write_text_atomic(out / "table.json", json.dumps(meta, indent=2))
 
@@ -141,4 +152,5 @@ class DatasetTable:
             channels=meta["channels"],
             eval_classes=meta["eval_classes"],
             missing=meta["missing"],
+            split_source=meta.get("split_source", ""),  # tables of earlier versions lack it
         )

@@ -146,7 +146,7 @@ def resolve_settings(settings: BenchSettings, quick: bool, device: torch.device)
         preset.update(QUICK_DATA, **(QUICK_CUDA if device.type == "cuda" else QUICK_CPU))
     filled = {k: v for k, v in preset.items() if getattr(settings, k) is None}
     out = replace(settings, device=str(device), **filled)
-    out.precision = resolve_precision(out.precision, device).name
+    out.precision = resolve_precision(out.precision, device, hint=True).name
     check_compile(out.compile)
     if out.source_size is None:
         out.source_size = round(out.size * 8 / 7)

@@ -94,6 +94,17 @@ def training_state(kind: str, modules: dict[str, Any], **values: Any) -> dict[st
     }
 
 
+# what a stage-2 best.pt holds: the model a user ships, not the state to continue training
+MODEL_KEYS = ("kind", "teacher", "meta", "config", "epoch", "best_val")
+
+
+def model_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The shipped model of a stage-2 training state: the teacher's weights (the network that
+    evaluate, predict, export and serve use), meta, config, and the selected epoch with its
+    validation score; no student, optimiser, RNG states or history (``last.pt`` keeps them)."""
+    return {key: state[key] for key in MODEL_KEYS}
+
+
 # config keys a resumed run may change: where and how it runs, what it only reads or reports
 RESUME_MAY_CHANGE = frozenset(
     {
@@ -102,6 +113,7 @@ RESUME_MAY_CHANGE = frozenset(
         "cuda_graphs",
         "threads",
         "log_every",
+        "tensorboard",
         "data.dir",
         "model.weights",
         "pretrain.monitor_every",
@@ -169,8 +181,9 @@ def resume_training(
     if changed:
         longer = any(c.startswith(f"{kind}.epochs:") for c in changed)
         raise ConfigError(
-            f"--resume: {path} was trained with other settings; resume with the same config "
-            f"and --set values (saved in {path.parent / 'config.yaml'}). Changed: "
+            f"--resume: {path} was trained with other settings; resume with --out alone (the "
+            f"run's {path.parent / 'config.yaml'} holds them), or the same config and --set "
+            "values. Changed: "
             + "; ".join(changed)
             + (
                 f". The number of epochs shapes the learning-rate schedule and the ramps, so a "

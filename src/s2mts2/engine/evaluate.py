@@ -54,8 +54,13 @@ def load_classifier(
     if model == "teacher":
         weights = {k.removeprefix("module."): v for k, v in state["teacher"].items()}
         weights.pop("_extra_state", None)
-    else:
+    elif "student" in state:
         weights = state["student"]
+    else:  # a best.pt: the shipped model, the teacher only
+        raise DataError(
+            f"{source} holds the teacher only (the model that is shipped); the student is in the "
+            f"run's last.pt: evaluate {Path(source).parent / 'last.pt'} --model student"
+        )
     try:
         net.load_state_dict(weights)
     except (RuntimeError, KeyError, ValueError) as e:

@@ -6,7 +6,8 @@ Per step: a labelled batch (x, y) and, for ``mean-teacher``/``s2mts2``, an unlab
 
 with u' = u (same view) or an independent view, θ' the EMA teacher (α per step), w(t) ramped.
 ``s2mts2`` starts student and teacher from a stage-1 student backbone with a new classifier head.
-Validation (teacher) picks ``best.pt``; ``last.pt`` holds the full state for ``--resume``.
+Validation (teacher) picks ``best.pt``, the model a user ships (teacher weights, meta, config:
+:func:`~s2mts2.engine.checkpoint.model_state`); ``last.pt`` holds the full state for ``--resume``.
 
 Several processes (``torchrun``, see :mod:`s2mts2.engine.distributed`): ``finetune.batch_size``
 and the unlabelled batch (``batch_size × unlabelled_ratio``) are global batches split over the
@@ -21,6 +22,7 @@ gets the score of the whole set. Rank 0 alone logs and writes checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from s2mts2.engine.builders import build_augment, build_eval_transform, classifi
 from s2mts2.engine.checkpoint import (
     check_new_run,
     load_checkpoint,
+    model_state,
     resume_training,
     save_checkpoint,
     seed_everything,
@@ -59,10 +62,10 @@ from s2mts2.engine.distributed import (
     world_size,
     wrap_ddp,
 )
-from s2mts2.engine.history import History
+from s2mts2.engine.history import History, RunClock, check_tensorboard
 from s2mts2.engine.inference import forward_rows
 from s2mts2.engine.pretrain import epoch_generator
-from s2mts2.engine.runinfo import write_run_info
+from s2mts2.engine.runinfo import train_log, write_run_info
 from s2mts2.engine.runtime import (
     Precision,
     check_compile,
@@ -164,14 +167,35 @@ def build_optimizer(net: Network, fc: FinetuneConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=fc.lr, weight_decay=fc.weight_decay, **kernels)
 
 
-def init_from_pretrained(net: Network, path: str, channels: int, backbone: str) -> None:
-    """Load the stage-1 *student* backbone into ``net`` (a ``backbone`` network; its head stays
-    new)."""
-    if not path:
+def stage1_checkpoint(pretrained: str) -> Path:
+    """The checkpoint ``finetune.pretrained`` names: a file, or a stage-1 run folder's
+    ``last.pt`` (else its ``best.pt``)."""
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        found = [path / name for name in ("last.pt", "best.pt") if (path / name).is_file()]
+        if not found:
+            raise ConfigError(
+                f"finetune.pretrained: {path} is a folder without last.pt or best.pt; expected "
+                "the --out folder of s2mts2 pretrain, or a stage-1 checkpoint file"
+            )
+        return found[0]
+    if not path.is_file():
         raise ConfigError(
-            "finetune.method=s2mts2 needs finetune.pretrained = a stage-1 checkpoint "
-            "(e.g. --set finetune.pretrained=runs/pre/last.pt)"
+            f"finetune.pretrained: {path} does not exist; expected the --out folder of "
+            "s2mts2 pretrain, or a stage-1 checkpoint file (its last.pt)"
         )
+    return path
+
+
+def init_from_pretrained(net: Network, pretrained: str, channels: int, backbone: str) -> None:
+    """Load the stage-1 *student* backbone of ``pretrained`` (:func:`stage1_checkpoint`) into
+    ``net`` (a ``backbone`` network; its head stays new)."""
+    if not pretrained:
+        raise ConfigError(
+            "finetune.method=s2mts2 needs a stage-1 run: --pretrained RUN (the --out folder of "
+            "s2mts2 pretrain, or its last.pt; = --set finetune.pretrained=RUN)"
+        )
+    path = stage1_checkpoint(pretrained)
     state = load_checkpoint(path)
     if state["kind"] != "pretrain":
         raise ConfigError(f"finetune.pretrained: {path} is a {state['kind']} checkpoint")
@@ -252,7 +276,11 @@ def finetune(
     """
     if not resume:
         check_new_run(Path(out_dir))
-    with distributed_session(cfg.device) as device:
+    with (
+        distributed_session(cfg.device) as device,
+        # the rank, known once the session has started
+        train_log(Path(out_dir), command) if is_main() else contextlib.nullcontext(),
+    ):
         return _finetune(cfg, Path(out_dir), device, resume, progress, command)
 
 
@@ -293,8 +321,9 @@ def _finetune(
             fc.pretrained,
             fc.method,
         )
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, hint=not resume and is_main())
     check_compile(cfg.compile)
+    check_tensorboard(cfg.tensorboard)
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     # The supervised baseline never runs its teacher on training images, so the teacher cannot
     # keep BatchNorm statistics of its own: average the student's instead.
@@ -340,9 +369,9 @@ def _finetune(
         scaler,
         compile=cfg.compile,
     )
-    history = History(out, rows) if is_main() else None
+    history = History(out, rows, cfg.tensorboard) if is_main() else None
     if is_main():
-        write_run_info(out, cfg, command)
+        write_run_info(out, cfg, command, device)
     meta = checkpoint_meta(cfg, data, len(labelled))
     log.info(
         "finetune %s: %d labelled, %d unlabelled, %d val images; %d steps/epoch; precision %s",
@@ -354,6 +383,7 @@ def _finetune(
         precision.name,
     )
 
+    clock = RunClock(start_epoch, fc.epochs)
     for epoch in range(start_epoch, fc.epochs):
         gen = epoch_generator(device, cfg.seed, epoch, stream=1, rank=rank())
         first = epoch * steps_per_epoch
@@ -414,7 +444,7 @@ def _finetune(
         if history is not None:
             history.add(row)
             log.info(
-                "finetune epoch %d/%d loss %.4f (sup %.4f, cons %.5f, w %.2f)%s",
+                "finetune epoch %d/%d loss %.4f (sup %.4f, cons %.5f, w %.2f)%s; %s",
                 epoch + 1,
                 fc.epochs,
                 avg[0],
@@ -422,6 +452,7 @@ def _finetune(
                 avg[2],
                 w,
                 f" val mean AUC {row['val_mean_auc']:.4f}" if row.get("val_mean_auc") else "",
+                clock.left(epoch + 1),
             )
             state = training_state(
                 "finetune",
@@ -438,7 +469,7 @@ def _finetune(
                 or (last and not select_on_val)
                 or (last and not best_path.exists())
             ):
-                save_checkpoint(state, best_path)
+                save_checkpoint(model_state(state), best_path)
             save_checkpoint(state, last_path)
         barrier()
     return best_path

@@ -32,6 +32,7 @@ Several processes (``torchrun``, see :mod:`s2mts2.engine.distributed`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -71,9 +72,9 @@ from s2mts2.engine.distributed import (
     wrap_ddp,
 )
 from s2mts2.engine.graphs import GraphedInference, graphed_training_forward, uses_cuda_graphs
-from s2mts2.engine.history import History
+from s2mts2.engine.history import History, RunClock, check_tensorboard
 from s2mts2.engine.inference import forward_rows
-from s2mts2.engine.runinfo import write_run_info
+from s2mts2.engine.runinfo import train_log, write_run_info
 from s2mts2.engine.runtime import (
     Precision,
     check_compile,
@@ -346,7 +347,11 @@ def pretrain(
     """
     if not resume:
         check_new_run(Path(out_dir))
-    with distributed_session(cfg.device) as device:
+    with (
+        distributed_session(cfg.device) as device,
+        # the rank, known once the session has started
+        train_log(Path(out_dir), command) if is_main() else contextlib.nullcontext(),
+    ):
         return _pretrain(cfg, Path(out_dir), device, resume, progress, command)
 
 
@@ -372,8 +377,9 @@ def _pretrain(
     bn_groups = resolve_bn_groups(pc, batch, world)
 
     net = pretrain_network(cfg.model, table.channels)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, hint=not resume and is_main())
     check_compile(cfg.compile)
+    check_tensorboard(cfg.tensorboard)
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
     teacher = EmaTeacher(net, decay=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
@@ -427,9 +433,9 @@ def _pretrain(
         bn_groups=bn_groups,
         exclude_own_keys=pc.exclude_own_keys,
     )
-    history = History(out, rows) if is_main() else None
+    history = History(out, rows, cfg.tensorboard) if is_main() else None
     if is_main():
-        write_run_info(out, cfg, command)
+        write_run_info(out, cfg, command, device)
     if start_epoch == 0:
         random_score = monitor(teacher.module.backbone)
         log.info("kNN mean AUC of the randomly initialised network: %s", _fmt(random_score))
@@ -439,6 +445,7 @@ def _pretrain(
     if step_fn.cuda_graphs:  # before the loader's thread starts pinning host memory
         step_fn.capture(torch.Size((1 + pc.views, batch, table.channels, *[cfg.data.size] * 2)))
         log.info("stage 1 replays CUDA graphs (cuda_graphs: false launches kernels one by one)")
+    clock = RunClock(start_epoch, pc.epochs)
     for epoch in range(start_epoch, pc.epochs):
         lam = lambda_at(pc, epoch)
         gen = epoch_generator(device, cfg.seed, epoch, rank=rank())
@@ -476,13 +483,14 @@ def _pretrain(
         if history is not None:
             history.add(row)
             log.info(
-                "pretrain epoch %d/%d loss %.4f λ %.2f %.0f img/s%s",
+                "pretrain epoch %d/%d loss %.4f λ %.2f %.0f img/s%s; %s",
                 epoch + 1,
                 pc.epochs,
                 row["loss"],
                 lam,
                 row["img_s"],
                 f" kNN mean AUC {_fmt(row['knn_mean_auc'])}" if "knn_mean_auc" in row else "",
+                clock.left(epoch + 1),
             )
             state = training_state(
                 "pretrain",

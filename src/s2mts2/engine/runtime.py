@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
+import platform
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,11 +85,31 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
+def describe_device(device: torch.device) -> str:
+    """The device and its hardware: ``cpu (AMD EPYC 7B13)``, ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "cpu":
+        return f"cpu ({_cpu_name()})"
+    return str(device)
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what the platform says."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def resolve_precision(name: str, device: torch.device, hint: bool = False) -> Precision:
     """``precision`` config value -> :class:`Precision` for ``device``.
 
     ``auto``: on CUDA bf16 where the GPU computes it natively (Ampere and newer), else fp16 with
-    loss scaling (V100, T4); fp32 on a CPU (a CPU with native bf16 gets a hint to opt in).
+    loss scaling (V100, T4); fp32 on a CPU (with ``hint``, a CPU with native bf16 gets a hint to
+    opt in, at most once per process: the training stages ask for it when a run starts).
     Explicit ``bf16`` on a GPU without native bf16 is an error; ``fp16`` on a CPU works but is
     slow (a warning says so).
     """
@@ -95,11 +117,8 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         raise ConfigError(f"precision: {name!r} is not one of {list(PRECISIONS)}")
     if name == "auto":
         if device.type != "cuda":
-            if device.type == "cpu" and _cpu_bf16():
-                log.info(
-                    "this CPU computes bf16 natively: --set precision=bf16 may train faster "
-                    "(1.6x at 64 px, 2.3x at 224 px on a Xeon with AMX; benchmarks/README.md)"
-                )
+            if hint and device.type == "cpu" and _cpu_bf16():
+                _hint_cpu_bf16()
             return Precision(device.type)
         name = "bf16" if _cuda_bf16(device) else "fp16"
     elif name == "bf16" and device.type == "cuda" and not _cuda_bf16(device):
@@ -111,6 +130,14 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     elif name == "fp16" and device.type == "cpu":
         log.warning("precision fp16 on a CPU is slow; use bf16 (fast on CPUs with AMX) or fp32")
     return Precision(device.type, _DTYPES[name])
+
+
+@functools.cache
+def _hint_cpu_bf16() -> None:
+    log.info(
+        "this CPU computes bf16 natively: --set precision=bf16 may train faster "
+        "(1.6x at 64 px, 2.3x at 224 px on a Xeon with AMX; benchmarks/README.md)"
+    )
 
 
 def _cpu_bf16() -> bool:

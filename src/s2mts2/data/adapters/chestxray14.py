@@ -15,7 +15,7 @@ from s2mts2.data.adapters.common import (
     report_missing,
     require_images,
 )
-from s2mts2.data.splits import grouped_split
+from s2mts2.data.splits import grouped_split, grouped_split_name
 from s2mts2.data.table import DatasetTable
 from s2mts2.errors import ConfigError, DataError
 
@@ -134,9 +134,12 @@ def load_chestxray14(
                 f"{lists['train_val'].name} nor {lists['test'].name}"
             )
     groups = np.asarray([patients[i] for i in rows])
+    source = "official: train_val_list.txt / test_list.txt"
     if split == "grouped":
         assigned = grouped_split(groups, labels, (0.7, 0.1, 0.2), seed=seed)
+        source = f"grouped: {grouped_split_name('patient', seed)}"
     elif val_fraction > 0:
+        source += f", val: {val_fraction:g} of the train_val patients (seed {seed})"
         train = np.flatnonzero(assigned == "train")
         held = grouped_split(
             groups[train], labels[train], (1 - val_fraction, val_fraction, 0.0), seed=seed
@@ -153,4 +156,5 @@ def load_chestxray14(
         channels=1,
         eval_classes=list(FINDINGS),
         missing=int(keep.sum() - len(rows)),
+        split_source=source,
     )

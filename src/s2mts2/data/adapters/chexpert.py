@@ -144,4 +144,5 @@ def load_chexpert(
         split=np.asarray(split),
         channels=1,
         missing=len(missing),
+        split_source="official: train.csv -> train, valid.csv -> val",
     )

@@ -19,7 +19,7 @@ from s2mts2.data.adapters.common import (
     report_missing,
     require_images,
 )
-from s2mts2.data.splits import grouped_split
+from s2mts2.data.splits import grouped_split, grouped_split_name
 from s2mts2.data.table import SPLITS, DatasetTable
 from s2mts2.errors import ConfigError, DataError
 
@@ -211,8 +211,10 @@ def load_csv(
             )
         if group_column is not None:
             _warn_groups_across_splits(table, group_column, groups, split)
+        source = f"the CSV's {split_column} column"
     else:
         split = grouped_split(groups, labels, seed=seed)
+        source = grouped_split_name(group_column or "image", seed)
     return DatasetTable(
         name="csv",
         paths=[full[i] for i in rows],
@@ -223,6 +225,7 @@ def load_csv(
         split=split,
         channels=channels,
         missing=len(full) - len(rows),
+        split_source=source,
     )
 
 

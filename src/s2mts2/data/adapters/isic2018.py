@@ -16,7 +16,7 @@ from s2mts2.data.adapters.common import (
     report_missing,
     require_images,
 )
-from s2mts2.data.splits import grouped_split
+from s2mts2.data.splits import grouped_split, grouped_split_name
 from s2mts2.data.table import DatasetTable
 from s2mts2.errors import DataError
 
@@ -159,8 +159,10 @@ def load_isic2018(root: str | Path, *, split: str = "auto", seed: int = 0) -> Da
     groups = np.asarray([lesion[k] for k in found])
     if split_dir is not None:
         split_col = np.asarray([split_of[k] for k in found])
+        source = f"srcmt: SRC-MT's {', '.join(SPLIT_FILES.values())} in {split_dir}"
     else:
         split_col = grouped_split(groups, onehot, seed=seed)
+        source = f"lesion: {grouped_split_name('lesion', seed)}"
     return DatasetTable(
         name="isic2018",
         paths=[files[k] for k in found],
@@ -171,4 +173,5 @@ def load_isic2018(root: str | Path, *, split: str = "auto", seed: int = 0) -> Da
         split=split_col,
         channels=3,
         missing=len(images) - len(found),
+        split_source=source,
     )

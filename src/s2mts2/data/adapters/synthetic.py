@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from s2mts2.data.adapters.common import check_choice
-from s2mts2.data.splits import grouped_split
+from s2mts2.data.splits import grouped_split, grouped_split_name
 from s2mts2.data.table import DatasetTable
 from s2mts2.errors import ConfigError
 from s2mts2.files import write_text_atomic
@@ -265,5 +265,6 @@ def make_synthetic(
         task=task,
         groups=groups,
         split=grouped_split(groups, labels, seed=seed),
+        split_source=grouped_split_name("patient", seed),
         channels=1,
     )
