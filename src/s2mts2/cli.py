@@ -124,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="labelled fraction: --set data.labelled=X data.labelled_count=0",
             )
 
-    p = command("evaluate", help="metrics, report and ROC plot of a checkpoint")
+    p = command(
+        "evaluate",
+        help="metrics, per-image predictions, report, ROC (and confusion-matrix) plots of a "
+        "checkpoint",
+    )
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--model", default="teacher", choices=("teacher", "student"))

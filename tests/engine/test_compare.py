@@ -68,6 +68,7 @@ def test_paired_differences_to_the_first_run_on_the_same_images(tmp_path, data):
     assert got["mean_auc_a"] == pytest.approx(saved["mean_auc"])  # the CSV holds what was scored
     assert result["not_paired"] == {"other": "another split or other classes"}
     md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert md.splitlines()[2].startswith("| run | mean_auc | mean_auc_ci95 |")
     assert f"| good | {saved['mean_auc']:.4f} |" in md
     assert "| good - ref | " in md and "- other: not paired: another split" in md
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["paired"] == {

@@ -221,13 +221,16 @@ def test_predict_writes_labelled_overlays_of_the_input_size(
             with Image.open(cam) as img:  # the image, under a band holding its label
                 assert img.size[0] == width and height < img.size[1] < height * 1.2
                 assert img.mode == "RGB"
-    # each label: the class, its probability (as in the results) and the layer
-    labels = [args[3] for args, _ in saved]
-    assert labels == [
-        f"{c}  p = {row['probabilities'][c]:.3f}  (layer3)"
+    # each label: the class, its probability (as in the results), the layer, and whether the
+    # map is empty (zero everywhere: no positive evidence, a flat overlay)
+    expected = [
+        f"{c}  p = {row['probabilities'][c]:.3f}  (layer3"
         for row in doc["predictions"]
         for c in ("nodule", "normal")
     ]
+    for (args, _), start in zip(saved, expected, strict=True):
+        empty = "" if args[2].max() > 0 else ", no positive evidence"
+        assert args[3] == f"{start}{empty})"
     # the top class by default; probabilities are the same as without Grad-CAM
     top = run_predict(grey_ckpt, images[:1], out=tmp_path / "t.json", cam_dir=cams, progress=False)
     for pred, row in zip(top.predictions, doc["predictions"]):

@@ -194,7 +194,7 @@ def compare_runs(
         ci_key="mean_auc_ci95",
     )
     written = ["comparison.md", "comparison.json", "comparison.png"]
-    lines = ["# Comparison", "", comparison_table(table, keys)]
+    lines = ["# Comparison", "", comparison_table(table, keys, first="run")]
     lines += [
         f"- {r.name}: {r.metrics.get('split', '?')} split, {r.metrics.get('n_images', '?')} "
         f"images, {r.folder}"

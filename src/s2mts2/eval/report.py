@@ -144,11 +144,13 @@ def _threshold_table(thresholds: Mapping[str, Any], classes: Sequence[str]) -> s
 def comparison_table(
     results: Mapping[str, Mapping[str, Any]],
     keys: Sequence[str] = ("mean_auc", "mean_auc_ci95"),
+    first: str = "method",
 ) -> str:
     """Markdown table with one row per method and one column per key, e.g. supervised /
-    mean-teacher / s2mts2 side by side. A value is a number, a [lo, hi] interval (keys ending in
-    "_ci95"), a (mean, sd) pair (repeated runs) or missing / None ("n/a")."""
-    lines = [_row(["method", *keys]), _row(["---"] * (len(keys) + 1))]
+    mean-teacher / s2mts2 side by side (``first`` heads the column of their names). A value is a
+    number, a [lo, hi] interval (keys ending in "_ci95"), a (mean, sd) pair (repeated runs) or
+    missing / None ("n/a")."""
+    lines = [_row([first, *keys]), _row(["---"] * (len(keys) + 1))]
     for method, values in results.items():
         lines.append(_row([method, *(_fmt_cell(key, values.get(key)) for key in keys)]))
     return "\n".join(lines) + "\n"
@@ -317,7 +319,7 @@ def plot_paired_differences(
     """PNG of paired differences ``{"a - b": {"difference", "difference_ci95"}}``: a point and
     its 95 % CI per comparison around a line at 0 (no difference). Returns the path."""
     names = list(paired)
-    fig = Figure(figsize=(6.5, 1.2 + 0.5 * max(1, len(names))))
+    fig = Figure(figsize=(6.5, 1.6 + 0.5 * max(1, len(names))))
     ax = fig.add_subplot()
     ax.axvline(0.0, color="grey", linestyle="--", linewidth=0.8)
     for y, name in enumerate(names):

@@ -374,8 +374,10 @@ class _CamWriter:
             stem = self._stem(path)
             for c, cam_map in zip(targets.tolist(), maps):
                 out = self.request.out_dir / f"{stem}_{_UNSAFE_NAME.sub('_', classes[c])}.png"
-                label = f"{classes[c]}  p = {float(p[c]):.3f}  ({self.layer.name})"
-                save_overlay(out, pixels, cam_map.cpu().numpy(), label)
+                cam = cam_map.cpu().numpy()
+                empty = "" if cam.max() > 0 else ", no positive evidence"  # a flat overlay
+                label = f"{classes[c]}  p = {float(p[c]):.3f}  ({self.layer.name}{empty})"
+                save_overlay(out, pixels, cam, label)
                 row.cams.append(str(out))
         return probs
 
