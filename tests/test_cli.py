@@ -129,11 +129,14 @@ def test_predict_flags_and_exit_code(record, all_failed, code):
         "cam_dir": Path("cams"),
         "cam_classes": None,
         "top_k": 2,
+        "cam_layer": None,
         "batch_size": 8,
         "device": "cpu",
         "progress": False,
     }
     assert by_name["cam_classes"] == ["Effusion", "Mass"]
+    assert main([*argv, "--cam-layer", "layer2"]) == code
+    assert calls[-1][1]["cam_layer"] == "layer2"
 
 
 def test_errors_and_interruptions_have_their_exit_codes(monkeypatch, tmp_path, capsys):

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 DATASETS = ("chestxray14", "chexpert", "isic2018", "csv", "synthetic")
 DEBUG_HELP = "show the Python traceback of an error (default: one line)"
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto: the first GPU, else the CPU)"
+CAM_LAYER_HELP = (
+    "Grad-CAM layer: auto (default: the deepest whose map is at least 7x7 at the model's input "
+    "size), or layer1..layer4 (ResNet), denseblock1..denseblock3 / norm5 (DenseNet)"
+)
 # exit codes (README.md, "Exit codes and errors")
 EXIT_FAILED = 1  # the system could not do it (file system, memory), or predict read no input
 EXIT_BAD_INPUT = 2  # the command line, config or input data is wrong
@@ -226,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "= --set finetune.pretrained=RUN (default: the config's finetune.pretrained)",
             )
 
-    p = command("evaluate", help="metrics, report and ROC plot of a checkpoint")
+    p = command(
+        "evaluate",
+        help="metrics, per-image predictions, report, ROC (and confusion-matrix) plots of a "
+        "checkpoint",
+    )
     p.add_argument("checkpoint", type=Path, help="stage-2 checkpoint (best.pt or last.pt)")
     p.add_argument(
         "--split", default="test", choices=("train", "val", "test"), help="split to score"
@@ -247,6 +255,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap", type=_at_least(0), default=1000, help="bootstrap replicates for the CI"
     )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+    p = command(
+        "compare",
+        help="table and plots of several runs; paired differences where they share the images",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_OR_EVAL",
+        help="run folders (their best.pt), checkpoints, evaluation folders or metrics.json "
+        "files; the first is the reference of the paired differences",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for the table and plots")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="one name per run (default: folder)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="split to evaluate runs and checkpoints on when they have no evaluation yet "
+        "(default test)",
+    )
+    p.add_argument(
+        "--model", default="teacher", choices=("teacher", "student"), help="(default teacher)"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=_at_least(1),
+        default=1000,
+        help="bootstrap replicates of the paired CIs (default 1000)",
+    )
+    p.add_argument("--device", default="auto", help="for evaluations it runs (default auto)")
 
     p = command(
         "predict",
@@ -279,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="Grad-CAM for the K most probable classes",
     )
+    p.add_argument("--cam-layer", metavar="LAYER", help=CAM_LAYER_HELP)
     p.add_argument("--batch-size", type=_at_least(1), default=32, help="images per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -306,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--max-file-mb", type=float, default=50.0, help="largest upload in MB")
     p.add_argument("--max-files", type=int, default=64, help="uploads held in memory")
+    p.add_argument("--cam-layer", metavar="LAYER", help=CAM_LAYER_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = command("export", help="ONNX model + safetensors weights + JSON model card")
@@ -370,7 +412,7 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, bool]]:
         return [(args.onnx, False)]
     if args.command == "bench":
         return [(args.json, False)]
-    if args.command in ("prepare", "pretrain", "finetune", "demo"):
+    if args.command in ("prepare", "pretrain", "finetune", "demo", "compare"):
         return [(args.out, True)]
     return []
 
@@ -460,6 +502,20 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         print(metrics["report_markdown"])
         return 0
+    if args.command == "compare":
+        from s2mts2.engine.compare import compare_runs
+
+        result = compare_runs(
+            args.runs,
+            args.out,
+            names=args.names,
+            split=args.split,
+            model=args.model,
+            n_boot=args.bootstrap,
+            device=args.device,
+        )
+        print(result["report_markdown"])
+        return 0
     if args.command == "predict":
         from s2mts2.infer.predict import run_predict
 
@@ -470,6 +526,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             cam_dir=args.cam,
             cam_classes=args.classes,
             top_k=args.top_k,
+            cam_layer=args.cam_layer,
             batch_size=args.batch_size,
             device=args.device,
             progress=not args.no_progress,
@@ -488,6 +545,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             device=args.device,
             max_file_mb=args.max_file_mb,
             max_files=args.max_files,
+            cam_layer=args.cam_layer,
             progress=not args.no_progress,
         )
         return 0

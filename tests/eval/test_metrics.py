@@ -13,6 +13,7 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from s2mts2.errors import ConfigError, DataError
@@ -25,7 +26,13 @@ from s2mts2.eval.metrics import (
     multiclass_metrics,
     per_class_auc,
     src_mt_metrics,
+    threshold_evaluation,
+    thresholded_metrics,
+    uses_src_mt_classes,
+    youden_threshold,
+    youden_thresholds,
 )
+from s2mts2.eval.metrics import confusion_matrix as our_confusion_matrix
 
 CLASSES7 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
@@ -183,12 +190,23 @@ def test_src_mt_metrics_are_sklearn_one_vs_rest_at_the_threshold(threshold):
     assert m["accuracy"] != pytest.approx(multiclass_metrics(probs, onehot)["accuracy"])
 
 
-def test_src_mt_metrics_reported_by_evaluate_and_checked():
+def test_src_mt_metrics_reported_by_evaluate_for_the_isic2018_classes_only():
+    probs, onehot = multiclass_data(80, 7, seed=5)
+    shuffled = CLASSES7[::-1]  # the same classes in another order
+    for classes in (CLASSES7, shuffled):
+        result = evaluate_predictions(probs, onehot, classes=classes, task="multiclass", n_boot=0)
+        direct = src_mt_metrics(probs, onehot)
+        assert result["src_mt"] == {k: v for k, v in direct.items() if not k.startswith("per_")}
+    assert uses_src_mt_classes(shuffled) and not uses_src_mt_classes(CLASSES7[:6])
+    other = [*CLASSES7[:6], "SCC"]
+    assert "src_mt" not in evaluate_predictions(
+        probs, onehot, classes=other, task="multiclass", n_boot=0
+    )
     probs, onehot = multiclass_data(60, 3, seed=5)
-    result = evaluate_predictions(probs, onehot, classes=list("abc"), task="multiclass", n_boot=0)
-    direct = src_mt_metrics(probs, onehot)
-    assert result["src_mt"] == {k: v for k, v in direct.items() if not k.startswith("per_")}
-    assert "src_mt" not in evaluate_predictions(probs, onehot, classes=list("abc"), n_boot=0)
+    for task in ("multiclass", "multilabel"):
+        assert "src_mt" not in evaluate_predictions(
+            probs, onehot, classes=list("abc"), task=task, n_boot=0
+        )
     with pytest.raises(ConfigError, match="threshold"):
         src_mt_metrics(probs, onehot, threshold=1.0)
     at = np.array([[0.18, 0.5, 0.32], [0.1, 0.72, 0.18]])  # p = threshold counts as predicted
@@ -196,6 +214,124 @@ def test_src_mt_metrics_reported_by_evaluate_and_checked():
     assert m["per_class_sensitivity"][0] == 1.0 and m["per_class_precision"][2] == 0.0
     with pytest.raises(DataError, match="src_mt_metrics: labels must be one-hot"):
         src_mt_metrics(probs, onehot * 2)
+
+
+def test_confusion_matrix_equals_sklearns_and_is_reported():
+    probs, onehot = multiclass_data(300, 5, seed=6, signal=1.0)
+    truth, pred = onehot.argmax(axis=1), probs.argmax(axis=1)
+    expected = confusion_matrix(truth, pred, labels=range(5))
+    np.testing.assert_array_equal(our_confusion_matrix(truth, pred, 5), expected)
+    assert multiclass_metrics(probs, onehot)["confusion_matrix"] == expected.tolist()
+    result = evaluate_predictions(probs, onehot, classes=list("abcde"), task="multiclass", n_boot=0)
+    assert result["confusion_matrix"] == expected.tolist()
+    assert "confusion_matrix" not in evaluate_predictions(
+        probs, onehot, classes=list("abcde"), n_boot=0
+    )
+    # a class never predicted and one never present keep their rows and columns
+    small = our_confusion_matrix([0, 0, 2], [2, 0, 2], 4)
+    assert small.tolist() == [[1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    with pytest.raises(DataError, match="0..3"):
+        our_confusion_matrix([0, 4], [0, 1], 4)
+
+
+# --- per-class thresholds ------------------------------------------------------------------------
+
+
+def brute_force_youden(scores, targets):
+    """(best J, the highest threshold reaching it) over sklearn's ROC points, every threshold
+    kept (drop_intermediate=False); the first point (threshold inf, nothing predicted) left out."""
+    fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=False)
+    j = tpr[1:] - fpr[1:]
+    best = int(np.argmax(j))  # thresholds decrease: the first maximum is the highest threshold
+    return j[best], thresholds[1:][best]
+
+
+def j_at(scores, targets, threshold):
+    pred = scores >= threshold
+    return recall_score(targets, pred) - (1 - recall_score(1 - targets, ~pred))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rounded", [False, True])
+def test_youden_threshold_is_the_brute_force_optimum_of_sklearns_roc_curve(seed, rounded):
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 2, 200)
+    scores = rng.normal(size=200) + 0.8 * targets
+    if rounded:  # many tied scores
+        scores = np.round(scores, 1)
+    best_j, best_threshold = brute_force_youden(scores, targets)
+    got = youden_threshold(scores, targets)
+    assert got == best_threshold
+    assert j_at(scores, targets, got) == pytest.approx(best_j)
+
+
+def test_youden_thresholds_per_class_with_unknown_labels():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, (150, 3)).astype(float)
+    labels[:40, 0] = np.nan
+    labels[:, 2] = 0.0  # no positives: no threshold
+    probs = rng.random((150, 3)) * 0.6 + 0.4 * np.nan_to_num(labels)
+    got = youden_thresholds(probs, labels)
+    known = ~np.isnan(labels[:, 0])
+    assert got[0] == brute_force_youden(probs[known, 0], labels[known, 0])[1]
+    assert got[1] == brute_force_youden(probs[:, 1], labels[:, 1])[1]
+    assert got[2] is None
+    assert youden_threshold([0.2, 0.9], [1, 1]) is None
+    # J = 1 at 0.6 and at 0.7 (both separate the classes): the higher one is chosen
+    assert youden_threshold([0.1, 0.3, 0.6, 0.7], [0, 0, 1, 1]) == 0.6
+    with pytest.raises(DataError, match="youden_threshold"):
+        youden_threshold([0.1, 0.2], [0, 2])
+
+
+def test_thresholded_metrics_are_sklearns_per_class_on_the_known_labels():
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 2, (120, 3)).astype(float)
+    labels[::7, 1] = np.nan
+    probs = rng.random((120, 3)) * 0.5 + 0.5 * np.nan_to_num(labels)
+    thresholds = [0.4, 0.55, 0.7]
+    m = thresholded_metrics(probs, labels, thresholds)
+    zero = {"zero_division": 0}
+    for c, t in enumerate(thresholds):
+        known = ~np.isnan(labels[:, c])
+        y, pred = labels[known, c], probs[known, c] >= t
+        assert m["per_class_sensitivity"][c] == pytest.approx(recall_score(y, pred))
+        assert m["per_class_specificity"][c] == pytest.approx(recall_score(1 - y, ~pred))
+        assert m["per_class_precision"][c] == pytest.approx(precision_score(y, pred, **zero))
+        assert m["per_class_f1"][c] == pytest.approx(f1_score(y, pred))
+        assert m["per_class_accuracy"][c] == pytest.approx(accuracy_score(y, pred))
+    assert m["f1"] == pytest.approx(np.mean(m["per_class_f1"]))
+    with pytest.raises(DataError, match="3 finite thresholds"):
+        thresholded_metrics(probs, labels, [0.5, 0.5])
+
+
+def test_threshold_evaluation_chooses_on_the_reference_and_scores_the_evaluated_set():
+    rng = np.random.default_rng(9)
+    ref_labels = rng.integers(0, 2, (200, 3)).astype(float)
+    ref_labels[:, 2] = 1.0  # the reference cannot place class c: no threshold, no metrics
+    ref_probs = rng.random((200, 3)) * 0.5 + 0.4 * ref_labels
+    labels = rng.integers(0, 2, (100, 3)).astype(float)
+    probs = rng.random((100, 3)) * 0.5 + 0.4 * labels
+    got = threshold_evaluation(ref_probs, ref_labels, probs, labels, ["a", "b", "c"])
+    assert got["method"] == "youden"
+    for c, name in enumerate(["a", "b"]):
+        t = brute_force_youden(ref_probs[:, c], ref_labels[:, c])[1]
+        entry = got["per_class"][name]
+        assert entry["threshold"] == t
+        pred = probs[:, c] >= t
+        assert entry["sensitivity"] == pytest.approx(recall_score(labels[:, c], pred))
+        assert entry["specificity"] == pytest.approx(recall_score(1 - labels[:, c], ~pred))
+        assert entry["f1"] == pytest.approx(f1_score(labels[:, c], pred))
+    assert got["per_class"]["c"] == dict.fromkeys(
+        ("threshold", "sensitivity", "specificity", "precision", "f1")
+    )
+    assert got["f1"] == pytest.approx(np.mean([got["per_class"][n]["f1"] for n in ("a", "b")]))
+    # chosen on the evaluated set itself, the thresholds are its own optimum: J is at least that
+    # of the reference's thresholds for every class
+    own = threshold_evaluation(probs, labels, probs, labels, ["a", "b", "c"])
+    for name in ("a", "b"):
+        j_own = own["per_class"][name]["sensitivity"] + own["per_class"][name]["specificity"]
+        j_ref = got["per_class"][name]["sensitivity"] + got["per_class"][name]["specificity"]
+        assert j_own >= j_ref - 1e-12
 
 
 def test_multiclass_rejects_non_onehot():

@@ -6,15 +6,21 @@ from matplotlib.axes import Axes
 from PIL import Image
 from spies import spy
 
-from s2mts2.errors import ConfigError
+from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval import report as report_module
-from s2mts2.eval.metrics import evaluate_predictions
+from s2mts2.eval.metrics import evaluate_predictions, threshold_evaluation
 from s2mts2.eval.report import (
     comparison_table,
+    confusion_figure,
     markdown_table,
+    paired_difference_table,
     plot_comparison_bars,
+    plot_confusion_matrix,
+    plot_paired_differences,
     plot_roc,
 )
+
+ISIC = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
 
 @pytest.fixture
@@ -60,11 +66,44 @@ def test_markdown_table_multiclass_columns_and_summary():
     for title in ("Accuracy", "Balanced accuracy", "Macro F1"):
         assert f"- {title}: " in text
     assert f"{metrics['balanced_accuracy']:.4f}" in text
+    assert "SRC-MT" not in text  # its p >= 0.18 rule was made for the ISIC2018 classes only
+    assert "not included in the mean AUC" not in text  # every class is in the mean
+    # the confusion matrix: a row per true class holding its counts
+    lines = text.splitlines()
+    start = lines.index("| true \\ predicted | a | b | c |")
+    for i, name in enumerate("abc"):
+        cells = [c.strip() for c in lines[start + 2 + i].strip("|").split("|")]
+        assert cells == [name, *map(str, metrics["confusion_matrix"][i])]
+
+
+def test_markdown_table_reports_src_mt_for_the_isic2018_classes():
+    rng = np.random.default_rng(2)
+    truth = np.concatenate([np.arange(7), rng.integers(0, 7, 93)])
+    onehot = np.eye(7)[truth]
+    probs = rng.dirichlet(np.ones(7), 100) * 0.5 + 0.5 * onehot
+    metrics = evaluate_predictions(probs, onehot, classes=ISIC, task="multiclass", n_boot=0)
+    text = markdown_table(metrics)
     srcmt = next(line for line in text.splitlines() if line.startswith("- SRC-MT's evaluation"))
     assert "p ≥ 0.18" in srcmt and f"accuracy {metrics['src_mt']['accuracy']:.4f}" in srcmt
     src = metrics["src_mt"]
     assert f"sensitivity {src['sensitivity']:.4f}, specificity {src['specificity']:.4f}" in srcmt
-    assert "not included in the mean AUC" not in text  # every class is in the mean
+
+
+def test_markdown_table_lists_the_thresholds_and_where_they_were_chosen(multilabel):
+    probs, labels, classes = multilabel
+    metrics = evaluate_predictions(probs, labels, classes=classes, n_boot=0)
+    metrics["thresholds"] = {
+        **threshold_evaluation(probs[:30], labels[:30], probs[30:], labels[30:], classes),
+        "note": "chosen on the val split (30 images), applied to test.",
+    }
+    text = markdown_table(metrics, classes)
+    assert "Per-class thresholds (Youden's J): chosen on the val split (30 images)" in text
+    effusion = metrics["thresholds"]["per_class"]["Effusion"]
+    row = next(line for line in text.splitlines() if line.startswith("| Effusion | 0."))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    keys = ("threshold", "sensitivity", "specificity", "precision", "f1")
+    assert cells[1:] == [f"{effusion[k]:.4f}" for k in keys]
+    assert "| Hernia | n/a | n/a | n/a | n/a | n/a |" in text  # no positives: no threshold
 
 
 def test_multiclass_cells_and_summary_lines_hold_their_own_values():
@@ -146,5 +185,74 @@ def test_error_bars_only_where_a_spread_was_measured(tmp_path, monkeypatch):
     plot_comparison_bars({"a": {"m": (0.7, 0.02)}, "b": {"m": 0.73}}, "m", tmp_path / "one.png")
     plot_comparison_bars({"a": {"m": 0.7}, "b": {"m": None}}, "m", tmp_path / "none.png")
     spread, none = (kwargs["yerr"] for _, kwargs in bars)
-    assert spread[0] == 0.02 and np.isnan(spread[1])
+    np.testing.assert_allclose(spread[:, 0], [0.02, 0.02])  # below, above
+    assert np.isnan(spread[:, 1]).all()
     assert none is None
+
+
+def test_bars_rise_from_a_baseline_so_small_gaps_look_small(tmp_path, monkeypatch):
+    """AUC bars start at 0.5 and the axis ends at 1: 0.898 against 0.902 are bars of 0.398 and
+    0.402 on an axis of about half a unit, not a gap filling the plot."""
+    bars = spy(monkeypatch, Axes, "bar")
+    limits = spy(monkeypatch, Axes, "set_ylim")
+    results = {"a": {"mean_auc": 0.898}, "b": {"mean_auc": 0.902}}
+    plot_comparison_bars(results, "mean_auc", tmp_path / "auc.png")
+    ((args, kwargs),) = bars
+    np.testing.assert_allclose(args[2], [0.398, 0.402])  # (axes, x, heights)
+    assert kwargs["bottom"] == 0.5
+    ((_, low, high), _) = limits[-1]
+    assert low == 0.5 and high >= 1.0
+    # other metrics rise from 0; an explicit baseline wins
+    plot_comparison_bars({"a": {"f1": 0.4}}, "f1", tmp_path / "f1.png")
+    plot_comparison_bars({"a": {"f1": 0.4}}, "f1", tmp_path / "f1b.png", baseline=0.2)
+    assert [kw["bottom"] for _, kw in bars[1:]] == [0.0, 0.2]
+    # an AUC below chance goes below the baseline: the axis follows it
+    plot_comparison_bars({"a": {"mean_auc": 0.42}}, "mean_auc", tmp_path / "low.png")
+    assert limits[-1][0][1] == 0.42
+
+
+def test_confidence_intervals_give_asymmetric_error_bars(tmp_path, monkeypatch):
+    bars = spy(monkeypatch, Axes, "bar")
+    calls = spy(monkeypatch, Axes, "annotate")
+    results = {
+        "a": {"mean_auc": 0.80, "mean_auc_ci95": [0.75, 0.83]},
+        "b": {"mean_auc": 0.85, "mean_auc_ci95": None},
+    }
+    plot_comparison_bars(results, "mean_auc", tmp_path / "ci.png", ci_key="mean_auc_ci95")
+    ((_, kwargs),) = bars
+    np.testing.assert_allclose(kwargs["yerr"][:, 0], [0.05, 0.03])
+    assert np.isnan(kwargs["yerr"][:, 1]).all()
+    assert [args[1] for args, _ in calls] == ["0.800", "0.850"]
+    assert calls[0][0][2][1] == pytest.approx(0.83)  # the label sits above the interval
+
+
+def test_paired_differences_plot_and_table(tmp_path, monkeypatch):
+    paired = {
+        "b - a": {"difference": 0.012, "difference_ci95": [-0.004, 0.03]},
+        "c - a": {"difference": None, "difference_ci95": [None, None]},
+    }
+    bars = spy(monkeypatch, Axes, "errorbar")
+    path = plot_paired_differences(paired, tmp_path / "d.png", title="to a")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+    ((args, kwargs),) = bars  # the undefined difference is written as n/a, not drawn
+    assert args[1:] == (0.012, 0)
+    np.testing.assert_allclose(np.ravel(kwargs["xerr"]), [0.016, 0.018])
+    lines = paired_difference_table(paired).splitlines()
+    assert lines[2] == "| b - a | +0.0120 | -0.0040 .. +0.0300 |"
+    assert lines[3] == "| c - a | n/a | n/a |"
+
+
+def test_confusion_figure_writes_counts_and_row_fractions(tmp_path):
+    counts = np.array([[5, 1, 0], [2, 2, 0], [0, 0, 0]])  # the last class never occurs
+    fig = confusion_figure(counts, ["a", "b", "c"], title="t")
+    left, right = fig.axes[:2]
+    assert [t.get_text() for t in left.texts] == [str(v) for v in counts.ravel()]
+    fractions = ["0.83", "0.17", "0.00", "0.50", "0.50", "0.00", "0.00", "0.00", "0.00"]
+    assert [t.get_text() for t in right.texts] == fractions
+    assert [t.get_text() for t in left.get_yticklabels()] == ["a", "b", "c"]
+    path = plot_confusion_matrix(counts, ["a", "b", "c"], tmp_path / "cm.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]
+    with pytest.raises(DataError, match="for 2 classes"):
+        confusion_figure(counts, ["a", "b"])

@@ -97,6 +97,7 @@ def test_pretrain_on_a_full_disk_names_the_checkpoint(small_disk, tiny_data, run
         ["pretrain", "--config", "tiny", "--out", "{disk}/run"],
         ["finetune", "--config", "tiny", "--out", "{disk}/run"],
         ["evaluate", "{ckpt}", "--out", "{disk}/eval"],
+        ["compare", "{ckpt}", "{ckpt}", "--out", "{disk}/compare"],
         ["export", "{ckpt}", "--onnx", "{disk}/export/model.onnx"],
         ["demo", "--out", "{disk}/demo"],
     ],

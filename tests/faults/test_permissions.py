@@ -49,6 +49,7 @@ def folders() -> Iterator[Folders]:
         ["pretrain", "--config", "tiny", "--out", "{locked}/run"],
         ["finetune", "--config", "tiny", "--out", "{locked}/run"],
         ["evaluate", "{ckpt}"],  # eval-test/ next to the checkpoint
+        ["compare", "{ckpt}", "{ckpt}", "--out", "{locked}/compare"],
         ["predict", "{ckpt}", "{ckpt}", "--out", "{locked}/pred.csv"],
         ["predict", "{ckpt}", "{ckpt}", "--out", "{work}/p.csv", "--cam", "{locked}/cams"],
         ["export", "{ckpt}", "--onnx", "{locked}/model.onnx"],

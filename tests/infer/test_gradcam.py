@@ -6,12 +6,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from spies import spy
 from torch import nn
 
+import s2mts2.infer.predict as predict_mod
 from s2mts2.config import ModelConfig
 from s2mts2.data.imageio import read_image
 from s2mts2.engine.builders import classifier_network
-from s2mts2.infer.gradcam import grad_cam, overlay, resize_cam
+from s2mts2.errors import ConfigError
+from s2mts2.infer.gradcam import (
+    MIN_LABELLED_SIDE,
+    grad_cam,
+    labelled_overlay,
+    overlay,
+    resize_cam,
+    select_cam_layer,
+)
 from s2mts2.infer.predict import run_predict
 from s2mts2.models.heads import Network
 
@@ -67,19 +77,77 @@ def test_cam_follows_the_evidence_of_the_chosen_class():
     assert torch.all(dark[square] == 0) and torch.all(dark[~square] > 0)
 
 
-# densenet121 at 32 px has a 1x1 map (and runs slowly on CPU): batch 1 keeps the test short
+def map_shapes(net: Network, size: int) -> dict[str, tuple[int, int]]:
+    """Brute force: the (h, w) of every stage's output, read off the module tree."""
+    shapes = {}
+    names = ("layer1", "layer2", "layer3", "layer4", "denseblock1", "denseblock2", "denseblock3")
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o, n=n: shapes.__setitem__(n, tuple(o.shape[-2:])))
+        for n, m in net.backbone.named_modules()
+        if n.split(".")[-1] in (*names, "norm5")
+    ]
+    with torch.no_grad():
+        net(torch.zeros(1, 1, size, size))
+    for h in hooks:
+        h.remove()
+    return {n.split(".")[-1]: s for n, s in shapes.items()}
+
+
+# the deepest stage whose map is at least 7x7 (densenet121 at 32 px is slow on a CPU: batch 1)
 @pytest.mark.parametrize(
-    ("backbone", "batch", "grid"), [("resnet18_small", 2, 4), ("densenet121", 1, 1)]
+    ("backbone", "size", "layer", "grid"),
+    [
+        ("resnet18", 32, "layer1", 8),  # layer4 would be 1x1
+        ("resnet18", 224, "layer4", 7),
+        ("resnet18_small", 32, "layer3", 8),
+        ("densenet121", 32, "denseblock1", 8),
+    ],
 )
-def test_default_layer_is_the_last_feature_map(backbone, batch, grid):
+def test_default_layer_is_the_deepest_with_a_7x7_map(backbone, size, layer, grid):
     torch.manual_seed(0)
     net = classifier_network(ModelConfig(backbone=backbone), 1, 3).eval()
-    x = torch.randn(batch, 1, 32, 32)
+    chosen = select_cam_layer(net, 1, size)
+    shapes = map_shapes(net, size)
+    assert chosen.sides == {name: shapes[name][0] for name in chosen.sides}
+    deeper = list(chosen.sides)[list(chosen.sides).index(layer) + 1 :]
+    assert chosen.name == layer and all(shapes[n][0] < 7 for n in deeper)
+    assert chosen.warning() is None
+    x = torch.randn(1, 1, size, size)
     result = grad_cam(net, x, lambda logits: logits.argmax(dim=1, keepdim=True))
-    assert result.maps.shape == (batch, 1, grid, grid)
+    assert result.maps.shape == (1, 1, grid, grid)
     assert torch.all(result.maps >= 0)
     with torch.no_grad():
         assert torch.allclose(result.logits, net(x), atol=1e-5)
+
+
+def test_a_chosen_layer_a_coarse_map_warning_and_an_unknown_name():
+    net = classifier_network(ModelConfig(backbone="resnet18"), 1, 3).eval()
+    last = select_cam_layer(net, 1, 32, "layer4")
+    assert (last.name, last.side) == ("layer4", 1)
+    assert last.warning() == (
+        "Grad-CAM at layer4 (1x1 map at 32 px): coarser than 7x7, every overlay is one flat "
+        "tint; --cam-layer layer1 (8x8), layer2 (4x4), layer3 (2x2) gives a finer map"
+    )
+    assert "a blur of 2x2 cells" in select_cam_layer(net, 1, 32, "layer3").warning()
+    tiny = select_cam_layer(net, 1, 16)  # no stage reaches 7x7: the finest, warned
+    assert (tiny.name, tiny.side) == ("layer1", 4)
+    assert "a model trained at a larger image size" in tiny.warning()
+    with pytest.raises(ConfigError, match="--cam-layer: 'norm5' is not a layer .* layer1, layer2"):
+        select_cam_layer(net, 1, 32, "norm5")
+
+
+def test_the_default_overlay_shows_structure_where_the_last_stage_is_one_flat_tint():
+    """resnet18 at 32 px: layer4's 1x1 map tints the whole image alike; the default layer's
+    map varies over the image."""
+    torch.manual_seed(0)
+    net = classifier_network(ModelConfig(backbone="resnet18"), 1, 3).eval()
+    x = torch.randn(1, 1, 32, 32)
+    image = np.full((32, 32, 1), 128, dtype=np.uint8)
+    top = lambda logits: logits.argmax(dim=1, keepdim=True)  # noqa: E731
+    flat = grad_cam(net, x, top, select_cam_layer(net, 1, 32, "layer4").module).maps[0, 0]
+    fine = grad_cam(net, x, top).maps[0, 0]
+    assert len(np.unique(overlay(image, flat.numpy()).reshape(-1, 3), axis=0)) == 1
+    assert len(np.unique(overlay(image, fine.numpy()).reshape(-1, 3), axis=0)) > 20
 
 
 def test_resize_cam_is_bilinear_divided_by_its_peak():
@@ -106,10 +174,33 @@ def test_overlay_blends_45_percent_heat_and_keeps_the_orientation():
     )  # red there, blue opposite
 
 
-def test_predict_writes_overlays_of_the_input_size(shared_data, grey_ckpt, tmp_path):
+def test_labelled_overlay_is_the_overlay_under_a_band_holding_the_label():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    cam = rng.random((8, 8)).astype(np.float32)
+    out = labelled_overlay(image, cam, "MEL  p = 0.812  (layer1)")
+    band = out.shape[0] - 300
+    assert out.shape[1:] == (400, 3) and 15 < band < 60
+    np.testing.assert_array_equal(out[band:], overlay(image, cam))
+    assert (out[:band] < 128).any() and (out[:band] == 255).mean() > 0.7  # dark text on white
+    blank = labelled_overlay(image, cam, "")
+    assert (blank[:band] == 255).all()
+    # a small image is enlarged by a whole factor, its pixels kept as blocks
+    small = rng.integers(0, 256, (40, 30, 1), dtype=np.uint8)
+    big = labelled_overlay(small, cam, "Effusion  p = 0.5")
+    factor = -(-MIN_LABELLED_SIDE // 40)
+    assert big.shape[1] == 30 * factor and big.shape[0] > 40 * factor
+    enlarged = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
+    np.testing.assert_array_equal(big[-40 * factor :], overlay(enlarged, cam))
+
+
+def test_predict_writes_labelled_overlays_of_the_input_size(
+    shared_data, grey_ckpt, tmp_path, monkeypatch
+):
     images = sorted((shared_data / "real_samples").iterdir())
     cams = tmp_path / "cams"
     out = tmp_path / "r.json"
+    saved = spy(monkeypatch, predict_mod, "save_overlay")
     result = run_predict(
         grey_ckpt,
         images,
@@ -127,8 +218,19 @@ def test_predict_writes_overlays_of_the_input_size(shared_data, grey_ckpt, tmp_p
             for c in ("nodule", "normal")
         ]
         for cam in row["cams"]:
-            with Image.open(cam) as img:
-                assert img.size == (width, height) and img.mode == "RGB"
+            with Image.open(cam) as img:  # the image, under a band holding its label
+                assert img.size[0] == width and height < img.size[1] < height * 1.2
+                assert img.mode == "RGB"
+    # each label: the class, its probability (as in the results), the layer, and whether the
+    # map is empty (zero everywhere: no positive evidence, a flat overlay)
+    expected = [
+        f"{c}  p = {row['probabilities'][c]:.3f}  (layer3"
+        for row in doc["predictions"]
+        for c in ("nodule", "normal")
+    ]
+    for (args, _), start in zip(saved, expected, strict=True):
+        empty = "" if args[2].max() > 0 else ", no positive evidence"
+        assert args[3] == f"{start}{empty})"
     # the top class by default; probabilities are the same as without Grad-CAM
     top = run_predict(grey_ckpt, images[:1], out=tmp_path / "t.json", cam_dir=cams, progress=False)
     for pred, row in zip(top.predictions, doc["predictions"]):

@@ -227,3 +227,16 @@ def test_cli_names_the_pip_command_without_the_extra(grey_ckpt, monkeypatch, cap
 def test_cli_checks_its_options(grey_ckpt, capsys):
     assert main(["serve", str(grey_ckpt), "--max-files", "0"]) == 2
     assert "--max-files must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["serve", str(grey_ckpt), "--cam-layer", "layer9"]) == 2
+    assert "--cam-layer: 'layer9' is not a layer of this network" in capsys.readouterr().err
+
+
+def test_the_page_maps_come_from_the_chosen_layer(grey_ckpt, caplog):
+    """resnet18_small at 32 px: layer3's 8x8 map by default; layer4's 4x4 on request, warned."""
+    squashed = np.zeros((32, 32, 1), dtype=np.uint8)
+    default = build_state(grey_ckpt, progress=False).analyst
+    assert default.layer.name == "layer3" and default.cam(squashed, 0).shape == (8, 8)
+    assert "coarser than" not in caplog.text
+    coarse = build_state(grey_ckpt, cam_layer="layer4", progress=False).analyst
+    assert coarse.cam(squashed, 1).shape == (4, 4)
+    assert "Grad-CAM at layer4 (4x4 map at 32 px): coarser than 7x7" in caplog.text

@@ -11,8 +11,8 @@ from s2mts2.errors import ConfigError
 from s2mts2.models.backbones import (
     BACKBONE_NAMES,
     build_backbone,
+    cam_layers,
     feature_dim,
-    feature_layer,
     imagenet_weights_path,
     input_channels,
 )
@@ -35,7 +35,7 @@ def test_forward_shapes(name, in_channels):
 def _last_map_size(name: str) -> int:
     model, _ = build_backbone(name)
     maps = []
-    feature_layer(model).register_forward_hook(lambda m, i, o: maps.append(o.shape))
+    list(cam_layers(model).values())[-1].register_forward_hook(lambda m, i, o: maps.append(o.shape))
     model.eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))

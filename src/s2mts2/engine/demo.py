@@ -1,7 +1,8 @@
 """``s2mts2 demo``: the whole pipeline on generated X-ray-like images, minutes on a laptop CPU.
 
 generate + prepare -> stage 1 (JCL) once -> stage 2 for supervised, mean-teacher and s2mts2
--> evaluate each on the test split -> table, ``report.md``, ``results.json``, ROC and bar plots.
+-> evaluate each on the test split -> table, ``report.md``, ``results.json``, ROC plots, a bar
+plot of the mean AUCs (from 0.5, with their CIs) and one of the paired differences.
 Run again into the same folder, it replaces its earlier stage runs (the prepared data is reused).
 """
 
@@ -16,13 +17,23 @@ from typing import Any
 
 from s2mts2.config import load_config, preset_path
 from s2mts2.data.prepared import prepare_dataset
-from s2mts2.engine.evaluate import SplitPredictions, evaluate_split, split_predictions
+from s2mts2.engine.evaluate import (
+    SplitPredictions,
+    evaluate_split,
+    split_predictions,
+    threshold_predictions,
+)
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.engine.runinfo import environment
 from s2mts2.errors import ConfigError
 from s2mts2.eval.metrics import paired_auc_difference
-from s2mts2.eval.report import comparison_table, plot_comparison_bars
+from s2mts2.eval.report import (
+    comparison_table,
+    paired_difference_table,
+    plot_comparison_bars,
+    plot_paired_differences,
+)
 from s2mts2.files import write_text_atomic
 
 log = logging.getLogger("s2mts2")
@@ -83,16 +94,6 @@ def paired_differences(
     return out
 
 
-def paired_table(paired: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of :func:`paired_differences`."""
-    lines = ["| comparison | difference | 95 % CI |", "| --- | --- | --- |"]
-    for name, d in paired.items():
-        low, high = d["difference_ci95"]
-        ci = "n/a" if low is None else f"{low:+.4f} .. {high:+.4f}"
-        lines.append(f"| {name} | {d['difference']:+.4f} | {ci} |")
-    return "\n".join(lines)
-
-
 def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out``; returns the content of ``results.json``."""
     out = Path(out)
@@ -139,7 +140,12 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> 
         )
         ckpt = finetune(run_cfg, out / method, progress=progress, command=DEMO_COMMAND)
         predictions[method] = split_predictions(ckpt, "test")
-        metrics = evaluate_split(predictions[method], ckpt, out_dir=out / method / "eval-test")
+        metrics = evaluate_split(
+            predictions[method],
+            ckpt,
+            out_dir=out / method / "eval-test",
+            reference=threshold_predictions(ckpt, predictions[method]),
+        )
         metrics.pop("report_markdown")
         results["methods"][method] = metrics
         results["checkpoints"][method] = str(ckpt)
@@ -153,10 +159,13 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> 
     )
     table = comparison_table(results["methods"], keys=SUMMARY_KEYS)
     plot_comparison_bars(
-        {m: {"mean_auc": r["mean_auc"]} for m, r in results["methods"].items()},
+        results["methods"],
         "mean_auc",
         out / "comparison.png",
+        title="test mean AUC (95 % CI)",
+        ci_key="mean_auc_ci95",
     )
+    plot_paired_differences(results["paired"], out / "differences.png", title="test, paired")
     report = (
         "# s2mts2 demo\n\n"
         f"Synthetic multi-label X-ray-like images ({summary['images']['train']} train, "
@@ -164,8 +173,8 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> 
         f"Test split, teacher model. Run time {results['minutes']:.1f} min.\n\n"
         f"{table}\n\n"
         "Paired differences of test mean AUC (the same test images; 95 % CI of a patient-level "
-        f"paired bootstrap):\n\n{paired_table(results['paired'])}\n\n"
-        f"Per method: `{out}/<method>/eval-test/report.md` and `roc.png`.\n"
+        f"paired bootstrap; `differences.png`):\n\n{paired_difference_table(results['paired'])}\n"
+        f"Per method: `{out}/<method>/eval-test/report.md`, `predictions.csv` and `roc.png`.\n"
     )
     write_text_atomic(out / "report.md", report)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=str))

@@ -1,4 +1,6 @@
-"""``s2mts2 evaluate``: metrics, markdown report and ROC plot of a fine-tuned checkpoint."""
+"""``s2mts2 evaluate``: metrics, per-image predictions, markdown report and plots (ROC; confusion
+matrix of a multi-class task) of a fine-tuned checkpoint; per-class thresholds of a multi-label
+task chosen on the validation split."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.finetune import predict
 from s2mts2.engine.runtime import Precision, resolve_device
 from s2mts2.errors import ConfigError, DataError
-from s2mts2.eval.metrics import evaluate_predictions
-from s2mts2.eval.report import markdown_table, plot_roc
+from s2mts2.eval.metrics import evaluate_predictions, threshold_evaluation
+from s2mts2.eval.predictions import ImagePredictions, write_predictions_csv
+from s2mts2.eval.report import markdown_table, plot_confusion_matrix, plot_roc
 from s2mts2.files import write_text_atomic
 from s2mts2.models.heads import Network
 
@@ -86,17 +89,32 @@ def default_eval_dir(checkpoint: Path, split: str, model: str = "teacher") -> Pa
 
 @dataclass
 class SplitPredictions:
-    """A stage-2 checkpoint's probabilities ``probs`` (N, C) on the ``rows`` (N,) of a split of
-    the prepared ``data``, with the checkpoint's ``meta``."""
+    """A stage-2 checkpoint's probabilities ``probs`` (N, C) on the ``rows`` (N,) of the ``split``
+    of the prepared ``data``, with the checkpoint's ``meta``."""
 
     probs: np.ndarray
     rows: np.ndarray
     data: PreparedData
     meta: dict[str, Any]
+    split: str
 
     @property
     def labels(self) -> np.ndarray:
+        """(N, C) labels of the rows: {0, 1, NaN} (multi-label) or one-hot (multi-class)."""
         return self.data.table.labels[self.rows]
+
+    def images(self) -> ImagePredictions:
+        """The rows' paths, groups, labels and probabilities (what ``predictions.csv`` holds)."""
+        t = self.data.table
+        return ImagePredictions(
+            paths=[t.paths[i] for i in self.rows],
+            groups=t.groups[self.rows],
+            labels=self.labels,
+            probs=self.probs,
+            classes=t.classes,
+            eval_classes=t.eval_classes,
+            task=t.task,
+        )
 
 
 def split_predictions(
@@ -127,7 +145,48 @@ def split_predictions(
             f"(--split {found[-1] if found else 'val'})"
         )
     probs = predict(net, data, idx, meta["size"], dev, fp32, meta["task"])
-    return SplitPredictions(np.asarray(probs), idx, data, meta)
+    return SplitPredictions(np.asarray(probs), idx, data, meta, split)
+
+
+def threshold_predictions(
+    checkpoint: Path,
+    pred: SplitPredictions,
+    *,
+    model: str = "teacher",
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+) -> SplitPredictions | None:
+    """The predictions that choose a multi-label task's per-class thresholds: the validation
+    split's; ``pred`` itself when it is the validation split or the data has none; None for a
+    multi-class task (its prediction is the most probable class)."""
+    if pred.data.table.task != "multilabel":
+        return None
+    if pred.split == "val" or len(pred.data.table.indices("val")) == 0:
+        return pred
+    return split_predictions(checkpoint, "val", model, data_dir, device)
+
+
+def _threshold_source(reference: SplitPredictions, pred: SplitPredictions) -> dict[str, Any]:
+    """Where the thresholds were chosen: ``chosen_on`` (a split), ``held_out`` (not the
+    evaluated images) and a ``note`` for the report."""
+    n = len(reference.rows)
+    if reference.split != pred.split:
+        note = f"chosen on the {reference.split} split ({n} images), applied to {pred.split}."
+    elif pred.split == "val":
+        note = (
+            f"chosen and scored on the val split itself ({n} images): in-sample, so "
+            "optimistic; evaluate another split for held-out figures."
+        )
+    else:
+        note = (
+            f"this dataset has no validation split, so they were chosen on the {pred.split} "
+            f"split itself ({n} images): in-sample, so optimistic."
+        )
+    return {
+        "chosen_on": reference.split,
+        "held_out": reference.split != pred.split,
+        "note": note,
+    }
 
 
 def evaluate_checkpoint(
@@ -140,11 +199,14 @@ def evaluate_checkpoint(
     n_boot: int = 1000,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate on a split of the prepared data; writes metrics.json, report.md, roc.png."""
+    """Evaluate on a split of the prepared data (:func:`evaluate_split`)."""
     checkpoint = Path(checkpoint)
     pred = split_predictions(checkpoint, split, model, data_dir, device)
+    reference = threshold_predictions(
+        checkpoint, pred, model=model, data_dir=data_dir, device=device
+    )
     return evaluate_split(
-        pred, checkpoint, split=split, model=model, out_dir=out_dir, n_boot=n_boot
+        pred, checkpoint, model=model, out_dir=out_dir, n_boot=n_boot, reference=reference
     )
 
 
@@ -152,13 +214,15 @@ def evaluate_split(
     pred: SplitPredictions,
     checkpoint: Path,
     *,
-    split: str = "test",
     model: str = "teacher",
     out_dir: str | Path | None = None,
     n_boot: int = 1000,
+    reference: SplitPredictions | None = None,
 ) -> dict[str, Any]:
-    """Metrics, report.md and roc.png of ``checkpoint``'s predictions ``pred`` on ``split``."""
-    probs, idx, meta = pred.probs, pred.rows, pred.meta
+    """Metrics of ``checkpoint``'s predictions ``pred``: writes metrics.json, report.md,
+    predictions.csv, roc.png and, for a multi-class task, confusion.png. ``reference``
+    (:func:`threshold_predictions`) chooses per-class Youden thresholds scored on ``pred``."""
+    probs, idx, meta, split = pred.probs, pred.rows, pred.meta, pred.split
     t = pred.data.table
     metrics = evaluate_predictions(
         probs,
@@ -169,15 +233,35 @@ def evaluate_split(
         groups=t.groups[idx],
         n_boot=n_boot,
     )
-    metrics.update(checkpoint=str(checkpoint), split=split, model=model, method=meta.get("method"))
+    metrics.update(
+        checkpoint=str(checkpoint),
+        data=str(pred.data.dir),
+        split=split,
+        model=model,
+        method=meta.get("method"),
+    )
+    thresholds = None
+    if reference is not None:
+        metrics["thresholds"] = {
+            **threshold_evaluation(
+                reference.probs, reference.labels, probs, t.labels[idx], t.classes
+            ),
+            **_threshold_source(reference, pred),
+        }
+        thresholds = [v["threshold"] for v in metrics["thresholds"]["per_class"].values()]
     out = Path(out_dir) if out_dir else default_eval_dir(checkpoint, split, model)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{meta.get('method', '')} {model}, {t.name} {split}".strip()
     report = f"# Evaluation: {title}\n\n" + markdown_table(metrics, t.classes)
+    written = ["metrics.json", "report.md", "predictions.csv", "roc.png"]
+    write_predictions_csv(out / "predictions.csv", pred.images(), thresholds)
     plot_roc(
         probs, t.labels[idx], t.classes, out / "roc.png", title=title, eval_classes=t.eval_classes
     )
+    if "confusion_matrix" in metrics:
+        plot_confusion_matrix(metrics["confusion_matrix"], t.classes, out / "confusion.png", title)
+        written.append("confusion.png")
     write_text_atomic(out / "report.md", report)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-    metrics["report_markdown"] = report + f"\nwrote {out / 'metrics.json'}, report.md, roc.png"
+    metrics["report_markdown"] = report + f"\nwrote {out}/: {', '.join(written)}"
     return metrics

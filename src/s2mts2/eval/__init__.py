@@ -9,8 +9,17 @@ from s2mts2.eval.metrics import (
     multiclass_metrics,
     per_class_auc,
     src_mt_metrics,
+    threshold_evaluation,
+    youden_thresholds,
 )
-from s2mts2.eval.report import comparison_table, markdown_table, plot_comparison_bars, plot_roc
+from s2mts2.eval.report import (
+    comparison_table,
+    markdown_table,
+    plot_comparison_bars,
+    plot_confusion_matrix,
+    plot_paired_differences,
+    plot_roc,
+)
 
 __all__ = [
     "MetricAccumulator",
@@ -23,6 +32,10 @@ __all__ = [
     "multiclass_metrics",
     "per_class_auc",
     "plot_comparison_bars",
+    "plot_confusion_matrix",
+    "plot_paired_differences",
     "plot_roc",
     "src_mt_metrics",
+    "threshold_evaluation",
+    "youden_thresholds",
 ]

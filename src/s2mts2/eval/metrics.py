@@ -11,17 +11,24 @@ image is ignored for that class only); multi-class targets are one-hot ``(N, C)`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from s2mts2.data.adapters.isic2018 import CLASSES as ISIC2018_CLASSES
 from s2mts2.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
-    from s2mts2.data.table import DatasetTable
-
 TASKS = ("multilabel", "multiclass")
+
+
+class ClassNames(Protocol):
+    """Anything naming the classes of the (N, C) columns and those averaged into the mean AUC
+    (a :class:`~s2mts2.data.table.DatasetTable`, a read ``predictions.csv``)."""
+
+    classes: list[str]
+    eval_classes: list[str]
+
 
 Statistic = Callable[[np.ndarray, np.ndarray], float | None]
 
@@ -140,7 +147,7 @@ def mean_auc(
     return _mean_or_none([per_class[i] for i in class_indices(classes, eval_classes)])
 
 
-def table_mean_auc(probs: Any, labels: Any, table: DatasetTable) -> float | None:
+def table_mean_auc(probs: Any, labels: Any, table: ClassNames) -> float | None:
     """Mean AUC over ``table``'s eval classes of (N, C) probabilities against (N, C) labels."""
     return mean_auc(per_class_auc(probs, labels), table.classes, table.eval_classes)
 
@@ -157,13 +164,15 @@ def _check_onehot(probs: Any, labels_onehot: Any, name: str) -> tuple[np.ndarray
 
 
 def _one_vs_rest(
-    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, n: int
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, n: int | np.ndarray
 ) -> tuple[list[float | None], ...]:
-    """Per-class sensitivity, specificity, precision, F1 and accuracy from (C,) counts of n images.
+    """Per-class sensitivity, specificity, precision, F1 and accuracy from (C,) counts of n images
+    (an int, or (C,) counts when unknown labels leave out different images per class).
 
     None where undefined: sensitivity without positives, specificity without negatives, F1 and
     precision of a class neither present nor predicted (a present class never predicted has
-    precision 0)."""
+    precision 0), accuracy of a class without known labels."""
+    n = np.broadcast_to(np.asarray(n), tp.shape)
     tn = n - tp - fp - fn
     positives, predicted = tp + fn, tp + fp
     c = len(tp)
@@ -175,7 +184,21 @@ def _one_vs_rest(
             for k in range(c)
         ],
         [_ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]) for k in range(c)],
-        [float((tp[k] + tn[k]) / n) for k in range(c)],
+        [_ratio(tp[k] + tn[k], n[k]) for k in range(c)],
+    )
+
+
+def confusion_matrix(truth: Any, predicted: Any, n_classes: int) -> np.ndarray:
+    """(C, C) int64 counts: row = true class, column = predicted class. truth, predicted: (N,)
+    class indices in 0..C-1."""
+    t = np.asarray(truth, dtype=np.int64)
+    p = np.asarray(predicted, dtype=np.int64)
+    if t.shape != p.shape or t.ndim != 1:
+        raise DataError(f"confusion_matrix: expected two (N,) arrays, got {t.shape}, {p.shape}")
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= n_classes):
+        raise DataError(f"confusion_matrix: class indices must lie in 0..{n_classes - 1}")
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
     )
 
 
@@ -191,13 +214,13 @@ def multiclass_metrics(probs: Any, labels_onehot: Any) -> dict[str, Any]:
 
     Returns macro_auc, accuracy, balanced_accuracy, sensitivity, specificity, precision, f1 (floats
     or None) and per_class_auc, per_class_sensitivity, per_class_specificity, per_class_precision,
-    per_class_f1 (lists of length C).
+    per_class_f1 (lists of length C) and confusion_matrix (C lists of C counts, row = true class).
     """
     p, y = _check_onehot(probs, labels_onehot, "multiclass_metrics")
     n, c = p.shape
     truth = y.argmax(axis=1)
     pred = p.argmax(axis=1)
-    confusion = np.bincount(truth * c + pred, minlength=c * c).reshape(c, c)
+    confusion = confusion_matrix(truth, pred, c)
     tp = np.diag(confusion)
     sensitivity, specificity, precision, f1, _ = _one_vs_rest(
         tp, confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp, n
@@ -216,10 +239,42 @@ def multiclass_metrics(probs: Any, labels_onehot: Any) -> dict[str, Any]:
         "per_class_specificity": specificity,
         "per_class_precision": precision,
         "per_class_f1": f1,
+        "confusion_matrix": confusion.tolist(),
     }
 
 
 SRC_MT_THRESHOLD = 0.18  # SRC-MT's released evaluation predicts a class where p >= 0.18
+
+
+def uses_src_mt_classes(classes: Sequence[str]) -> bool:
+    """True for the ISIC2018 classes, the only task SRC-MT's p >= 0.18 evaluation was made for."""
+    return sorted(classes) == sorted(ISIC2018_CLASSES)
+
+
+def thresholded_metrics(probs: Any, labels: Any, thresholds: Sequence[float]) -> dict[str, Any]:
+    """One-vs-rest metrics of each class predicted where its probability is ``≥`` its threshold.
+
+    probs (N, C); labels (N, C) in {0, 1} with NaN = unknown (left out for that class);
+    thresholds (C,). Returns sensitivity, specificity, precision, f1, accuracy (macro means of
+    the defined values, as in :func:`multiclass_metrics`) and per_class_<name> lists of length C.
+    """
+    p, y = _check_pair(probs, labels, "thresholded_metrics")
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.shape != (p.shape[1],) or not np.isfinite(t).all():
+        raise DataError(
+            f"thresholded_metrics: expected {p.shape[1]} finite thresholds, got {t.tolist()}"
+        )
+    known = ~np.isnan(y)
+    pred, truth = (p >= t) & known, (y == 1) & known
+    tp = (pred & truth).sum(axis=0)
+    fp = (pred & ~truth).sum(axis=0)
+    fn = (~pred & truth).sum(axis=0)
+    names = ("sensitivity", "specificity", "precision", "f1", "accuracy")
+    per_class = dict(zip(names, _one_vs_rest(tp, fp, fn, known.sum(axis=0))))
+    return {
+        **{name: _mean_or_none(per_class[name]) for name in names},
+        **{f"per_class_{name}": per_class[name] for name in names},
+    }
 
 
 def src_mt_metrics(
@@ -229,8 +284,9 @@ def src_mt_metrics(
 
     Per class, one-vs-rest, the class is predicted where its probability is ``≥ threshold`` (so
     an image may get several classes or none); accuracy, sensitivity, specificity, precision and
-    F1 of each class are macro-averaged (undefined values are None and left out, as in
-    :func:`multiclass_metrics`). probs (N, C) softmax; labels (N, C) one-hot.
+    F1 of each class are macro-averaged (:func:`thresholded_metrics`). probs (N, C) softmax;
+    labels (N, C) one-hot. The threshold was tuned for the seven ISIC2018 classes: on other
+    tasks the numbers mean little (:func:`uses_src_mt_classes`).
 
     Returns threshold, accuracy, sensitivity, specificity, precision, f1 (floats or None) and
     per_class_accuracy, per_class_sensitivity, ... (lists of length C).
@@ -238,16 +294,79 @@ def src_mt_metrics(
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"src_mt_metrics: threshold must be in (0, 1), got {threshold}")
     p, y = _check_onehot(probs, labels_onehot, "src_mt_metrics")
-    pred, truth = p >= threshold, y == 1
-    tp = (pred & truth).sum(axis=0)
-    fp = (pred & ~truth).sum(axis=0)
-    fn = (~pred & truth).sum(axis=0)
-    names = ("sensitivity", "specificity", "precision", "f1", "accuracy")
-    per_class = dict(zip(names, _one_vs_rest(tp, fp, fn, len(p))))
+    return {"threshold": float(threshold), **thresholded_metrics(p, y, [threshold] * p.shape[1])}
+
+
+def youden_threshold(scores: Any, targets: Any) -> float | None:
+    """The threshold t maximising Youden's J = sensitivity − (1 − specificity) of ``score ≥ t``.
+
+    scores (N,) finite; targets (N,) in {0, 1}. Candidates are the observed scores; among equal
+    J the highest threshold wins. None without positives or without negatives.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    if s.ndim != 1 or s.shape != y.shape or not np.isin(y, (0.0, 1.0)).all():
+        raise DataError(
+            f"youden_threshold: expected (N,) scores and 0/1 targets, got {s.shape}, {y.shape}"
+        )
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last_of_value = np.append(s[1:] != s[:-1], True)  # predicting ≥ s[i] takes all rows up to i
+    tp = np.cumsum(y)[last_of_value]
+    fp = np.cumsum(1.0 - y)[last_of_value]
+    j = tp / n_pos - fp / n_neg
+    return float(s[last_of_value][int(np.argmax(j))])
+
+
+def youden_thresholds(probs: Any, labels: Any) -> list[float | None]:
+    """:func:`youden_threshold` of each column. probs (N, C); labels (N, C), NaN = unknown."""
+    p, y = _check_pair(probs, labels, "youden_thresholds")
+    out = []
+    for c in range(p.shape[1]):
+        known = ~np.isnan(y[:, c])
+        out.append(youden_threshold(p[known, c], y[known, c]))
+    return out
+
+
+THRESHOLD_KEYS = ("sensitivity", "specificity", "precision", "f1")
+
+
+def threshold_evaluation(
+    reference_probs: Any, reference_labels: Any, probs: Any, labels: Any, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Per-class Youden thresholds chosen on a reference set, applied to the evaluated one.
+
+    reference_probs / reference_labels (M, C) choose the thresholds; probs / labels (N, C) are
+    scored at them (labels {0, 1, NaN}). A class the reference cannot place (no positives or no
+    negatives) gets no threshold and no metrics. Returns ``{"method": "youden", "per_class":
+    {class: {threshold, sensitivity, specificity, precision, f1}}, "sensitivity", ...}`` (macro
+    means of the defined values).
+    """
+    chosen = youden_thresholds(reference_probs, reference_labels)
+    p, y = _check_pair(probs, labels, "threshold_evaluation")
+    if len(chosen) != p.shape[1] or len(classes) != p.shape[1]:
+        raise DataError(
+            f"threshold_evaluation: {len(chosen)} reference columns, {p.shape[1]} evaluated "
+            f"columns, {len(classes)} classes"
+        )
+    placed = [c for c, t in enumerate(chosen) if t is not None]
+    scored = thresholded_metrics(p[:, placed], y[:, placed], [chosen[c] for c in placed])
+    per_class: dict[str, dict[str, float | None]] = {
+        name: {"threshold": None, **dict.fromkeys(THRESHOLD_KEYS)} for name in classes
+    }
+    for i, c in enumerate(placed):
+        per_class[classes[c]] = {
+            "threshold": chosen[c],
+            **{key: scored[f"per_class_{key}"][i] for key in THRESHOLD_KEYS},
+        }
     return {
-        "threshold": float(threshold),
-        **{name: _mean_or_none(per_class[name]) for name in names},
-        **{f"per_class_{name}": per_class[name] for name in names},
+        "method": "youden",
+        "per_class": per_class,
+        **{key: scored[key] if placed else None for key in THRESHOLD_KEYS},
     }
 
 
@@ -316,7 +435,7 @@ def paired_auc_difference(
     probs_a: Any,
     probs_b: Any,
     labels: Any,
-    table: DatasetTable,
+    table: ClassNames,
     *,
     groups: Any | None = None,
     n_boot: int = 1000,
@@ -369,8 +488,10 @@ def evaluate_predictions(
     Keys: task, n_images, classes, eval_classes, positives {class: n}, per_class_auc
     {class: float|None}, mean_auc, mean_auc_ci95 ([lo, hi] or None); for "multiclass" also
     macro_auc (= mean_auc), accuracy, balanced_accuracy, sensitivity, specificity, precision, f1
-    (of argmax predictions), per_class {class: {auc, sensitivity, specificity, precision, f1}} and
-    src_mt {threshold, accuracy, sensitivity, specificity, precision, f1} (SRC-MT's evaluation).
+    (of argmax predictions), per_class {class: {auc, sensitivity, specificity, precision, f1}},
+    confusion_matrix (C lists of C counts, row = true class, column = predicted class) and, for
+    the ISIC2018 classes only, src_mt {threshold, accuracy, sensitivity, specificity, precision,
+    f1} (SRC-MT's evaluation, :func:`src_mt_metrics`).
     """
     _check_task(task)
     p, y = _check_pair(probs, labels, "evaluate_predictions")
@@ -425,8 +546,10 @@ def evaluate_predictions(
             }
             for i, name in enumerate(names)
         }
-        srcmt = src_mt_metrics(p, y)
-        result["src_mt"] = {k: v for k, v in srcmt.items() if not k.startswith("per_class_")}
+        result["confusion_matrix"] = mc["confusion_matrix"]
+        if uses_src_mt_classes(names):
+            srcmt = src_mt_metrics(p, y)
+            result["src_mt"] = {k: v for k, v in srcmt.items() if not k.startswith("per_class_")}
     return result
 
 

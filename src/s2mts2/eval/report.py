@@ -1,4 +1,5 @@
-"""Human-readable reports of metrics: markdown tables, ROC curves and comparison bar plots.
+"""Human-readable reports of metrics: markdown tables, ROC curves, confusion matrices and
+comparison plots (bars from a baseline, paired differences with their CIs).
 
 Tables read the dicts of :func:`s2mts2.eval.metrics.evaluate_predictions`; undefined values (None)
 print as "n/a". Plots are drawn on a bare matplotlib ``Figure`` (Agg, no pyplot state, no display).
@@ -16,7 +17,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from s2mts2.errors import DataError
-from s2mts2.eval.metrics import class_indices, per_class_auc
+from s2mts2.eval.metrics import THRESHOLD_KEYS, class_indices, per_class_auc
 from s2mts2.files import write_atomic
 
 NA = "n/a"
@@ -102,19 +103,68 @@ def markdown_table(metrics: Mapping[str, Any], classes: Sequence[str] | None = N
                 f"{_fmt(s['sensitivity'])}, specificity {_fmt(s['specificity'])}, precision "
                 f"{_fmt(s['precision'])}, F1 {_fmt(s['f1'])}"
             )
+    if "confusion_matrix" in metrics:
+        lines += ["", _confusion_table(metrics["confusion_matrix"], metrics["classes"])]
+    if metrics.get("thresholds"):
+        lines += ["", _threshold_table(metrics["thresholds"], names)]
     return "\n".join(lines) + "\n"
+
+
+def _confusion_table(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
+    """Markdown confusion matrix: a row per true class, a column per predicted class."""
+    lines = [
+        "Confusion matrix (rows: true class, columns: predicted class):",
+        "",
+        _row(["true \\ predicted", *classes]),
+        _row(["---"] * (len(classes) + 1)),
+    ]
+    lines += [_row([name, *map(str, row)]) for name, row in zip(classes, confusion)]
+    return "\n".join(lines)
+
+
+def _threshold_table(thresholds: Mapping[str, Any], classes: Sequence[str]) -> str:
+    """Markdown table of per-class thresholds and the metrics at them (``thresholds`` as
+    ``evaluate`` stores it: per_class, macro means and a ``note`` on where they were chosen)."""
+    per_class = thresholds["per_class"]
+    lines = [
+        f"Per-class thresholds (Youden's J): {thresholds['note']}",
+        "",
+        _row(["class", "threshold", "sensitivity", "specificity", "precision", "F1"]),
+        _row(["---"] * 6),
+    ]
+    for name in classes:
+        values = per_class[name]
+        lines.append(
+            _row([name, _fmt(values["threshold"]), *(_fmt(values[k]) for k in THRESHOLD_KEYS)])
+        )
+    lines.append(_row(["macro", "", *(_fmt(thresholds[k]) for k in THRESHOLD_KEYS)]))
+    return "\n".join(lines)
 
 
 def comparison_table(
     results: Mapping[str, Mapping[str, Any]],
     keys: Sequence[str] = ("mean_auc", "mean_auc_ci95"),
+    first: str = "method",
 ) -> str:
     """Markdown table with one row per method and one column per key, e.g. supervised /
-    mean-teacher / s2mts2 side by side. A value is a number, a [lo, hi] interval (keys ending in
-    "_ci95"), a (mean, sd) pair (repeated runs) or missing / None ("n/a")."""
-    lines = [_row(["method", *keys]), _row(["---"] * (len(keys) + 1))]
+    mean-teacher / s2mts2 side by side (``first`` heads the column of their names). A value is a
+    number, a [lo, hi] interval (keys ending in "_ci95"), a (mean, sd) pair (repeated runs) or
+    missing / None ("n/a")."""
+    lines = [_row([first, *keys]), _row(["---"] * (len(keys) + 1))]
     for method, values in results.items():
         lines.append(_row([method, *(_fmt_cell(key, values.get(key)) for key in keys)]))
+    return "\n".join(lines) + "\n"
+
+
+def paired_difference_table(paired: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of paired differences ``{"a - b": {"difference", "difference_ci95"}}``
+    (:func:`s2mts2.eval.metrics.paired_auc_difference`)."""
+    lines = [_row(["comparison", "difference", "95 % CI"]), _row(["---"] * 3)]
+    for name, d in paired.items():
+        low, high = d["difference_ci95"]
+        diff = NA if d["difference"] is None else f"{d['difference']:+.4f}"
+        ci = NA if low is None else f"{low:+.4f} .. {high:+.4f}"
+        lines.append(_row([name, diff, ci]))
     return "\n".join(lines) + "\n"
 
 
@@ -172,57 +222,173 @@ def roc_figure(
     return fig
 
 
+def bar_baseline(metric: str) -> float:
+    """Where bars of ``metric`` start: 0.5 (chance) for an AUC, 0 otherwise."""
+    return 0.5 if "auc" in metric.lower() else 0.0
+
+
+def _bar_values(
+    results: Mapping[str, Mapping[str, Any]], metric: str, ci_key: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M,) values (NaN where missing) and (M,) lower / upper error-bar lengths (NaN: none): a
+    (mean, sd) value gives ± sd, a [lo, hi] under ``ci_key`` gives the interval."""
+    means, below, above = [], [], []
+    for values in results.values():
+        value = values.get(metric)
+        mean, sd = np.nan, np.nan
+        if isinstance(value, (list, tuple)):
+            mean, sd = (float(v) for v in value)
+        elif value is not None:
+            mean = float(value)
+        low, high = mean - sd, mean + sd
+        interval = values.get(ci_key) if ci_key else None
+        if interval is not None and None not in interval and not np.isnan(mean):
+            low, high = (float(v) for v in interval)
+        means.append(mean)
+        below.append(mean - low)
+        above.append(high - mean)
+    return np.array(means), np.array(below), np.array(above)
+
+
 def plot_comparison_bars(
     results: Mapping[str, Mapping[str, Any]],
     metric: str,
     path: str | Path,
     title: str | None = None,
+    *,
+    ci_key: str | None = None,
+    baseline: float | None = None,
 ) -> Path:
-    """Bar plot PNG of ``results[method][metric]`` per method; a (mean, sd) value gets an error
-    bar of ± sd, a plain number none; missing / None values are marked "n/a". Returns the path."""
+    """Bar plot PNG of ``results[method][metric]`` per method; returns the path.
+
+    Bars rise from ``baseline`` (default :func:`bar_baseline`: 0.5 for an AUC, 0 otherwise), and
+    a metric within [0, 1] keeps the axis up to 1, so that 0.898 against 0.902 looks as close as
+    it is. A (mean, sd) value gets an error bar of ± sd, a ``results[method][ci_key]`` interval
+    [lo, hi] an asymmetric one; missing / None values are marked "n/a", not drawn.
+    """
     methods = list(results)
-    means: list[float] = []
-    sds: list[float] = []
-    for method in methods:
-        value = results[method].get(metric)
-        if value is None:
-            mean, sd = np.nan, 0.0
-        elif isinstance(value, (list, tuple)):
-            mean, sd = (float(v) for v in value)
-        else:
-            mean, sd = float(value), 0.0
-        means.append(mean)
-        sds.append(sd)
+    means, below, above = _bar_values(results, metric, ci_key)
+    bottom = bar_baseline(metric) if baseline is None else float(baseline)
     fig = Figure(figsize=(max(4.0, 1.2 * len(methods) + 1.5), 4.0))
     ax = fig.add_subplot()
     x = np.arange(len(methods))
-    # no cap drawn for single values; no error bars at all without a spread (matplotlib 3.7.0
-    # raises on an all-NaN yerr)
-    errors = [sd if sd > 0 else np.nan for sd in sds] if any(sd > 0 for sd in sds) else None
-    ax.bar(x, np.nan_to_num(means), yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-    defined = [(m - s, m + s) for m, s in zip(means, sds) if not np.isnan(m)]
-    if defined:
-        low = min(lo for lo, _ in defined)
-        high = max(hi for _, hi in defined)
-        if low >= 0.0 and high <= 1.0:
-            margin = max(0.05, 0.2 * (high - low))
-            ax.set_ylim(max(0.0, low - margin), min(1.0, high + margin) + 0.02)
-    bottom = ax.get_ylim()[0]
-    for xi, mean, sd in zip(x, means, sds):
+    spread = ~np.isnan(below)
+    # no error bars at all without a spread (matplotlib 3.7.0 raises on an all-NaN yerr)
+    errors = np.vstack([below, above]) if spread.any() else None
+    ax.bar(
+        x,
+        np.nan_to_num(means - bottom),
+        bottom=bottom,
+        yerr=errors,
+        capsize=4,
+        color="tab:blue",
+        alpha=0.8,
+    )
+    ax.axhline(bottom, color="black", linewidth=0.8)
+    tops = means + np.nan_to_num(above)
+    ends = np.concatenate([tops, means - np.nan_to_num(below)])
+    ends = ends[~np.isnan(ends)]
+    low = min(bottom, float(ends.min(initial=bottom)))
+    high = float(ends.max(initial=bottom))
+    if bottom >= 0.0 and high <= 1.0:
+        high = 1.0  # a metric within [0, 1]: the axis ends at its best value
+    ax.set_ylim(low, high + 0.08 * (high - low or 1.0))  # room for the labels
+    for xi, mean, top in zip(x, means, tops):
         if np.isnan(mean):
             ax.annotate(NA, (xi, bottom), ha="center", va="bottom")
         else:
             ax.annotate(
                 f"{mean:.3f}",
-                (xi, mean + sd),
+                (xi, top),
                 xytext=(0, 2),
                 textcoords="offset points",
                 ha="center",
                 va="bottom",
             )
     ax.set_xticks(x, methods)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (bars from {bottom:g})")
     if title:
         ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_paired_differences(
+    paired: Mapping[str, Mapping[str, Any]], path: str | Path, title: str | None = None
+) -> Path:
+    """PNG of paired differences ``{"a - b": {"difference", "difference_ci95"}}``: a point and
+    its 95 % CI per comparison around a line at 0 (no difference). Returns the path."""
+    names = list(paired)
+    fig = Figure(figsize=(6.5, 1.6 + 0.5 * max(1, len(names))))
+    ax = fig.add_subplot()
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=0.8)
+    for y, name in enumerate(names):
+        d = paired[name]
+        if d["difference"] is None:
+            ax.annotate(NA, (0.0, y), ha="center", va="center")
+            continue
+        low, high = d["difference_ci95"]
+        xerr = None if low is None else [[d["difference"] - low], [high - d["difference"]]]
+        ax.errorbar(d["difference"], y, xerr=xerr, fmt="o", color="tab:blue", capsize=4)
+        ax.annotate(
+            f"{d['difference']:+.4f}",
+            (d["difference"], y),
+            xytext=(0, 6),
+            textcoords="offset points",
+            ha="center",
+        )
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.7, len(names) - 0.3)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference of the mean AUC (95 % bootstrap CI)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_figure(confusion: Any, classes: Sequence[str], title: str | None = None) -> Figure:
+    """Two heat maps of a (C, C) confusion matrix (rows: true class, columns: predicted): the
+    counts and the row-normalised fractions (each true class's row sums to 1; an empty row
+    stays 0). Every cell is written out."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    c = len(classes)
+    if counts.shape != (c, c):
+        raise DataError(f"confusion matrix of shape {counts.shape} for {c} classes")
+    totals = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = max(3.5, 0.55 * c + 2.0)
+    fig = Figure(figsize=(2 * side + 0.5, side + 0.6), layout="constrained")
+    for k, (values, name, text) in enumerate(
+        (
+            (counts, "counts", lambda v: f"{int(v)}"),
+            (fractions, "row-normalised", lambda v: f"{v:.2f}"),
+        )
+    ):
+        ax = fig.add_subplot(1, 2, k + 1)
+        shown = values / max(values.max(), 1) if k == 0 else values
+        ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0)
+        for i in range(c):
+            for j in range(c):
+                ax.text(
+                    j,
+                    i,
+                    text(values[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize="small",
+                    color="white" if shown[i, j] > 0.5 else "black",
+                )
+        ax.set_xticks(range(c), classes, rotation=45, ha="right")
+        ax.set_yticks(range(c), classes)
+        ax.set(xlabel="predicted class", ylabel="true class", title=name)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_confusion_matrix(
+    confusion: Any, classes: Sequence[str], path: str | Path, title: str | None = None
+) -> Path:
+    """Write :func:`confusion_figure` as a PNG to ``path``; returns the path written."""
+    return _save(confusion_figure(confusion, classes, title), path)

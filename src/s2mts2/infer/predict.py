@@ -45,7 +45,7 @@ from s2mts2.engine.evaluate import load_classifier, load_finetuned
 from s2mts2.engine.runtime import resolve_device
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.files import write_text_atomic
-from s2mts2.infer.gradcam import grad_cam, save_overlay
+from s2mts2.infer.gradcam import CamLayer, grad_cam, save_overlay, select_cam_layer
 from s2mts2.infer.onnx_packages import require_onnx_packages
 from s2mts2.losses.consistency import probabilities
 from s2mts2.models.heads import Network
@@ -289,11 +289,14 @@ class Prediction:
 
 @dataclass(frozen=True)
 class CamRequest:
-    """Grad-CAM overlays into ``out_dir`` for ``classes`` (indices) or the ``top_k`` most likely."""
+    """Grad-CAM overlays into ``out_dir`` for ``classes`` (indices) or the ``top_k`` most likely,
+    at ``layer`` (a name of :func:`~s2mts2.models.backbones.cam_layers`; None: the default of
+    :func:`~s2mts2.infer.gradcam.select_cam_layer`)."""
 
     out_dir: Path
     classes: tuple[int, ...] | None = None
     top_k: int = 1
+    layer: str | None = None
 
     def targets(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, K) logits -> (B, T) class indices (σ and softmax keep the order of the logits)."""
@@ -323,8 +326,21 @@ def model_input(squashed: Sequence[np.ndarray], transform: BatchAugment) -> torc
     return transform(batch)
 
 
+def cam_layer_of(model: TorchModel, choice: str | None) -> CamLayer:
+    """The Grad-CAM layer of ``model`` at its input size (:func:`select_cam_layer`), logged, with
+    a warning when its map is coarse."""
+    info = model.info
+    layer = select_cam_layer(model.net, info.channels, info.size, choice)
+    log.info("Grad-CAM at %s", layer.describe())
+    warning = layer.warning()
+    if warning:
+        log.warning("%s", warning)
+    return layer
+
+
 class _CamWriter:
-    """Runs Grad-CAM on batches and writes ``<image name>_<class>.png`` overlays (unique names)."""
+    """Runs Grad-CAM on batches and writes ``<image name>_<class>.png`` overlays (unique names),
+    each labelled with its class and probability."""
 
     def __init__(self, model: TorchModel | OnnxModel, request: CamRequest) -> None:
         if not isinstance(model, TorchModel):
@@ -334,6 +350,7 @@ class _CamWriter:
             )
         self.model = model
         self.request = request
+        self.layer = cam_layer_of(model, request.layer)
         self.used: set[str] = set()
         request.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -350,16 +367,19 @@ class _CamWriter:
         self, x: torch.Tensor, items: Sequence[tuple[Prediction, Path, np.ndarray]]
     ) -> torch.Tensor:
         """Probabilities (B, K) of ``x``; writes the overlays of each item and records them."""
-        model = self.model
-        result = grad_cam(model.net, x.to(model.device), self.request.targets)
-        for (row, path, pixels), targets, maps in zip(items, result.targets, result.maps):
+        model, classes = self.model, self.model.info.classes
+        result = grad_cam(model.net, x.to(model.device), self.request.targets, self.layer.module)
+        probs = probabilities(result.logits, model.info.task).cpu()
+        for (row, path, pixels), p, targets, maps in zip(items, probs, result.targets, result.maps):
             stem = self._stem(path)
             for c, cam_map in zip(targets.tolist(), maps):
-                name = _UNSAFE_NAME.sub("_", model.info.classes[c])
-                out = self.request.out_dir / f"{stem}_{name}.png"
-                save_overlay(out, pixels, cam_map.cpu().numpy())
+                out = self.request.out_dir / f"{stem}_{_UNSAFE_NAME.sub('_', classes[c])}.png"
+                cam = cam_map.cpu().numpy()
+                empty = "" if cam.max() > 0 else ", no positive evidence"  # a flat overlay
+                label = f"{classes[c]}  p = {float(p[c]):.3f}  ({self.layer.name}{empty})"
+                save_overlay(out, pixels, cam, label)
                 row.cams.append(str(out))
-        return probabilities(result.logits, model.info.task).cpu()
+        return probs
 
 
 def predict_files(
@@ -474,7 +494,7 @@ class PredictResult:
 
 
 def _cam_request(
-    info: ModelInfo, out_dir: Path, classes: Sequence[str] | None, top_k: int
+    info: ModelInfo, out_dir: Path, classes: Sequence[str] | None, top_k: int, layer: str | None
 ) -> CamRequest:
     if classes:
         unknown = [c for c in classes if c not in info.classes]
@@ -482,10 +502,11 @@ def _cam_request(
             raise ConfigError(
                 f"--classes: {', '.join(unknown)} not among the model's classes {info.classes}"
             )
-        return CamRequest(out_dir, classes=tuple(info.classes.index(c) for c in classes))
+        indices = tuple(info.classes.index(c) for c in classes)
+        return CamRequest(out_dir, classes=indices, layer=layer)
     if not 1 <= top_k <= len(info.classes):
         raise ConfigError(f"--top-k must lie in 1..{len(info.classes)}, got {top_k}")
-    return CamRequest(out_dir, top_k=top_k)
+    return CamRequest(out_dir, top_k=top_k, layer=layer)
 
 
 def run_predict(
@@ -496,22 +517,31 @@ def run_predict(
     cam_dir: str | Path | None = None,
     cam_classes: Sequence[str] | None = None,
     top_k: int = 1,
+    cam_layer: str | None = None,
     batch_size: int = 32,
     device: str = "auto",
     progress: bool = True,
 ) -> PredictResult:
     """``s2mts2 predict``: load the model, expand ``inputs``, predict, write ``out``.
 
-    ``cam_dir``: Grad-CAM overlays (PNG, the original image's size) for ``cam_classes`` or else
-    the ``top_k`` most probable classes of each image.
+    ``cam_dir``: Grad-CAM overlays (PNG of the original image, enlarged when under 256 px, under
+    a band naming the class, its probability and the layer) for ``cam_classes`` or else the
+    ``top_k`` most probable classes of each image, at ``cam_layer`` (default: the deepest layer
+    whose map is at least 7x7, :func:`~s2mts2.infer.gradcam.select_cam_layer`).
     """
     out = Path(out)
     if out.suffix.lower() not in RESULT_SUFFIXES:
         raise ConfigError(f"--out {out}: expected a file name ending in .csv or .json")
     if cam_classes and cam_dir is None:
         raise ConfigError("--classes chooses the Grad-CAM classes: add --cam DIR")
+    if cam_layer is not None and cam_dir is None:
+        raise ConfigError("--cam-layer chooses the Grad-CAM layer: add --cam DIR")
     model = load_model(model_path, device)
-    cam = None if cam_dir is None else _cam_request(model.info, Path(cam_dir), cam_classes, top_k)
+    cam = (
+        None
+        if cam_dir is None
+        else _cam_request(model.info, Path(cam_dir), cam_classes, top_k, cam_layer)
+    )
     paths = expand_inputs(inputs)
     predictions = predict_files(model, paths, batch_size=batch_size, cam=cam, progress=progress)
     write_predictions(predictions, model.info, out, model_path)

@@ -229,10 +229,21 @@ def input_channels(backbone: nn.Module) -> int:
     return first.in_channels
 
 
-def feature_layer(backbone: nn.Module) -> nn.Module:
-    """The module whose output is the last spatial feature map (the Grad-CAM target layer)."""
+def cam_layers(backbone: nn.Module) -> dict[str, nn.Module]:
+    """The Grad-CAM candidate layers, shallow to deep, by name: the output of each stage.
+
+    ResNet: ``layer1`` .. ``layer4`` (maps of 1/4 .. 1/32 of the input side; ``resnet18_small``
+    1 .. 1/8). DenseNet: ``denseblock1`` .. ``denseblock3`` (1/4 .. 1/16) and ``norm5``, the last
+    map (1/32, the input of the global pooling).
+    """
     if isinstance(backbone, DenseNetFeatures):
-        return backbone.features
+        f = backbone.features
+        return {
+            "denseblock1": f.denseblock1,
+            "denseblock2": f.denseblock2,
+            "denseblock3": f.denseblock3,
+            "norm5": f.norm5,
+        }
     if isinstance(backbone, tvm.ResNet):
-        return backbone.layer4
-    raise TypeError(f"no feature layer known for {type(backbone).__name__}")
+        return {name: getattr(backbone, name) for name in ("layer1", "layer2", "layer3", "layer4")}
+    raise TypeError(f"no Grad-CAM layers known for {type(backbone).__name__}")

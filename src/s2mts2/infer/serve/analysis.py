@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from s2mts2.data.imageio import resize_square
+from s2mts2.errors import ConfigError
 from s2mts2.infer.gradcam import grad_cam
-from s2mts2.infer.predict import ModelInfo, OnnxModel, TorchModel, model_input
+from s2mts2.infer.predict import ModelInfo, OnnxModel, TorchModel, cam_layer_of, model_input
 from s2mts2.losses.consistency import probabilities
 
 ONNX_NO_CAM = (
@@ -28,13 +29,18 @@ class Analysis:
 
 
 class Analyst:
-    """Runs ``model`` on uint8 images preprocessed as ``s2mts2 predict`` does; thread-safe."""
+    """Runs ``model`` on uint8 images preprocessed as ``s2mts2 predict`` does; thread-safe.
+    Grad-CAM maps come from ``cam_layer`` (None: the default of
+    :func:`~s2mts2.infer.gradcam.select_cam_layer`)."""
 
-    def __init__(self, model: TorchModel | OnnxModel) -> None:
+    def __init__(self, model: TorchModel | OnnxModel, cam_layer: str | None = None) -> None:
         self.model = model
         self.info: ModelInfo = model.info
         self.transform = model.info.transform()
         self.lock = threading.Lock()  # one forward at a time: the threads share the CPU cores
+        if cam_layer is not None and not isinstance(model, TorchModel):
+            raise ConfigError(f"--cam-layer: {ONNX_NO_CAM}")
+        self.layer = cam_layer_of(model, cam_layer) if isinstance(model, TorchModel) else None
 
     @property
     def explains(self) -> bool:
@@ -51,7 +57,7 @@ class Analyst:
         with self.lock:
             if not self.explains:
                 return Analysis(self.model(x)[0].numpy(), {})
-            result = grad_cam(self.model.net, x.to(self.model.device), _top_class)
+            result = grad_cam(self.model.net, x.to(self.model.device), _top_class, self._module())
         probs = probabilities(result.logits, self.info.task)[0].cpu().numpy()
         top = int(result.targets[0, 0])
         return Analysis(probs, {top: result.maps[0, 0].cpu().numpy()})
@@ -62,8 +68,14 @@ class Analyst:
             raise TypeError(ONNX_NO_CAM)
         x = model_input([squashed], self.transform).to(self.model.device)
         with self.lock:
-            result = grad_cam(self.model.net, x, lambda logits: _fixed(logits, class_index))
+            result = grad_cam(
+                self.model.net, x, lambda logits: _fixed(logits, class_index), self._module()
+            )
         return result.maps[0, 0].cpu().numpy()
+
+    def _module(self) -> torch.nn.Module:
+        assert self.layer is not None  # a PyTorch model: explains
+        return self.layer.module
 
 
 def _top_class(logits: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ def build_state(
     device: str = "auto",
     max_file_mb: float = 50.0,
     max_files: int = 64,
+    cam_layer: str | None = None,
     progress: bool = True,
 ) -> ServeState:
     """Load the model (and predict the split of ``data_dir``) for :func:`~.app.create_app`."""
@@ -51,7 +52,7 @@ def build_state(
         raise ConfigError(f"--max-file-mb must be positive, got {max_file_mb}")
     if max_files < 1:
         raise ConfigError(f"--max-files must be at least 1, got {max_files}")
-    analyst = Analyst(load_model(model_path, device))
+    analyst = Analyst(load_model(model_path, device), cam_layer)
     state = ServeState(
         model_name=model_path.name,
         analyst=analyst,
@@ -77,6 +78,7 @@ def run_serve(
     device: str = "auto",
     max_file_mb: float = 50.0,
     max_files: int = 64,
+    cam_layer: str | None = None,
     progress: bool = True,
 ) -> None:
     """Serve the page until Ctrl-C; a host other than the loopback is warned about."""
@@ -94,6 +96,7 @@ def run_serve(
         device=device,
         max_file_mb=max_file_mb,
         max_files=max_files,
+        cam_layer=cam_layer,
         progress=progress,
     )
     if host not in LOOPBACK:
