@@ -79,7 +79,9 @@ def test_runner_cells_resume_and_schema(runner, tmp_path, monkeypatch):
     for method in ("supervised", "s2mts2"):
         entry = written["methods"][method]
         assert entry["seeds"] == [0, 1]
-        for name in ("macro_auc", "balanced_accuracy", "accuracy", "macro_f1", "srcmt_accuracy"):
+        # SRC-MT's p >= 0.18 evaluation is reported for the ISIC2018 classes only
+        assert "srcmt_accuracy" not in entry
+        for name in ("macro_auc", "balanced_accuracy", "accuracy", "macro_f1"):
             runs = entry[name]["runs"]
             assert len(runs) == 2 and all(0.0 <= r <= 1.0 for r in runs)
             assert entry[name]["mean"] == pytest.approx(sum(runs) / 2)
