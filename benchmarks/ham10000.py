@@ -526,8 +526,6 @@ def paired_differences(
 ) -> dict[str, dict[str, Any]]:
     """{fraction: {"a - b": seeds_paired_auc_difference + seeds}} for the pairs of ``PAIRED``,
     over the seeds both methods finished at that fraction (test images resampled by lesion)."""
-    table = PreparedData.open(cfg.data.dir, cfg.data.cache_for(cfg.finetune_size())).table
-    test = table.indices("test")
     done = {(c["method"], c["fraction"], c["seed"]) for c in cells}
     out: dict[str, dict[str, Any]] = {}
     for fraction in fractions:
@@ -537,6 +535,8 @@ def paired_differences(
             )
             if not seeds:
                 continue
+            table = PreparedData.open(cfg.data.dir, cfg.data.cache_for(cfg.finetune_size())).table
+            test = table.indices("test")
             probs = [
                 np.stack(
                     [np.load(plan.runs_dir / cell_name(m, fraction, s) / PROBS_NAME) for s in seeds]

@@ -283,3 +283,6 @@ def test_metric_by_fraction_plots_mean_and_spread_on_a_fixed_axis(tmp_path, monk
     np.testing.assert_allclose(lines["s2mts2"], [0.85, 0.93])
     band = ax.collections[0].get_paths()[0].vertices[:, 1]  # the supervised min..max band
     assert band.min() == pytest.approx(0.80) and band.max() == pytest.approx(0.92)
+    runs["supervised"][0.02] = [0.47, 0.52]  # below chance: the axis extends to show it
+    report_module.plot_metric_by_fraction(runs, "test macro AUC", tmp_path / "g.png")
+    assert figures[1].axes[0].get_ylim() == (0.45, 1.0)

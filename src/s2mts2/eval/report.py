@@ -359,11 +359,15 @@ def plot_metric_by_fraction(
     ``runs[method][fraction]`` holds the metric of each seed (S,); the line joins the means over
     the seeds and a band spans their minimum to maximum. The x-axis is logarithmic with a tick at
     every fraction; the y-axis spans ``ylim`` (fixed, not fitted to the data, so that small
-    differences are not magnified). Returns the path.
+    differences are not magnified), extended down to show any value below it. Returns the path.
     """
     fig = Figure(figsize=(6.0, 4.2))
     ax = fig.add_subplot()
     fractions = sorted({f for by_fraction in runs.values() for f in by_fraction})
+    lowest = min(
+        (min(v) for by_fraction in runs.values() for v in by_fraction.values() if len(v)),
+        default=ylim[0],
+    )
     for method, by_fraction in runs.items():
         xs = sorted(f for f, values in by_fraction.items() if len(values))
         if not xs:
@@ -375,12 +379,12 @@ def plot_metric_by_fraction(
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g} %" for f in fractions])
     ax.minorticks_off()
-    ax.set_ylim(*ylim)
+    ax.set_ylim(min(ylim[0], np.floor(20 * lowest) / 20), ylim[1])
     ax.set_xlabel("labelled fraction of the training images")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     if title:
         ax.set_title(title)
     fig.tight_layout()
