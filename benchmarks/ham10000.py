@@ -57,7 +57,12 @@ from sklearn.datasets import load_digits
 from s2mts2.config import RunConfig, config_from_dict, config_to_dict, load_config
 from s2mts2.data.prepared import PreparedData, prepare_dataset
 from s2mts2.engine.checkpoint import load_checkpoint
-from s2mts2.engine.evaluate import SplitPredictions, evaluate_split, split_predictions
+from s2mts2.engine.evaluate import (
+    SplitPredictions,
+    evaluate_split,
+    split_predictions,
+    threshold_predictions,
+)
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.errors import ConfigError, DataError
@@ -448,7 +453,10 @@ def run_cell(
     best = finetune(c, out, resume=last.is_file(), progress=plan.progress, command=plan.command)
     pred = split_predictions(best, "test", device=c.device)
     save_probs(out / PROBS_NAME, pred)
-    metrics = evaluate_split(pred, best, out_dir=out / "eval-test", n_boot=plan.n_boot)
+    reference = threshold_predictions(best, pred, device=c.device)  # multi-label: val's
+    metrics = evaluate_split(
+        pred, best, out_dir=out / "eval-test", n_boot=plan.n_boot, reference=reference
+    )
     min_positives = plan.bench.min_test_positives
     state = load_checkpoint(best)
     result = {
