@@ -1,7 +1,8 @@
 """The S²MTS² ablation on real data, resumable per cell: one command builds the whole table.
 
     python benchmarks/ham10000.py [--quick] [--device cuda] [--keep-checkpoints DIR]
-                                  [--split srcmt|lesion] [--dataset ham10000|nih-sample|digits]
+                                  [--split srcmt|lesion ...] [--dataset ham10000|nih-sample|digits]
+                                  [--fractions F ...]
 
 Methods (same backbone, resolution and fine-tuning budget, from the preset):
 ``supervised`` (labelled images only), ``mean-teacher`` (no stage 1), ``moco-mt`` (stage 1 with
@@ -16,6 +17,18 @@ labels, the seed drives the labelled subset, the initialisation of the head and 
 of stage 2. Re-running skips what is finished, so the table can be built over several runs; the
 summary (``benchmarks/results/<benchmark>.json`` + bar plot PNG) is rewritten from the finished
 cells after every cell.
+
+``--fractions 0.02 0.05 0.1 0.2`` makes it the label-efficiency study (preset
+``ham10000-64`` unless ``--preset``): every method × fraction × seed is a cell
+``RUNS/<benchmark>-fractions/<method>-f<fraction>-s<seed>/``; the labelled subset of a
+(fraction, seed) is the same file for every method, and the stage-1 checkpoints are shared by all
+fractions and seeds. Its summary ``<benchmark>-fractions.json``, ``.png`` (test macro AUC against
+the fraction) and ``.md`` (the tables) add, when the invocation ends or with
+``--summary-only``, the paired differences s2mts2 − supervised and s2mts2 − mean-teacher per
+fraction (per seed, and their mean with a 95 % CI that resamples seeds and test lesions).
+Every HAM10000 cell is also scored on the test images under the fixed colour, contrast and
+gamma changes of ``s2mts2.eval.shift.DERMOSCOPY_SHIFTS`` (``shifted_macro_auc`` in its
+result.json).
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +55,21 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from s2mts2.config import RunConfig, config_from_dict, config_to_dict, load_config
-from s2mts2.data.prepared import prepare_dataset
+from s2mts2.data.prepared import PreparedData, prepare_dataset
 from s2mts2.engine.checkpoint import load_checkpoint
-from s2mts2.engine.evaluate import evaluate_checkpoint
+from s2mts2.engine.evaluate import (
+    SplitPredictions,
+    evaluate_split,
+    split_predictions,
+    threshold_predictions,
+)
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.errors import ConfigError, DataError
-from s2mts2.eval.report import comparison_table, plot_comparison_bars
-from s2mts2.files import write_text_atomic
+from s2mts2.eval.metrics import evaluate_predictions, seeds_paired_auc_difference
+from s2mts2.eval.report import comparison_table, plot_comparison_bars, plot_metric_by_fraction
+from s2mts2.eval.shift import DERMOSCOPY_SHIFTS, ImageShift
+from s2mts2.files import write_atomic, write_text_atomic
 
 log = logging.getLogger("s2mts2.benchmark")
 
@@ -71,6 +91,9 @@ METRICS = {
     "srcmt_f1": "src_mt.f1",
 }
 QUICK = ("pretrain.epochs=4", "finetune.epochs=5")
+STUDY_PRESET = "ham10000-64"  # the label-efficiency study's preset (--fractions)
+PAIRED = (("s2mts2", "supervised"), ("s2mts2", "mean-teacher"))  # a − b per fraction
+PROBS_NAME = "test-probs.npy"  # a cell's (N, C) test probabilities
 # small grey-scale datasets: the released brightness/contrast jitter back on (the preset drops the
 # colour jitter for dermoscopy, where colour is diagnostic); more, smaller fine-tuning steps than
 # one pass of 64 so that the EMA teachers (0.99) move
@@ -95,6 +118,7 @@ class Benchmark:
     # writes the dataset folder into the given data folder and returns it (data that ships as
     # arrays, not files); used instead of ``root``
     make_root: Callable[[Path], Path] | None = None
+    shifts: tuple[ImageShift, ...] = ()  # test-set image changes every cell is also scored on
 
 
 def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
@@ -104,7 +128,9 @@ def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
             raise ConfigError(f"--split {split!r}: HAM10000 has the splits srcmt and lesion")
         options = {"split": "lesion"} if split == "lesion" else {}
         name = "ham10000" if split == "srcmt" else "ham10000-lesion"
-        return Benchmark(name, "isic2018", data_root / "ham10000", options)
+        return Benchmark(
+            name, "isic2018", data_root / "ham10000", options, shifts=DERMOSCOPY_SHIFTS
+        )
     if dataset == "nih-sample":
         if split != "grouped":
             raise ConfigError(f"--split {split!r}: the NIH sample has the patient-grouped split")
@@ -175,6 +201,7 @@ class Plan:
     overrides: tuple[str, ...] = ()
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
+    fractions: tuple[float, ...] = ()  # labelled fractions of the study; () = the preset's only
     quick: bool = False
     device: str | None = None
     keep_dir: Path | None = None
@@ -184,7 +211,17 @@ class Plan:
 
     @property
     def stem(self) -> str:
-        return self.bench.name + ("-quick" if self.quick else "")
+        return result_stem(self.bench.name, self.fractions, self.quick)
+
+
+def result_stem(name: str, fractions: tuple[float, ...], quick: bool) -> str:
+    """Name of the run folder and of the result files: ``ham10000[-fractions][-quick]``."""
+    return name + ("-fractions" if fractions else "") + ("-quick" if quick else "")
+
+
+def cell_name(method: str, fraction: float | None, seed: int) -> str:
+    """Folder of one cell: ``<method>-s<seed>``, in the study ``<method>-f<fraction>-s<seed>``."""
+    return f"{method}-s{seed}" if fraction is None else f"{method}-f{fraction:g}-s{seed}"
 
 
 def machine() -> str:
@@ -327,11 +364,18 @@ def stage1_info(folder: Path, cfg: RunConfig) -> dict[str, Any] | None:
     }
 
 
-def cell_config(cfg: RunConfig, method: str, seed: int, pretrained: Path | None) -> RunConfig:
-    """The fine-tuning config of one cell: seed drives labelled subset, init and augmentation."""
+def cell_config(
+    cfg: RunConfig, method: str, seed: int, pretrained: Path | None, fraction: float | None = None
+) -> RunConfig:
+    """The fine-tuning config of one cell: seed drives labelled subset, init and augmentation;
+    ``fraction`` (None: the preset's) the size of the labelled subset. A (fraction, seed) draws
+    the same labelled subset for every method."""
     c = copy.deepcopy(cfg)
     c.seed = seed
     c.data.split_seed = seed
+    if fraction is not None:
+        c.data.labelled = fraction
+        c.data.labelled_count = 0
     if method in STAGE1_LOSS:
         if pretrained is None:
             raise ConfigError(f"method {method} needs a stage-1 checkpoint")
@@ -363,29 +407,67 @@ def summary_metrics(metrics: dict[str, Any], min_positives: int) -> dict[str, fl
     return out
 
 
+def shifted_macro_auc(
+    best: Path, shift: ImageShift, device: str, min_positives: int
+) -> float | None:
+    """Test macro AUC (as in the summary) of a checkpoint on the test images under ``shift``."""
+    pred = split_predictions(best, "test", device=device, shift=shift)
+    t = pred.data.table
+    metrics = evaluate_predictions(
+        pred.probs,
+        pred.labels,
+        classes=t.classes,
+        eval_classes=t.eval_classes,
+        task=t.task,
+        n_boot=0,
+    )
+    return summary_metrics(metrics, min_positives).get("macro_auc")
+
+
+def save_probs(path: Path, pred: SplitPredictions) -> None:
+    """The (N, C) float32 test probabilities of a cell, in the order of the split's table rows
+    (what the paired comparisons read)."""
+    write_atomic(path, lambda f: np.save(f, pred.probs.astype(np.float32)))
+
+
 def run_cell(
-    plan: Plan, cfg: RunConfig, method: str, seed: int, pretrained: Path | None
+    plan: Plan,
+    cfg: RunConfig,
+    method: str,
+    seed: int,
+    pretrained: Path | None,
+    fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune (or resume) one cell, evaluate its selected checkpoint on test, store result."""
-    out = plan.runs_dir / f"{method}-s{seed}"
+    """Fine-tune (or resume) one cell, evaluate its selected checkpoint on test (in-domain and
+    under the benchmark's shifts), store its test probabilities and result."""
+    out = plan.runs_dir / cell_name(method, fraction, seed)
     result_path = out / "result.json"
-    c = cell_config(cfg, method, seed, pretrained)
+    c = cell_config(cfg, method, seed, pretrained, fraction)
     if result_path.is_file():
         result = json.loads(result_path.read_text())
         _check_recipe(out, result["config"], c, "finetune")
         return result
     last = out / "last.pt"
-    log.info("cell %s seed %d -> %s%s", method, seed, out, " (resuming)" if last.is_file() else "")
+    log.info("cell %s -> %s%s", out.name, out, " (resuming)" if last.is_file() else "")
     t0 = time.perf_counter()
     best = finetune(c, out, resume=last.is_file(), progress=plan.progress, command=plan.command)
-    metrics = evaluate_checkpoint(
-        best, split="test", out_dir=out / "eval-test", n_boot=plan.n_boot, device=c.device
+    pred = split_predictions(best, "test", device=c.device)
+    save_probs(out / PROBS_NAME, pred)
+    reference = threshold_predictions(best, pred, device=c.device)  # multi-label: val's
+    metrics = evaluate_split(
+        pred, best, out_dir=out / "eval-test", n_boot=plan.n_boot, reference=reference
     )
+    min_positives = plan.bench.min_test_positives
     state = load_checkpoint(best)
     result = {
         "method": method,
+        "fraction": fraction,
         "seed": seed,
-        "metrics": summary_metrics(metrics, plan.bench.min_test_positives),
+        "metrics": summary_metrics(metrics, min_positives),
+        "shifted_macro_auc": {
+            shift.name: shifted_macro_auc(best, shift, c.device, min_positives)
+            for shift in plan.bench.shifts
+        },
         "mean_auc_ci95": metrics.get("mean_auc_ci95"),
         "selected_epoch": state["epoch"],
         "val_mean_auc": state["best_val"],
@@ -398,16 +480,35 @@ def run_cell(
     return result
 
 
-def aggregate(cells: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
-    """{method: {metric: {mean, sd, runs}, seeds: [...]}}; sd is the sample sd (None for 1 run)."""
+def study_values(cell: dict[str, Any]) -> dict[str, float]:
+    """A cell's summary metrics plus, per shift, ``macro_auc_<shift>`` and, when every shift is
+    scored, ``shift_drop``: in-domain macro AUC minus the mean of the shifted ones."""
+    values = dict(cell["metrics"])
+    shifted = cell.get("shifted_macro_auc") or {}
+    for name, value in shifted.items():
+        if value is not None:
+            values[f"macro_auc_{name}"] = value
+    scored = [v for v in shifted.values() if v is not None]
+    if scored and len(scored) == len(shifted) and "macro_auc" in values:
+        values["shift_drop"] = values["macro_auc"] - float(np.mean(scored))
+    return values
+
+
+def aggregate(
+    cells: list[dict[str, Any]],
+    methods: tuple[str, ...],
+    values: Callable[[dict[str, Any]], dict[str, float]] = lambda cell: cell["metrics"],
+) -> dict[str, Any]:
+    """{method: {metric: {mean, sd, runs}, seeds: [...]}} over the metrics ``values`` gives each
+    cell; sd is the sample sd (None for 1 run)."""
     out: dict[str, Any] = {}
     for method in methods:
         mine = sorted((c for c in cells if c["method"] == method), key=lambda c: c["seed"])
         if not mine:
             continue
         entry: dict[str, Any] = {"seeds": [c["seed"] for c in mine]}
-        for name in mine[0]["metrics"]:
-            runs = [c["metrics"][name] for c in mine]
+        for name in values(mine[0]):
+            runs = [values(c)[name] for c in mine]
             entry[name] = {
                 "mean": float(np.mean(runs)),
                 "sd": float(np.std(runs, ddof=1)) if len(runs) > 1 else None,
@@ -417,30 +518,66 @@ def aggregate(cells: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
     return out
 
 
-def write_summary(plan: Plan, cfg: RunConfig) -> dict[str, Any]:
-    """Write RESULTS/<stem>.json and <stem>.png from every finished cell on disk (any seed, earlier
-    or concurrent invocation); returns the summary."""
-    cells = [
+def finished_cells(plan: Plan) -> list[dict[str, Any]]:
+    """The result.json of every finished cell of this benchmark on disk (any seed or fraction,
+    earlier or concurrent invocations)."""
+    pattern = "-f*-s*" if plan.fractions else "-s*"
+    return [
         json.loads(path.read_text())
         for method in METHODS
-        for path in sorted(plan.runs_dir.glob(f"{method}-s*/result.json"))
+        for path in sorted(plan.runs_dir.glob(f"{method}{pattern}/result.json"))
     ]
+
+
+def paired_differences(
+    plan: Plan, cfg: RunConfig, cells: list[dict[str, Any]], fractions: list[float]
+) -> dict[str, dict[str, Any]]:
+    """{fraction: {"a - b": seeds_paired_auc_difference + seeds}} for the pairs of ``PAIRED``,
+    over the seeds both methods finished at that fraction (test images resampled by lesion)."""
+    done = {(c["method"], c["fraction"], c["seed"]) for c in cells}
+    out: dict[str, dict[str, Any]] = {}
+    for fraction in fractions:
+        for a, b in PAIRED:
+            seeds = sorted(
+                s for (m, f, s) in done if m == a and f == fraction and (b, f, s) in done
+            )
+            if not seeds:
+                continue
+            table = PreparedData.open(cfg.data.dir, cfg.data.cache_for(cfg.finetune_size())).table
+            test = table.indices("test")
+            probs = [
+                np.stack(
+                    [np.load(plan.runs_dir / cell_name(m, fraction, s) / PROBS_NAME) for s in seeds]
+                )
+                for m in (a, b)
+            ]
+            result = seeds_paired_auc_difference(
+                *probs, table.labels[test], table, groups=table.groups[test], n_boot=plan.n_boot
+            )
+            out.setdefault(f"{fraction:g}", {})[f"{a} - {b}"] = {"seeds": seeds, **result}
+    return out
+
+
+def write_summary(plan: Plan, cfg: RunConfig, final: bool = True) -> dict[str, Any]:
+    """Write RESULTS/<stem>.json and <stem>.png from every finished cell on disk; returns the
+    summary. In the study (``plan.fractions``) also <stem>.md, and with ``final`` the paired
+    comparisons (bootstraps: left out of the rewrites after each cell)."""
+    cells = finished_cells(plan)
     seeds = sorted({*plan.seeds, *(c["seed"] for c in cells)})
+    fractions = sorted({*plan.fractions, *(c["fraction"] for c in cells if c.get("fraction"))})
     stage1_runs = {
         loss: info
         for loss in ("jcl", "moco")
         if (info := stage1_info(plan.runs_dir / f"stage1-{loss}", cfg)) is not None
     }
-    methods = aggregate(cells, METHODS)
     minutes = sum(c["minutes"] for c in cells) + sum(
         s["minutes"] or 0.0 for s in stage1_runs.values()
     )
     machines = sorted(
         {c["machine"] for c in cells} | {m for s in stage1_runs.values() for m in s["machines"]}
     )
-    summary = {
+    summary: dict[str, Any] = {
         "benchmark": plan.bench.name,
-        "methods": methods,
         "split": plan.bench.options.get("split", "srcmt"),
         "preset": plan.bench.preset,
         "overrides": [*plan.bench.overrides, *(QUICK if plan.quick else ()), *plan.overrides],
@@ -449,14 +586,16 @@ def write_summary(plan: Plan, cfg: RunConfig) -> dict[str, Any]:
         "minutes": round(minutes, 1),
         "cells": {
             "done": len(cells),
-            "total": len(METHODS) * len(seeds),
+            "total": len(METHODS) * len(seeds) * max(1, len(fractions)),
             "seeds": seeds,
         },
         "stage1": stage1_runs,
         "notes": [
             "test metrics of the teacher checkpoint selected on validation mean AUC",
-            "one stage-1 checkpoint per loss (preset seed) is shared by all seeds; the seed drives "
-            "the labelled subset, head initialisation and augmentation of stage 2",
+            "one stage-1 checkpoint per loss (preset seed) is shared by all seeds"
+            + (" and fractions" if fractions else "")
+            + "; the seed drives the labelled subset, head initialisation and augmentation of "
+            "stage 2",
             "supervised and mean-teacher train the backbone at the full LR "
             "(finetune.backbone_lr_scale=1); moco-mt and s2mts2 use the preset's scale",
             "sd: sample standard deviation over seeds (null with one seed)",
@@ -464,15 +603,55 @@ def write_summary(plan: Plan, cfg: RunConfig) -> dict[str, Any]:
         "config": config_to_dict(cfg),
     }
     plan.results_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(plan.results_dir / f"{plan.stem}.json", summary)
-    table = _table(methods)
-    if table:
-        plot_comparison_bars(
-            table,
-            "macro_auc",
-            plan.results_dir / f"{plan.stem}.png",
-            title=f"{plan.stem}: test macro AUC, seeds {sorted({c['seed'] for c in cells})}",
-        )
+    path = plan.results_dir / plan.stem
+    if not fractions:
+        summary["methods"] = methods = aggregate(cells, METHODS)
+        _write_json(path.with_suffix(".json"), summary)
+        table = _table(methods)
+        if table:
+            plot_comparison_bars(
+                table,
+                "macro_auc",
+                path.with_suffix(".png"),
+                title=f"{plan.stem}: test macro AUC, seeds {sorted({c['seed'] for c in cells})}",
+            )
+        return summary
+    summary["fractions"] = fractions
+    summary["by_fraction"] = {
+        f"{f:g}": aggregate([c for c in cells if c["fraction"] == f], METHODS, study_values)
+        for f in fractions
+    }
+    summary["shifts"] = [asdict(shift) for shift in plan.bench.shifts]
+    summary["notes"] += [
+        "the labelled subset of a (fraction, seed) is the same file for every method",
+        "shift_drop: in-domain test macro AUC minus the mean of macro_auc_<shift> over the "
+        "shifts (fixed photometric changes of the test images, listed in shifts)",
+        "paired: a - b per seed on the same test images, and their mean with a percentile "
+        "bootstrap 95 % CI resampling the seeds and the test images (whole lesions)",
+    ]
+    if final:
+        summary["paired"] = paired_differences(plan, cfg, cells, fractions)
+    summary["cell_results"] = [
+        {k: c.get(k) for k in ("method", "fraction", "seed", "metrics", "shifted_macro_auc")}
+        | {k: c[k] for k in ("selected_epoch", "val_mean_auc", "minutes")}
+        for c in cells
+    ]
+    _write_json(path.with_suffix(".json"), summary)
+    write_text_atomic(path.with_suffix(".md"), fraction_markdown(summary, plan.stem))
+    runs = {
+        method: {
+            float(f): entry[method]["macro_auc"]["runs"]
+            for f, entry in summary["by_fraction"].items()
+            if method in entry
+        }
+        for method in METHODS
+    }
+    plot_metric_by_fraction(
+        {m: r for m, r in runs.items() if r},
+        "test macro AUC",
+        path.with_suffix(".png"),
+        title=f"{plan.stem}: mean over seeds, band = min..max",
+    )
     return summary
 
 
@@ -488,12 +667,91 @@ def _table(methods: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """The README table of a summary: mean ± sd per method and metric."""
+def markdown(summary: dict[str, Any], stem: str) -> str:
+    """The README table of a summary (``stem``: its file name): mean ± sd per method and metric,
+    in the study the tables of ``fraction_markdown``."""
+    if "by_fraction" in summary:
+        return fraction_markdown(summary, stem)
     methods = summary["methods"]
     table = _table(methods)
     keys = [k for k in METRICS if any(k in e for e in methods.values())]
     return comparison_table(table, keys) if table else "(no finished cells)\n"
+
+
+def _mean_sd(value: dict[str, Any] | None, signed: bool = False) -> str:
+    """'mean ± sd (n)' of an aggregate entry; '–' when missing."""
+    if value is None:
+        return "–"
+    mean = f"{value['mean']:+.4f}" if signed else f"{value['mean']:.4f}"
+    sd = "" if value["sd"] is None else f" ± {value['sd']:.4f}"
+    return f"{mean}{sd} ({len(value['runs'])})"
+
+
+def fraction_markdown(summary: dict[str, Any], stem: str) -> str:
+    """The study's tables: test macro AUC by method × fraction, the paired differences per
+    fraction and the AUC under the image shifts."""
+    fractions = [f"{f:g}" for f in summary["fractions"]]
+    by = summary["by_fraction"]
+    methods = [m for m in METHODS if any(m in by[f] for f in fractions)]
+
+    def cell(method: str, fraction: str, metric: str, signed: bool = False) -> str:
+        return _mean_sd(by[fraction].get(method, {}).get(metric), signed)
+
+    head = [f"{100 * float(f):g} %" for f in fractions]
+    lines = [
+        f"Test macro AUC of `{summary['benchmark']}` by labelled fraction, mean ± sample sd over "
+        "seeds (number of seeds); `" + summary["command"] + "`:",
+        "",
+        "| method | " + " | ".join(head) + " |",
+        "| --- |" + " --- |" * len(fractions),
+        *(
+            f"| {m} | " + " | ".join(cell(m, f, "macro_auc") for f in fractions) + " |"
+            for m in methods
+        ),
+        "",
+        f"![test macro AUC against the labelled fraction](results/{stem}.png)",
+        "",
+    ]
+    paired = summary.get("paired")
+    if paired:
+        lines += [
+            "Paired differences of test macro AUC (seed s of both methods on the same labelled "
+            "subset); mean over seeds with a 95 % CI of a bootstrap over seeds × test lesions:",
+            "",
+            "| fraction | difference | per seed | mean [95 % CI] |",
+            "| --- | --- | --- | --- |",
+        ]
+        for f, pairs in paired.items():
+            for name, r in pairs.items():
+                per_seed = ", ".join(
+                    f"s{s} {p['difference']:+.4f}" for s, p in zip(r["seeds"], r["per_seed"])
+                )
+                low, high = r["difference_ci95"]
+                ci = "n/a" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+                lines.append(
+                    f"| {100 * float(f):g} % | {name.replace(' - ', ' − ')} | {per_seed} | "
+                    f"{r['difference']:+.4f} {ci} |"
+                )
+        lines.append("")
+    shifts = [s["name"] for s in summary["shifts"]]
+    if shifts:
+        lines += [
+            "Test macro AUC under fixed image changes (" + ", ".join(shifts) + "; "
+            "`s2mts2.eval.shift.DERMOSCOPY_SHIFTS`), mean ± sd over seeds; drop = in-domain − "
+            "mean of the shifted:",
+            "",
+            "| method | fraction | in-domain | " + " | ".join(shifts) + " | drop |",
+            "| --- | --- | --- |" + " --- |" * (len(shifts) + 1),
+        ]
+        for f in fractions:
+            for m in methods:
+                if m in by[f]:
+                    row = [cell(m, f, "macro_auc")]
+                    row += [cell(m, f, f"macro_auc_{s}") for s in shifts]
+                    row.append(cell(m, f, "shift_drop", signed=True))
+                    lines.append(f"| {m} | {100 * float(f):g} % | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def run_benchmark(plan: Plan) -> dict[str, Any]:
@@ -501,16 +759,20 @@ def run_benchmark(plan: Plan) -> dict[str, Any]:
     unknown = [m for m in plan.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+    bad = [f for f in plan.fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ConfigError(f"--fractions: {bad} are not in (0, 1]")
     cfg = base_config(plan)
     prepare(plan, cfg)
     ckpts: dict[str, Path] = {}
     for seed in plan.seeds:
-        for method in plan.methods:
-            loss = STAGE1_LOSS.get(method)
-            if loss is not None and loss not in ckpts:
-                ckpts[loss] = stage1(plan, cfg, loss)
-            run_cell(plan, cfg, method, seed, ckpts[loss] if loss else None)
-            write_summary(plan, cfg)
+        for fraction in plan.fractions or (None,):
+            for method in plan.methods:
+                loss = STAGE1_LOSS.get(method)
+                if loss is not None and loss not in ckpts:
+                    ckpts[loss] = stage1(plan, cfg, loss)
+                run_cell(plan, cfg, method, seed, ckpts[loss] if loss else None, fraction)
+                write_summary(plan, cfg, final=False)
     return write_summary(plan, cfg)
 
 
@@ -518,7 +780,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="ham10000", choices=["ham10000", "nih-sample", "digits"])
-    p.add_argument("--split", default=None, help="ham10000: srcmt (default) | lesion")
+    p.add_argument(
+        "--split", nargs="+", default=None, help="ham10000: srcmt (default) | lesion, or both"
+    )
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="F",
+        help=f"labelled fractions of the label-efficiency study (HAM10000 preset {STUDY_PRESET})",
+    )
     p.add_argument("--quick", action="store_true", help="one seed, few epochs (a smoke run)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the preset's)")
     p.add_argument("--keep-checkpoints", type=Path, default=None, metavar="DIR")
@@ -537,38 +809,39 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     default_split = {"ham10000": "srcmt", "nih-sample": "grouped", "digits": "stratified"}
-    split = args.split or default_split[args.dataset]
+    fractions = tuple(args.fractions)
+    # the command that builds this table (a --summary-only rewrite names it too)
+    command = shlex.join(
+        ["python", "benchmarks/ham10000.py", *(a for a in argv if a != "--summary-only")]
+    )
     try:
-        bench = benchmark_for(args.dataset, split, args.data_root)
-        if args.preset:
-            bench = replace(bench, preset=args.preset)
-        seeds = tuple(args.seeds or ((0,) if args.quick else (0, 1, 2)))
-        stem = bench.name + ("-quick" if args.quick else "")
-        plan = Plan(
-            bench=bench,
-            runs_dir=args.runs_dir / stem,
-            results_dir=args.results_dir,
-            overrides=tuple(args.set),
-            methods=tuple(args.methods),
-            seeds=seeds,
-            quick=args.quick,
-            device=args.device,
-            keep_dir=args.keep_checkpoints,
-            n_boot=args.n_boot,
-            progress=not args.no_progress,
-            # the command that builds this table (a --summary-only rewrite names it too)
-            command=shlex.join(
-                ["python", "benchmarks/ham10000.py", *(a for a in argv if a != "--summary-only")]
-            ),
-        )
-        summary = (
-            write_summary(plan, base_config(plan)) if args.summary_only else run_benchmark(plan)
-        )
+        for split in args.split or [default_split[args.dataset]]:
+            bench = benchmark_for(args.dataset, split, args.data_root)
+            if args.preset or (fractions and args.dataset == "ham10000"):
+                bench = replace(bench, preset=args.preset or STUDY_PRESET)
+            plan = Plan(
+                bench=bench,
+                runs_dir=args.runs_dir / result_stem(bench.name, fractions, args.quick),
+                results_dir=args.results_dir,
+                overrides=tuple(args.set),
+                methods=tuple(args.methods),
+                seeds=tuple(args.seeds or ((0,) if args.quick else (0, 1, 2))),
+                fractions=fractions,
+                quick=args.quick,
+                device=args.device,
+                keep_dir=args.keep_checkpoints,
+                n_boot=args.n_boot,
+                progress=not args.no_progress,
+                command=command,
+            )
+            summary = (
+                write_summary(plan, base_config(plan)) if args.summary_only else run_benchmark(plan)
+            )
+            print(markdown(summary, plan.stem))
+            print(f"wrote {plan.results_dir / plan.stem}.json and .png ({summary['minutes']} min)")
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown(summary))
-    print(f"wrote {plan.results_dir / plan.stem}.json and .png ({summary['minutes']} min)")
     return 0
 
 

@@ -165,3 +165,64 @@ def test_digits_folder_is_read_by_the_csv_adapter(runner, tmp_path):
     assert not (folder / "images" / "digit-0000.png").exists()
     with pytest.raises(runner.ConfigError, match="stratified"):
         runner.benchmark_for("digits", "grouped", tmp_path)
+
+
+def test_fractions_study_pairs_cells_shares_stage1_and_writes_its_tables(
+    runner, tmp_path, monkeypatch
+):
+    """The label-efficiency study on generated data: method × fraction cells on one shared
+    stage-1 run, one labelled subset per (fraction, seed), the identity shift reproduces the
+    in-domain AUC exactly, JSON + Markdown + plot with the paired comparison, re-runs skip."""
+    plan = make_plan(runner, tmp_path)
+    identity = runner.ImageShift("identity")
+    plan.bench = runner.replace(
+        plan.bench, shifts=(identity, runner.ImageShift("low-contrast", contrast=0.5))
+    )
+    plan.fractions, plan.seeds, plan.n_boot = (0.3, 0.6), (0,), 20
+    plan.runs_dir = tmp_path / "runs" / plan.stem
+    assert plan.stem == "synthetic-fractions"
+    summary = runner.run_benchmark(plan)
+
+    names = sorted(p.parent.name for p in plan.runs_dir.glob("*/result.json"))
+    assert names == [f"{m}-f{f}-s0" for m in ("s2mts2", "supervised") for f in ("0.3", "0.6")]
+    assert [p.name for p in plan.runs_dir.glob("stage1-*")] == ["stage1-jcl"]
+    for fraction in (0.3, 0.6):
+        cells = [
+            json.loads((plan.runs_dir / f"{m}-f{fraction:g}-s0" / "result.json").read_text())
+            for m in ("supervised", "s2mts2")
+        ]
+        assert [c["config"]["data"]["labelled"] for c in cells] == [fraction, fraction]
+        assert {c["config"]["data"]["split_seed"] for c in cells} == {0}
+        for c in cells:
+            assert c["shifted_macro_auc"]["identity"] == c["metrics"]["macro_auc"]
+            assert c["shifted_macro_auc"]["low-contrast"] != c["metrics"]["macro_auc"]
+    data_dir = Path(cells[0]["config"]["data"]["dir"])
+    lists = sorted(p.name for p in (data_dir / "labelled").glob("*.txt"))
+    assert lists == ["labelled-f0.3-s0.txt", "labelled-f0.6-s0.txt"]  # + stage 1's (0.3)
+
+    written = json.loads((plan.results_dir / "synthetic-fractions.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert written["fractions"] == [0.3, 0.6]
+    assert written["cells"] == {"done": 4, "total": 8, "seeds": [0]}
+    entry = written["by_fraction"]["0.6"]["s2mts2"]
+    assert entry["seeds"] == [0] and entry["macro_auc"]["sd"] is None
+    assert entry["shift_drop"]["mean"] == pytest.approx(
+        entry["macro_auc"]["mean"]
+        - (entry["macro_auc_identity"]["mean"] + entry["macro_auc_low-contrast"]["mean"]) / 2
+    )
+    paired = written["paired"]["0.3"]["s2mts2 - supervised"]
+    auc = {
+        m: written["by_fraction"]["0.3"][m]["macro_auc"]["mean"] for m in ("s2mts2", "supervised")
+    }
+    assert paired["seeds"] == [0]
+    assert paired["difference"] == pytest.approx(auc["s2mts2"] - auc["supervised"])
+    assert len(written["cell_results"]) == 4
+    table = (plan.results_dir / "synthetic-fractions.md").read_text()
+    assert "| method | 30 % | 60 % |" in table and "s2mts2 − supervised" in table
+    assert (plan.results_dir / "synthetic-fractions.png").stat().st_size > 0
+
+    calls = []
+    real = runner.finetune
+    monkeypatch.setattr(runner, "finetune", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    runner.run_benchmark(plan)
+    assert calls == []

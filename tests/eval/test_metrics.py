@@ -528,3 +528,120 @@ def test_accumulator_matches_one_shot_evaluation():
         acc.aggregate()
     with pytest.raises(DataError, match=r"shape \(B, 3\)"):
         acc.update(np.zeros((2, 4)), np.zeros((2, 4)))
+
+
+def _table_of(labels: np.ndarray):
+    from s2mts2.data.table import DatasetTable
+
+    n, c = labels.shape
+    return DatasetTable(
+        name="t",
+        paths=[f"{i}.png" for i in range(n)],
+        labels=labels,
+        classes=[f"c{k}" for k in range(c)],
+        task="multilabel",
+        groups=np.arange(n).astype(str),
+        split=np.array(["test"] * n),
+        channels=1,
+    )
+
+
+def _pairwise_auc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """AUC by comparing every positive with every negative (ties count ½): no ranks."""
+    pos, neg = scores[targets == 1], scores[targets == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def _seeds_paired_brute_force(a, b, labels, groups, n_boot, rng):
+    """Mean over seeds of the per-seed mean-AUC difference, and the percentiles of replicates
+    that draw seeds with replacement and whole groups with replacement, written out in loops."""
+
+    def mean_auc(p, y):
+        return np.mean([_pairwise_auc(p[:, k], y[:, k]) for k in range(y.shape[1])])
+
+    n_seeds = len(a)
+    estimate = np.mean([mean_auc(a[s], labels) - mean_auc(b[s], labels) for s in range(n_seeds)])
+    members = {g: np.flatnonzero(groups == g) for g in np.unique(groups)}
+    names = list(members)
+    replicates = []
+    for _ in range(n_boot):
+        seeds = rng.integers(0, n_seeds, n_seeds)
+        rows = np.concatenate([members[names[i]] for i in rng.integers(0, len(names), len(names))])
+        y = labels[rows]
+        replicates.append(
+            np.mean([mean_auc(a[s][rows], y) - mean_auc(b[s][rows], y) for s in seeds])
+        )
+    return estimate, np.quantile(replicates, [0.025, 0.975])
+
+
+def test_seeds_paired_difference_matches_a_brute_force_bootstrap_over_seeds_and_groups():
+    """Point estimates exactly; the CI within Monte-Carlo error of an independent loop version
+    (its own draws), with lesions of 1-3 images resampled whole."""
+    from s2mts2.eval.metrics import seeds_paired_auc_difference
+
+    rng = np.random.default_rng(11)
+    n, c, n_seeds = 240, 2, 3
+    groups = np.repeat(np.arange(120), rng.integers(1, 4, 120))[:n]
+    labels = (rng.random((n, c)) < 0.4).astype(float)
+    # per seed a different gain of a over b: seed spread and test noise both matter
+    a = np.stack([labels * (1.0 + 0.4 * s) + rng.normal(size=(n, c)) for s in range(n_seeds)])
+    b = np.stack([labels * 1.0 + rng.normal(size=(n, c)) for _ in range(n_seeds)])
+    table = _table_of(labels)
+    got = seeds_paired_auc_difference(a, b, labels, table, groups=groups, n_boot=2000, seed=5)
+    estimate, ci = _seeds_paired_brute_force(a, b, labels, groups, 2000, np.random.default_rng(9))
+
+    assert got["difference"] == pytest.approx(estimate, abs=1e-12)
+    for s, r in enumerate(got["per_seed"]):
+        direct = np.mean([roc_auc_score(labels[:, k], a[s][:, k]) for k in range(c)])
+        assert r["mean_auc_a"] == pytest.approx(direct, abs=1e-12)
+        assert r["difference"] == pytest.approx(
+            direct - np.mean([roc_auc_score(labels[:, k], b[s][:, k]) for k in range(c)]),
+            abs=1e-12,
+        )
+    np.testing.assert_allclose(got["difference_ci95"], ci, atol=0.006)
+    low, high = got["difference_ci95"]
+    assert low < got["difference"] < high
+
+
+def test_seeds_paired_difference_covers_a_known_true_difference():
+    """Binormal scores: positives N(d, 1), negatives N(0, 1) have AUC Φ(d/√2); a has d = 1.5,
+    b d = 1.0 in every seed (fresh noise per seed), so the true difference is 0.0954."""
+    from scipy.stats import norm
+
+    from s2mts2.eval.metrics import seeds_paired_auc_difference
+
+    rng = np.random.default_rng(2)
+    n, c, n_seeds = 3000, 2, 3
+    labels = (rng.random((n, c)) < 0.3).astype(float)
+    a = np.stack([1.5 * labels + rng.normal(size=(n, c)) for _ in range(n_seeds)])
+    b = np.stack([1.0 * labels + rng.normal(size=(n, c)) for _ in range(n_seeds)])
+    truth = norm.cdf(1.5 / np.sqrt(2)) - norm.cdf(1.0 / np.sqrt(2))
+    assert truth == pytest.approx(0.0954, abs=1e-4)
+    got = seeds_paired_auc_difference(a, b, labels, _table_of(labels), n_boot=300, seed=1)
+    low, high = got["difference_ci95"]
+    assert low < truth < high
+    assert abs(got["difference"] - truth) < 0.015 and high - low < 0.05
+
+
+def test_seeds_paired_difference_resamples_the_seeds():
+    """Seed 0 of a equals b (difference exactly 0), seeds 1 and 2 are far better: a replicate
+    drawing seed 0 three times (1 in 27, above 2.5 %) is 0, so the CI reaches 0; a CI of the
+    test images alone would stay near the mean, about 2/3 of the gain."""
+    from s2mts2.eval.metrics import seeds_paired_auc_difference
+
+    rng = np.random.default_rng(3)
+    n, c = 400, 2
+    labels = (rng.random((n, c)) < 0.5).astype(float)
+    b = np.stack([0.5 * labels + rng.normal(size=(n, c)) for _ in range(3)])
+    a = b.copy()
+    a[1:] += 3.0 * labels
+    got = seeds_paired_auc_difference(a, b, labels, _table_of(labels), n_boot=1000, seed=0)
+    assert got["per_seed"][0]["difference"] == 0.0
+    assert got["per_seed"][0]["difference_ci95"] == [0.0, 0.0]
+    assert got["difference"] > 0.15
+    assert got["difference_ci95"][0] == pytest.approx(0.0, abs=1e-9)
+    same = seeds_paired_auc_difference(b, b, labels, _table_of(labels), n_boot=50)
+    assert same["difference"] == 0.0 and same["difference_ci95"] == [0.0, 0.0]
+    with pytest.raises(DataError, match=r"\(S, N, C\)"):
+        seeds_paired_auc_difference(a[0], b[0], labels, _table_of(labels))

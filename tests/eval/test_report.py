@@ -256,3 +256,33 @@ def test_confusion_figure_writes_counts_and_row_fractions(tmp_path):
         assert image.format == "PNG" and image.size[0] > image.size[1]
     with pytest.raises(DataError, match="for 2 classes"):
         confusion_figure(counts, ["a", "b"])
+
+
+def test_metric_by_fraction_plots_mean_and_spread_on_a_fixed_axis(tmp_path, monkeypatch):
+    figures = []
+    real_save = report_module._save
+    monkeypatch.setattr(
+        report_module, "_save", lambda fig, path: figures.append(fig) or real_save(fig, path)
+    )
+    runs = {
+        "supervised": {0.02: [0.80, 0.82, 0.84], 0.2: [0.90, 0.91, 0.92]},
+        "s2mts2": {0.02: [0.85], 0.2: [0.93]},
+    }
+    out = report_module.plot_metric_by_fraction(
+        runs, "test macro AUC", tmp_path / "f.png", title="t"
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figures[0].axes[0]
+    assert ax.get_ylim() == (0.5, 1.0)  # not fitted to the data (0.80..0.93)
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == [
+        "2 %",
+        "20 %",
+    ]
+    lines = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["supervised"], [0.82, 0.91])
+    np.testing.assert_allclose(lines["s2mts2"], [0.85, 0.93])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]  # the supervised min..max band
+    assert band.min() == pytest.approx(0.80) and band.max() == pytest.approx(0.92)
+    runs["supervised"][0.02] = [0.47, 0.52]  # below chance: the axis extends to show it
+    report_module.plot_metric_by_fraction(runs, "test macro AUC", tmp_path / "g.png")
+    assert figures[1].axes[0].get_ylim() == (0.45, 1.0)

@@ -21,6 +21,7 @@ from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval.metrics import evaluate_predictions, threshold_evaluation
 from s2mts2.eval.predictions import ImagePredictions, write_predictions_csv
 from s2mts2.eval.report import markdown_table, plot_confusion_matrix, plot_roc
+from s2mts2.eval.shift import ImageShift
 from s2mts2.files import write_text_atomic
 from s2mts2.models.heads import Network
 
@@ -123,8 +124,10 @@ def split_predictions(
     model: str = "teacher",
     data_dir: str | Path | None = None,
     device: str = "auto",
+    shift: ImageShift | None = None,
 ) -> SplitPredictions:
-    """Run a stage-2 checkpoint (its teacher or student) over one split, in fp32."""
+    """Run a stage-2 checkpoint (its teacher or student) over one split, in fp32; ``shift``
+    changes the cached uint8 images first (a deterministic change of the image source)."""
     state = load_finetuned(checkpoint)
     meta = state["meta"]
     dev = resolve_device(device)
@@ -144,7 +147,7 @@ def split_predictions(
             f"{data.dir}: the {split} split has no images; this dataset has {found} "
             f"(--split {found[-1] if found else 'val'})"
         )
-    probs = predict(net, data, idx, meta["size"], dev, fp32, meta["task"])
+    probs = predict(net, data, idx, meta["size"], dev, fp32, meta["task"], shift)
     return SplitPredictions(np.asarray(probs), idx, data, meta, split)
 
 

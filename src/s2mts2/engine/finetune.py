@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,15 +223,18 @@ def predict(
     device: torch.device,
     precision: Precision,
     task: str,
+    shift: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode, forward
-    passes in ``precision``).
+    passes in ``precision``); ``shift`` maps each (B, C, H, W) uint8 batch of the cache before
+    the evaluation transform (e.g. an ``s2mts2.eval.shift.ImageShift``).
 
     Under DDP every rank must call it: each forwards its shard of ``idx``, all get every row.
     """
     was_training = net.training
     net.eval()
-    transform = build_eval_transform(data.table.channels, size)
+    evaluation = build_eval_transform(data.table.channels, size)
+    transform = evaluation if shift is None else lambda images: evaluation(shift(images))
     logits = all_gather_rows(
         forward_rows(net, data.images(), data.rows[shard(idx)], transform, device, precision)
     )

@@ -468,6 +468,68 @@ def paired_auc_difference(
     }
 
 
+def seeds_paired_auc_difference(
+    probs_a: Any,
+    probs_b: Any,
+    labels: Any,
+    table: ClassNames,
+    *,
+    groups: Any | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired mean-AUC difference a − b of two methods trained with S seeds each, seed s of both
+    on the same labelled subset, all scored on the same N test images.
+
+    probs_a, probs_b: (S, N, C) probabilities, row s of both from seed s; labels (N, C);
+    groups (N,) ids (e.g. lesions) resampled whole. The estimate is the mean over the seeds of
+    the per-seed difference of mean AUC (``table``'s eval classes). Its percentile bootstrap 95 %
+    CI resamples both sources of variation: each replicate draws S seeds with replacement and one
+    resample of the test images (whole groups) shared by the drawn seeds, and averages their
+    differences on it. Each seed also gets its own paired CI (:func:`paired_auc_difference`, the
+    test images only).
+
+    Returns ``{"difference", "difference_ci95": [low, high], "per_seed": [{"mean_auc_a",
+    "mean_auc_b", "difference", "difference_ci95"}, ...]}`` (S entries, in seed order).
+    """
+    a, b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
+    if a.ndim != 3 or a.shape != b.shape:
+        raise DataError(
+            f"seeds_paired_auc_difference: expected probabilities (S, N, C) of the same shape, "
+            f"got {a.shape} and {b.shape}"
+        )
+    n_seeds, n, c = a.shape
+    per_seed = [
+        paired_auc_difference(a[s], b[s], labels, table, groups=groups, n_boot=n_boot, seed=seed)
+        for s in range(n_seeds)
+    ]
+    # (N, S·2C): the columns of seed s are a[s] then b[s], so one row resample serves every seed
+    stacked = np.concatenate([np.concatenate([a[s], b[s]], axis=1) for s in range(n_seeds)], 1)
+    seed_draws = np.random.default_rng([seed, 1])  # the seeds' own stream, one draw per replicate
+
+    def mean_difference(p: np.ndarray, y: np.ndarray) -> float | None:
+        drawn, counts = np.unique(seed_draws.integers(0, n_seeds, n_seeds), return_counts=True)
+        total = 0.0
+        for s, count in zip(drawn, counts):
+            block = p[:, 2 * c * s : 2 * c * (s + 1)]
+            auc_a = table_mean_auc(block[:, :c], y, table)
+            auc_b = table_mean_auc(block[:, c:], y, table)
+            if auc_a is None or auc_b is None:
+                return None
+            total += count * (auc_a - auc_b)
+        return total / n_seeds
+
+    low, high = bootstrap_ci(
+        stacked, labels, mean_difference, groups=groups, n_boot=n_boot, seed=seed
+    )
+    differences = [r["difference"] for r in per_seed]
+    return {
+        "difference": None if None in differences else float(np.mean(differences)),
+        "difference_ci95": [low, high],
+        "per_seed": per_seed,
+    }
+
+
 def evaluate_predictions(
     probs: Any,
     labels: Any,

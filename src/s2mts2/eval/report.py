@@ -347,6 +347,50 @@ def plot_paired_differences(
     return _save(fig, path)
 
 
+def plot_metric_by_fraction(
+    runs: Mapping[str, Mapping[float, Sequence[float]]],
+    metric: str,
+    path: str | Path,
+    title: str | None = None,
+    ylim: tuple[float, float] = (0.5, 1.0),
+) -> Path:
+    """Line plot PNG of a metric against the labelled fraction, one line per method.
+
+    ``runs[method][fraction]`` holds the metric of each seed (S,); the line joins the means over
+    the seeds and a band spans their minimum to maximum. The x-axis is logarithmic with a tick at
+    every fraction; the y-axis spans ``ylim`` (fixed, not fitted to the data, so that small
+    differences are not magnified), extended down to show any value below it. Returns the path.
+    """
+    fig = Figure(figsize=(6.0, 4.2))
+    ax = fig.add_subplot()
+    fractions = sorted({f for by_fraction in runs.values() for f in by_fraction})
+    lowest = min(
+        (min(v) for by_fraction in runs.values() for v in by_fraction.values() if len(v)),
+        default=ylim[0],
+    )
+    for method, by_fraction in runs.items():
+        xs = sorted(f for f, values in by_fraction.items() if len(values))
+        if not xs:
+            continue
+        values = [np.asarray(by_fraction[f], dtype=np.float64) for f in xs]
+        (line,) = ax.plot(xs, [v.mean() for v in values], marker="o", label=method)
+        lows, highs = [v.min() for v in values], [v.max() for v in values]
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{100 * f:g} %" for f in fractions])
+    ax.minorticks_off()
+    ax.set_ylim(min(ylim[0], np.floor(20 * lowest) / 20), ylim[1])
+    ax.set_xlabel("labelled fraction of the training images")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def confusion_figure(confusion: Any, classes: Sequence[str], title: str | None = None) -> Figure:
     """Two heat maps of a (C, C) confusion matrix (rows: true class, columns: predicted): the
     counts and the row-normalised fractions (each true class's row sums to 1; an empty row
