@@ -122,9 +122,15 @@ def test_a_compiled_stage2_step_takes_the_eager_step():
 def test_only_the_engine_steps_of_the_bench_are_compiled():
     s = replace(SETTINGS, compile=True)
     engine = contrastive_step(s, 1, CPU)
-    assert engine.runner._student is not engine.student and engine.runner._teacher is not engine.teacher
+    assert (
+        engine.runner._student is not engine.student
+        and engine.runner._teacher is not engine.teacher
+    )
     reference = contrastive_step(s, 1, CPU, engine=False)
-    assert reference.runner._student is reference.student and reference.runner._teacher is reference.teacher
+    assert (
+        reference.runner._student is reference.student
+        and reference.runner._teacher is reference.teacher
+    )
     plain = mean_teacher_step(SETTINGS, DATA, CPU)[0]
     assert plain.runner._student is plain.student and plain.runner._teacher is plain.teacher
     fast = mean_teacher_step(s, DATA, CPU)[0]
