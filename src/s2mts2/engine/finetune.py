@@ -1,6 +1,7 @@
 """Stage 2: semi-supervised mean-teacher fine-tuning (and its supervised baseline).
 
-Per step: a labelled batch (x, y) and, for ``mean-teacher``/``s2mts2``, an unlabelled batch u:
+Per step (:mod:`s2mts2.methods.mean_teacher`): a labelled batch (x, y) and, for
+``mean-teacher``/``s2mts2``, an unlabelled batch u:
 
     L = ℓ_sup(y, f_θ(x)) + w(t) · mean ‖σ(f_θ(u)) − σ(f_θ'(u'))‖²
 
@@ -211,6 +212,12 @@ def _finetune(
     pos_weight = None
     if fc.pos_weight and t.task == "multilabel":
         pos_weight = positive_weights(t.labels[labelled]).to(device)
+    select_on_val = fc.select == "val" and len(val) > 0
+    if fc.select == "val" and not select_on_val and is_main():
+        log.warning(
+            "%s has no validation split: best.pt is the last epoch's (finetune.select: last)",
+            cfg.data.dir,
+        )
     step_fn = mean_teacher_step(
         cfg, net, t.channels, t.task, device, precision, pos_weight=pos_weight
     )
@@ -224,12 +231,6 @@ def _finetune(
     total_steps = steps_per_epoch * fc.epochs
     warmup_steps = steps_per_epoch * fc.warmup_epochs
     labels = torch.from_numpy(t.labels)
-    select_on_val = fc.select == "val" and len(val) > 0
-    if fc.select == "val" and not select_on_val and is_main():
-        log.warning(
-            "%s has no validation split: best.pt is the last epoch's (finetune.select: last)",
-            cfg.data.dir,
-        )
 
     start_epoch, rows, best = 0, [], None
     last_path, best_path = out / "last.pt", out / "best.pt"

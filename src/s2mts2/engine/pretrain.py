@@ -1,7 +1,7 @@
 """Stage 1: self-supervised mean-teacher pre-training with JCL (or MoCo's InfoNCE).
 
-Per step (docs/method.md): 1 query view + M key views of every image, made on the device from the
-uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> keys (B, M, D);
+Per step (:mod:`s2mts2.methods.contrastive`, docs/method.md): 1 query view + M key views of
+every image, made on the device from the uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> keys (B, M, D);
 loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue μ (as is, or μ/|μ|
 with ``pretrain.queue_entries: normalised_mean``).
 Every epoch ends with an atomic full-state checkpoint ``OUT/last.pt``; ``resume=True`` continues
