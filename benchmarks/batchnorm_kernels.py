@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from s2mts2.bench import device_name, save_result, time_steps
 from s2mts2.config import ModelConfig
-from s2mts2.engine.bench import device_name, save_result, time_steps
 from s2mts2.engine.builders import pretrain_network
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

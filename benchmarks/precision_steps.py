@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2mts2.engine.bench import (
+from s2mts2.bench import (
     BenchData,
     BenchSettings,
     contrastive_step,
@@ -51,7 +51,7 @@ from s2mts2.engine.bench import (
     save_result,
     time_steps,
 )
-from s2mts2.engine.runtime import resolve_device, resolve_precision
+from s2mts2.runtime.device import resolve_device, resolve_precision
 
 OPTIONS = {"compile", "foreach", "no-graphs"}
 

@@ -21,9 +21,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from s2mts2.engine.bench import BenchSettings, contrastive_step, device_name, save_result
-from s2mts2.engine.pretrain import epoch_generator
-from s2mts2.engine.runtime import resolve_device
+from s2mts2.bench import BenchSettings, contrastive_step, device_name, save_result
+from s2mts2.engine.schedule import epoch_generator
+from s2mts2.runtime.device import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

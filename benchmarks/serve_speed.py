@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from s2mts2.bench import device_name
 from s2mts2.config import RunConfig, config_to_dict
 from s2mts2.data.augment import eval_transform
-from s2mts2.engine.bench import device_name
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import save_checkpoint
 from s2mts2.models.ema import EmaTeacher

@@ -30,10 +30,10 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import pretrain_network
 from s2mts2.engine.checkpoint import load_checkpoint, seed_everything
 from s2mts2.engine.pretrain import knn_probs, monitor_rows
-from s2mts2.engine.runtime import Precision
 from s2mts2.errors import ConfigError, S2MTS2Error
 from s2mts2.eval.metrics import paired_auc_difference
 from s2mts2.models.heads import load_backbone_state
+from s2mts2.runtime.device import Precision
 
 log = logging.getLogger("s2mts2.benchmark")
 

@@ -1,8 +1,11 @@
-"""Small stage-1/stage-2 step settings for the step tests (``engine.bench``'s builders)."""
+"""Small stage-1/stage-2 step settings for the step tests (the step builders of ``engine.builders``)."""
+
+import dataclasses
 
 import numpy as np
 
-from s2mts2.engine.bench import BenchData, BenchSettings
+from s2mts2.bench import BenchData, BenchSettings
+from s2mts2.runtime.runner import StepRunner
 
 SETTINGS = BenchSettings(device="cpu", model="resnet18", size=32, batch_size=8, queue_size=64)
 # what mean_teacher_step reads of the data: 1 channel, 3 multi-label classes, no images
@@ -15,3 +18,13 @@ DATA = BenchData(
     task="multilabel",
     channels=1,
 )
+
+
+def with_runner(step, **options):
+    """``step`` (a dataclass step) with a new :class:`StepRunner` of ``options`` (its keywords;
+    a stage-1 step's ``views`` and split batch norm, G = 1 unless given, as the builder sets)."""
+    cfg = getattr(step, "cfg", None)
+    if cfg is not None:
+        options = {"views": cfg.views, "bn_groups": 1, **options}
+    runner = StepRunner(step.student, step.teacher, step.precision, **options)
+    return dataclasses.replace(step, runner=runner)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from s2mts2.engine.runtime import check_compile
 from s2mts2.errors import ConfigError
+from s2mts2.runtime.device import check_compile
 
 
 def _c_compiler_found() -> bool:

@@ -560,7 +560,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         # before torch is imported; an idle CPU keeps the default (spinning is faster there).
         if os.getloadavg()[0] >= (os.cpu_count() or 1):
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from s2mts2.engine.bench import BenchSettings, format_table, run_bench, save_result
+        from s2mts2.bench import BenchSettings, format_table, run_bench, save_result
 
         settings = BenchSettings(
             device=args.device,
@@ -583,7 +583,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"wrote {save_result(result, args.json)}")
         return 0
     if args.command == "demo":
-        from s2mts2.engine.demo import run_demo
+        from s2mts2.demo import run_demo
 
         run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         return 0

@@ -29,14 +29,16 @@ from torch import nn
 import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
 from s2mts2.config import ModelConfig, RunConfig, load_config
-from s2mts2.engine.distributed import (
+from s2mts2.methods.contrastive import ContrastiveStep
+from s2mts2.methods.mean_teacher import MeanTeacherStep
+from s2mts2.models.heads import ClassifierHead, Network, ProjectionHead
+from s2mts2.runtime.distributed import (
     all_gather_rows,
     average_buffers,
     mean_over_ranks,
     shard,
     shuffled_forward,
 )
-from s2mts2.models.heads import ClassifierHead, Network, ProjectionHead
 
 FEATURES = 16
 
@@ -149,11 +151,7 @@ def dump_step(step: Any, path: Path) -> None:
 
 
 def run_job(name: str, run: Callable[[RunConfig, Path], Any], cfg: RunConfig, out: Path) -> None:
-    cls = (
-        pretrain_mod.ContrastiveStep
-        if run is pretrain_mod.pretrain
-        else finetune_mod.MeanTeacherStep
-    )
+    cls = ContrastiveStep if run is pretrain_mod.pretrain else MeanTeacherStep
     with LastStep(cls) as last:
         run(cfg, out / name, progress=False)
     dump_step(last.step, out / f"{name}-rank{torch.distributed.get_rank()}.pt")

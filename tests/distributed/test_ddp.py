@@ -19,18 +19,19 @@ import torch
 from state_dicts import flat_tensors, max_diff
 from toolchain import HAS_C_COMPILER
 
-import s2mts2.engine.distributed as distributed
+import s2mts2.runtime.distributed as distributed
 from s2mts2.engine.checkpoint import load_checkpoint
-from s2mts2.engine.distributed import (
+from s2mts2.engine.finetune import finetune
+from s2mts2.engine.pretrain import pretrain
+from s2mts2.engine.schedule import epoch_generator
+from s2mts2.errors import ConfigError
+from s2mts2.runtime.distributed import (
     all_gather_rows,
     per_rank_batch,
     shard,
     shuffled_forward,
     sync_batchnorm,
 )
-from s2mts2.engine.finetune import finetune
-from s2mts2.engine.pretrain import epoch_generator, pretrain
-from s2mts2.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(

@@ -18,9 +18,11 @@ import torch
 from spies import spy
 from state_dicts import max_diff
 
+import s2mts2.engine.builders as builders_mod
 import s2mts2.engine.evaluate as evaluate_mod
 import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
+import s2mts2.methods.contrastive as contrastive_mod
 from s2mts2.cli import main
 from s2mts2.config import load_config
 from s2mts2.data.prepared import PreparedData
@@ -28,8 +30,11 @@ from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.evaluate import evaluate_checkpoint, load_classifier
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
-from s2mts2.engine.runtime import Precision, cosine_lr
+from s2mts2.engine.schedule import cosine_lr
 from s2mts2.errors import ConfigError, DataError, DivergenceError
+from s2mts2.methods.contrastive import ContrastiveStep
+from s2mts2.methods.mean_teacher import MeanTeacherStep
+from s2mts2.runtime.device import Precision
 
 pytestmark = pytest.mark.slow
 
@@ -196,7 +201,7 @@ def test_consistency_compares_student_with_teacher_and_trains_the_student(data_d
     teacher = EmaTeacher(student, decay=0.99)
     torch.nn.init.normal_(teacher.module.head.mlp[-1].weight)  # make them differ
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
-    step = finetune_mod.MeanTeacherStep(
+    step = MeanTeacherStep(
         student,
         teacher,
         opt,
@@ -370,7 +375,7 @@ def test_positive_weights_come_from_the_labelled_images_only(
         weights.append(pos_weight)
         raise KeyboardInterrupt  # nothing to train
 
-    monkeypatch.setattr(finetune_mod, "MeanTeacherStep", recording_step)
+    monkeypatch.setattr(builders_mod, "MeanTeacherStep", recording_step)
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", f"finetune.pos_weight={enabled}")
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, tmp_path / "run", progress=False)
@@ -401,7 +406,7 @@ def test_select_val_without_a_validation_split_says_it_keeps_the_last_epoch(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune_mod.PreparedData, "open", without_val)
-    monkeypatch.setattr(finetune_mod, "MeanTeacherStep", no_training)
+    monkeypatch.setattr(builders_mod, "MeanTeacherStep", no_training)
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", f"finetune.select={select}")
     with caplog.at_level(logging.WARNING, logger="s2mts2"), pytest.raises(KeyboardInterrupt):
         finetune(cfg, tmp_path / "run", progress=False)
@@ -551,7 +556,7 @@ def test_a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint(
     data_dir, tmp_path, monkeypatch
 ):
     poisoned = []
-    real_save, real_loss = pretrain_mod.save_checkpoint, pretrain_mod.jcl_loss
+    real_save, real_loss = pretrain_mod.save_checkpoint, contrastive_mod.jcl_loss
 
     def save_then_poison(state, path):
         real_save(state, path)
@@ -559,7 +564,7 @@ def test_a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(pretrain_mod, "save_checkpoint", save_then_poison)
     monkeypatch.setattr(
-        pretrain_mod,
+        contrastive_mod,
         "jcl_loss",
         lambda *a, **k: real_loss(*a, **k) * (float("nan") if poisoned else 1.0),
     )
@@ -610,7 +615,7 @@ def test_stage2_trains_at_its_own_size_from_a_larger_cache_which_evaluation_read
     data_dir, tmp_path, monkeypatch
 ):
     opened = spy(monkeypatch, PreparedData, "open")
-    steps = spy(monkeypatch, finetune_mod.MeanTeacherStep, "train")
+    steps = spy(monkeypatch, MeanTeacherStep, "train")
     sizes = ["finetune.size=12", "data.cache_size=16"]  # the tiny data's cache is 16 px
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.epochs=1", *sizes)
     ckpt = finetune(cfg, tmp_path / "ft", progress=False)
@@ -625,7 +630,7 @@ def test_stage2_trains_at_its_own_size_from_a_larger_cache_which_evaluation_read
 
 def test_stage1_crops_from_a_larger_cache_and_trains_at_its_size(data_dir, tmp_path, monkeypatch):
     opened = spy(monkeypatch, PreparedData, "open")
-    steps = spy(monkeypatch, pretrain_mod.ContrastiveStep, "train")
+    steps = spy(monkeypatch, ContrastiveStep, "train")
     cfg = cfg_for(data_dir, "data.size=12", "data.cache_size=16", "pretrain.epochs=1")
     state = load_checkpoint(pretrain(cfg, tmp_path / "pre", progress=False))
     assert [args[1] for args, _ in opened] == [16]  # the tiny data's 16 px cache

@@ -8,9 +8,9 @@ import torch
 
 from s2mts2.config import FinetuneConfig, ModelConfig, PretrainConfig
 from s2mts2.engine.builders import classifier_network
-from s2mts2.engine.finetune import build_optimizer
-from s2mts2.engine.pretrain import lambda_at
-from s2mts2.engine.runtime import cosine_lr, set_lr
+from s2mts2.engine.schedule import cosine_lr, set_lr
+from s2mts2.methods.contrastive import lambda_at
+from s2mts2.methods.mean_teacher import build_optimizer
 
 
 def test_lambda_ramps_linearly_to_lam_max_per_epoch():

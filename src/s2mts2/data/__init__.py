@@ -1,1 +1,2 @@
-"""Datasets: adapters (files -> table), splits, uint8 cache, augmentation, batch loading."""
+"""Datasets: adapters (files -> table), splits, uint8 cache, augmentation, batch loading; may
+import config, errors, files and task."""

@@ -10,14 +10,13 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from s2mts2.errors import DataError
 from s2mts2.files import write_text_atomic
+from s2mts2.task import Task
 
-Task = Literal["multilabel", "multiclass"]
 SPLITS = ("train", "val", "test")
 
 

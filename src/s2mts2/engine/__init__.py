@@ -1,1 +1,2 @@
-"""Training loops (stage 1 and 2), batch loading, checkpoints, run folders."""
+"""Training loops of both stages, the step builders, checkpoints, evaluation, run folders; may
+import config, data, models, losses, methods, runtime and eval."""

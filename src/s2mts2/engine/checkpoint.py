@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from s2mts2.errors import ConfigError, DataError
+from s2mts2.errors import ConfigError, DataError, DivergenceError
 from s2mts2.files import read_torch_file, write_atomic
 
 log = logging.getLogger("s2mts2")
@@ -219,3 +220,19 @@ def resume_training(
     else:
         log.info("resumed %s at epoch %d", path, state["epoch"])
     return state
+
+
+def check_finite(losses: dict[str, float], stage: str, epoch: int, checkpoint: Path) -> None:
+    """Stop a diverged run (a NaN or infinite epoch loss) before it overwrites ``checkpoint``."""
+    bad = [f"{name} {value}" for name, value in losses.items() if not math.isfinite(value)]
+    if not bad:
+        return
+    kept = (
+        f"{checkpoint} still holds the last finished epoch ({epoch - 1})"
+        if checkpoint.exists()
+        else "no checkpoint was written"
+    )
+    raise DivergenceError(
+        f"{stage} epoch {epoch}: {', '.join(bad)}: training diverged; {kept}. Lower {stage}.lr "
+        "or, under bf16/fp16, try --set precision=fp32"
+    )

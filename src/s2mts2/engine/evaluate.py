@@ -15,8 +15,7 @@ from s2mts2.config import config_from_dict
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint
-from s2mts2.engine.finetune import predict
-from s2mts2.engine.runtime import Precision, resolve_device
+from s2mts2.engine.inference import predict
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval.metrics import evaluate_predictions, threshold_evaluation
 from s2mts2.eval.predictions import ImagePredictions, write_predictions_csv
@@ -24,6 +23,7 @@ from s2mts2.eval.report import markdown_table, plot_confusion_matrix, plot_roc
 from s2mts2.eval.shift import ImageShift
 from s2mts2.files import write_text_atomic
 from s2mts2.models.heads import Network
+from s2mts2.runtime.device import Precision, resolve_device
 
 
 def load_finetuned(path: Path) -> dict[str, Any]:

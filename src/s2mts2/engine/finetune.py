@@ -1,6 +1,7 @@
 """Stage 2: semi-supervised mean-teacher fine-tuning (and its supervised baseline).
 
-Per step: a labelled batch (x, y) and, for ``mean-teacher``/``s2mts2``, an unlabelled batch u:
+Per step (:mod:`s2mts2.methods.mean_teacher`): a labelled batch (x, y) and, for
+``mean-teacher``/``s2mts2``, an unlabelled batch u:
 
     L = ℓ_sup(y, f_θ(x)) + w(t) · mean ‖σ(f_θ(u)) − σ(f_θ'(u'))‖²
 
@@ -9,7 +10,7 @@ with u' = u (same view) or an independent view, θ' the EMA teacher (α per step
 Validation (teacher) picks ``best.pt``, the model a user ships (teacher weights, meta, config:
 :func:`~s2mts2.engine.checkpoint.model_state`); ``last.pt`` holds the full state for ``--resume``.
 
-Several processes (``torchrun``, see :mod:`s2mts2.engine.distributed`): ``finetune.batch_size``
+Several processes (``torchrun``, see :mod:`s2mts2.runtime.distributed`): ``finetune.batch_size``
 and the unlabelled batch (``batch_size × unlabelled_ratio``) are global batches split over the
 ranks, so steps per epoch, the LR schedule and w(t) do not depend on the number of processes
 and a run may be resumed with another one. The student is wrapped in DistributedDataParallel;
@@ -25,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from s2mts2.config import FinetuneConfig, RunConfig, config_to_dict
-from s2mts2.data.augment import BatchAugment
+from s2mts2.config import RunConfig, config_to_dict
 from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
-from s2mts2.engine.builders import build_augment, build_eval_transform, classifier_network
+from s2mts2.engine.builders import build_eval_transform, classifier_network, mean_teacher_step
 from s2mts2.engine.checkpoint import (
+    check_finite,
     check_new_run,
     load_checkpoint,
     model_state,
@@ -48,9 +47,21 @@ from s2mts2.engine.checkpoint import (
     seed_everything,
     training_state,
 )
-from s2mts2.engine.distributed import (
-    all_gather_rows,
-    average_buffers,
+from s2mts2.engine.history import History, RunClock, check_tensorboard
+from s2mts2.engine.inference import predict
+from s2mts2.engine.runinfo import train_log, write_run_info
+from s2mts2.engine.schedule import cosine_lr, epoch_generator, set_lr
+from s2mts2.errors import ConfigError
+from s2mts2.eval.metrics import table_mean_auc
+from s2mts2.losses.consistency import consistency_weight
+from s2mts2.losses.supervised import positive_weights
+from s2mts2.models.heads import Network, load_backbone_state
+from s2mts2.runtime.device import (
+    check_compile,
+    resolve_precision,
+    setup_threads,
+)
+from s2mts2.runtime.distributed import (
     barrier,
     distributed_session,
     is_main,
@@ -58,114 +69,11 @@ from s2mts2.engine.distributed import (
     mean_over_ranks,
     per_rank_batch,
     rank,
-    shard,
-    sync_batchnorm,
+    unwrap,
     world_size,
-    wrap_ddp,
 )
-from s2mts2.engine.history import History, RunClock, check_tensorboard
-from s2mts2.engine.inference import forward_rows
-from s2mts2.engine.pretrain import epoch_generator
-from s2mts2.engine.runinfo import train_log, write_run_info
-from s2mts2.engine.runtime import (
-    Precision,
-    check_compile,
-    check_finite,
-    compiled,
-    cosine_lr,
-    optimizer_kernels,
-    resolve_precision,
-    set_lr,
-    setup_threads,
-)
-from s2mts2.errors import ConfigError
-from s2mts2.eval.metrics import table_mean_auc
-from s2mts2.losses import consistency_loss, supervised_loss
-from s2mts2.losses.consistency import consistency_weight, probabilities
-from s2mts2.losses.supervised import positive_weights
-from s2mts2.models.ema import EmaTeacher
-from s2mts2.models.heads import Network, load_backbone_state
 
 log = logging.getLogger("s2mts2")
-
-
-@dataclass
-class MeanTeacherStep:
-    """One stage-2 step. ``views`` makes the float inputs, ``train`` optimises.
-
-    views(labelled u8 (B, C, H, W), unlabelled u8 (U, C, H, W) | None) -> (x, u_student, u_teacher);
-    train(x, y (B, C), u_student, u_teacher, w) -> (loss, supervised, consistency) 0-d tensors.
-    Under DDP ``student`` is the DDP wrapper and B, U are this rank's batches. Forward passes run
-    in ``precision``; ``scaler`` scales the loss (a pass-through unless fp16); ``compile`` runs
-    student and teacher through ``torch.compile`` (:func:`compiled`).
-    """
-
-    student: torch.nn.Module
-    teacher: EmaTeacher
-    optimizer: torch.optim.Optimizer
-    augment: BatchAugment
-    task: str
-    pos_weight: torch.Tensor | None
-    independent_views: bool
-    precision: Precision
-    scaler: torch.amp.GradScaler
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        self._student = compiled(self.student, self.compile)
-        self._teacher = compiled(self.teacher, self.compile)
-
-    def views(
-        self, labelled: torch.Tensor, unlabelled: torch.Tensor | None, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        x = self.augment(labelled, gen)
-        if unlabelled is None:
-            return x, None, None
-        u = self.augment(unlabelled, gen)
-        return x, u, self.augment(unlabelled, gen) if self.independent_views else u
-
-    def train(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        u_student: torch.Tensor | None,
-        u_teacher: torch.Tensor | None,
-        weight: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs = x if u_student is None else torch.cat([x, u_student])
-        with self.precision.autocast():
-            logits = self._student(self.precision.layout(inputs)).float()
-            teacher_logits = None
-            if u_teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self._teacher(self.precision.layout(u_teacher)).float()
-        sup = supervised_loss(logits[: len(x)], y, self.task, self.pos_weight)
-        if teacher_logits is None:
-            cons = torch.zeros((), device=logits.device)
-        else:
-            cons = consistency_loss(logits[len(x) :], teacher_logits, self.task)
-        loss = sup + weight * cons
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.teacher.update(self.student)
-        average_buffers(self.student, self.teacher)
-        return loss.detach(), sup.detach(), cons.detach()
-
-
-def build_optimizer(net: Network, fc: FinetuneConfig) -> torch.optim.Optimizer:
-    """Two groups: backbone (LR × ``backbone_lr_scale``) and head."""
-    groups = [
-        {"params": list(net.backbone.parameters()), "lr_scale": fc.backbone_lr_scale},
-        {"params": list(net.head.parameters()), "lr_scale": 1.0},
-    ]
-    kernels = optimizer_kernels(next(net.parameters()).device)
-    if fc.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups, lr=fc.lr, momentum=fc.momentum, weight_decay=fc.weight_decay, **kernels
-        )
-    return torch.optim.Adam(groups, lr=fc.lr, weight_decay=fc.weight_decay, **kernels)
 
 
 def stage1_checkpoint(pretrained: str) -> Path:
@@ -213,33 +121,6 @@ def init_from_pretrained(net: Network, pretrained: str, channels: int, backbone:
         )
     ignored = load_backbone_state(net, state["student"])
     log.info("loaded the stage-1 backbone of %s (%d head tensors left out)", path, len(ignored))
-
-
-def predict(
-    net: torch.nn.Module,
-    data: PreparedData,
-    idx: np.ndarray,
-    size: int,
-    device: torch.device,
-    precision: Precision,
-    task: str,
-    shift: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> np.ndarray:
-    """(len(idx), C) probabilities of table rows ``idx`` (network switched to eval mode, forward
-    passes in ``precision``); ``shift`` maps each (B, C, H, W) uint8 batch of the cache before
-    the evaluation transform (e.g. an ``s2mts2.eval.shift.ImageShift``).
-
-    Under DDP every rank must call it: each forwards its shard of ``idx``, all get every row.
-    """
-    was_training = net.training
-    net.eval()
-    evaluation = build_eval_transform(data.table.channels, size)
-    transform = evaluation if shift is None else lambda images: evaluation(shift(images))
-    logits = all_gather_rows(
-        forward_rows(net, data.images(), data.rows[shard(idx)], transform, device, precision)
-    )
-    net.train(was_training)
-    return probabilities(logits, task).numpy()
 
 
 def checkpoint_meta(cfg: RunConfig, data: PreparedData, n_labelled: int) -> dict[str, Any]:
@@ -328,16 +209,19 @@ def _finetune(
     precision = resolve_precision(cfg.precision, device, hint=not resume and is_main())
     check_compile(cfg.compile)
     check_tensorboard(cfg.tensorboard)
-    net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
-    # The supervised baseline never runs its teacher on training images, so the teacher cannot
-    # keep BatchNorm statistics of its own: average the student's instead.
-    buffers = "ema" if not semi and fc.ema_buffers == "own" else fc.ema_buffers
-    teacher = EmaTeacher(net, decay=fc.ema, buffers=buffers)
-    optimizer = build_optimizer(net, fc)
     pos_weight = None
     if fc.pos_weight and t.task == "multilabel":
         pos_weight = positive_weights(t.labels[labelled]).to(device)
-    augment = build_augment(fc.augment, t.channels, size, fc.augment_overrides)
+    select_on_val = fc.select == "val" and len(val) > 0
+    if fc.select == "val" and not select_on_val and is_main():
+        log.warning(
+            "%s has no validation split: best.pt is the last epoch's (finetune.select: last)",
+            cfg.data.dir,
+        )
+    step_fn = mean_teacher_step(
+        cfg, net, t.channels, t.task, device, precision, pos_weight=pos_weight
+    )
+    net, teacher, optimizer = unwrap(step_fn.student), step_fn.teacher, step_fn.optimizer
 
     l_stream = IndexStream(labelled, batch, cfg.seed, rank(), world)
     l_loader = BatchLoader(data.images(), l_stream, device, data.rows)
@@ -347,32 +231,14 @@ def _finetune(
     total_steps = steps_per_epoch * fc.epochs
     warmup_steps = steps_per_epoch * fc.warmup_epochs
     labels = torch.from_numpy(t.labels)
-    select_on_val = fc.select == "val" and len(val) > 0
-    if fc.select == "val" and not select_on_val and is_main():
-        log.warning(
-            "%s has no validation split: best.pt is the last epoch's (finetune.select: last)",
-            cfg.data.dir,
-        )
 
     start_epoch, rows, best = 0, [], None
     last_path, best_path = out / "last.pt", out / "best.pt"
-    scaler = precision.scaler()
+    scaler = step_fn.scaler
     modules = {"student": net, "teacher": teacher, "optimizer": optimizer, "scaler": scaler}
     if resume:
         state = resume_training(last_path, "finetune", modules, config_to_dict(cfg))
         start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
-    step_fn = MeanTeacherStep(
-        wrap_ddp(net, device),
-        teacher,
-        optimizer,
-        augment,
-        t.task,
-        pos_weight,
-        fc.independent_views,
-        precision,
-        scaler,
-        compile=cfg.compile,
-    )
     history = History(out, rows, cfg.tensorboard) if is_main() else None
     if is_main():
         write_run_info(out, cfg, command, device)

@@ -1,13 +1,13 @@
 """Stage 1: self-supervised mean-teacher pre-training with JCL (or MoCo's InfoNCE).
 
-Per step (docs/method.md): 1 query view + M key views of every image, made on the device from the
-uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> keys (B, M, D);
+Per step (:mod:`s2mts2.methods.contrastive`, docs/method.md): 1 query view + M key views of
+every image, made on the device from the uint8 cache; student -> q (B, D); teacher (EMA of the student, no gradient) -> keys (B, M, D);
 loss = jcl_loss(q, keys, queue, τ, λ_t); SGD step; teacher EMA update; enqueue μ (as is, or μ/|μ|
 with ``pretrain.queue_entries: normalised_mean``).
 Every epoch ends with an atomic full-state checkpoint ``OUT/last.pt``; ``resume=True`` continues
 from it and reproduces the uninterrupted run.
 
-Several processes (``torchrun``, see :mod:`s2mts2.engine.distributed`):
+Several processes (``torchrun``, see :mod:`s2mts2.runtime.distributed`):
 
 - ``pretrain.batch_size`` is the global batch; rank r trains on slice r of it (batch / world
   images). Steps per epoch, the LR schedule and λ_t depend on the global batch only, so they are
@@ -35,29 +35,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from s2mts2.config import PretrainConfig, RunConfig, config_to_dict
-from s2mts2.data.augment import BatchAugment, multi_view
 from s2mts2.data.loader import BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
-from s2mts2.engine.builders import build_augment, build_eval_transform, pretrain_network
+from s2mts2.engine.builders import build_eval_transform, contrastive_step, pretrain_network
 from s2mts2.engine.checkpoint import (
+    check_finite,
     check_new_run,
     resume_training,
     save_checkpoint,
     seed_everything,
     training_state,
 )
-from s2mts2.engine.distributed import (
+from s2mts2.engine.history import History, RunClock, check_tensorboard
+from s2mts2.engine.inference import forward_rows
+from s2mts2.engine.runinfo import train_log, write_run_info
+from s2mts2.engine.schedule import cosine_lr, epoch_generator, set_lr
+from s2mts2.errors import ConfigError
+from s2mts2.eval.knn import knn_scores
+from s2mts2.eval.metrics import table_mean_auc
+from s2mts2.methods.contrastive import lambda_at
+from s2mts2.runtime.device import (
+    Precision,
+    check_compile,
+    resolve_precision,
+    setup_threads,
+)
+from s2mts2.runtime.distributed import (
     all_gather_rows,
-    average_buffers,
     barrier,
     distributed_session,
     is_main,
@@ -66,179 +77,11 @@ from s2mts2.engine.distributed import (
     per_rank_batch,
     rank,
     shard,
-    shuffled_forward,
-    sync_batchnorm,
+    unwrap,
     world_size,
-    wrap_ddp,
-)
-from s2mts2.engine.graphs import GraphedInference, graphed_training_forward, uses_cuda_graphs
-from s2mts2.engine.history import History, RunClock, check_tensorboard
-from s2mts2.engine.inference import forward_rows
-from s2mts2.engine.runinfo import train_log, write_run_info
-from s2mts2.engine.runtime import (
-    Precision,
-    check_compile,
-    check_finite,
-    compiled,
-    cosine_lr,
-    optimizer_kernels,
-    resolve_precision,
-    set_lr,
-    setup_threads,
-)
-from s2mts2.errors import ConfigError
-from s2mts2.eval.knn import knn_scores
-from s2mts2.eval.metrics import table_mean_auc
-from s2mts2.losses import jcl_loss
-from s2mts2.models.ema import EmaTeacher
-from s2mts2.models.queue import NegativeQueue
-from s2mts2.models.split_bn import (
-    default_bn_groups,
-    key_group_order,
-    set_bn_groups,
-    split_batchnorm,
 )
 
 log = logging.getLogger("s2mts2")
-
-
-def lambda_at(cfg: PretrainConfig, epoch: int) -> float:
-    """λ_t = λ_max·(epoch+1)/epochs for JCL; 0 for MoCo (InfoNCE with the mean key)."""
-    if cfg.loss == "moco":
-        return 0.0
-    return cfg.lam_max * (epoch + 1) / cfg.epochs
-
-
-def epoch_generator(
-    device: torch.device, seed: int, epoch: int, stream: int = 0, rank: int = 0
-) -> torch.Generator:
-    """Augmentation RNG of one epoch and DDP rank: a pure function of (seed, epoch, stream, rank),
-    so resume is exact and every rank augments its slice of the global batch differently."""
-    return torch.Generator(device=device).manual_seed(
-        (seed * 1_000_003 + epoch * 7919 + stream * 104_729 + rank * 15_485_863) % 2**63
-    )
-
-
-@dataclass
-class ContrastiveStep:
-    """One stage-1 optimisation step; ``views`` and ``train`` are separate so speed can be split.
-
-    views(images_u8 (B, C, H, W)) -> (1+M, B, C, S, S) float; train(views, λ) -> loss (0-d tensor,
-    this rank's, not synchronised to the host). Under DDP ``student`` is the DDP wrapper, B the
-    per-rank batch; ``shuffle_bn`` runs the teacher with batch-shuffle BN, its permutation drawn
-    from (``seed``, teacher update count), the same on every rank. Forward passes run in
-    ``precision``; ``scaler`` scales the loss (a pass-through unless fp16); ``compile`` runs
-    student and teacher through ``torch.compile`` (:func:`compiled`); ``cuda_graphs`` (one CUDA
-    process, not with ``compile`` or ``shuffle_bn``) captures the student's forward/backward
-    and the teacher's forward at the first call and replays them after
-    (:mod:`s2mts2.engine.graphs`); every call must then bring views of the first call's shape.
-    ``bn_groups`` G > 1 (one process): split batch norm in student and teacher, the key views
-    regrouped across the G groups (:mod:`s2mts2.models.split_bn`). ``exclude_own_keys``: queue
-    entries of a query's own image are not its negatives.
-    """
-
-    student: torch.nn.Module
-    teacher: EmaTeacher
-    queue: NegativeQueue
-    optimizer: torch.optim.Optimizer
-    augment: BatchAugment
-    cfg: PretrainConfig
-    precision: Precision
-    scaler: torch.amp.GradScaler
-    shuffle_bn: bool = False
-    seed: int = 0
-    compile: bool = False
-    cuda_graphs: bool = False
-    bn_groups: int = 1
-    exclude_own_keys: bool = True
-
-    def __post_init__(self) -> None:
-        if self.cuda_graphs and (self.compile or self.shuffle_bn):
-            raise ValueError("cuda_graphs runs neither with compile nor with shuffle_bn")
-        if self.bn_groups > 1 and self.shuffle_bn:
-            raise ValueError("split batch norm (bn_groups > 1) is for one process, not shuffle_bn")
-        for net in (self.student, self.teacher.module):
-            set_bn_groups(split_batchnorm(net), self.bn_groups)
-        self._key_order: tuple[torch.Tensor, torch.Tensor] | None = None  # order, its inverse
-        self._student = compiled(self.student, self.compile)
-        self._teacher = compiled(self.teacher, self.compile)
-        self._captured: torch.Size | None = None  # the views' shape the graphs were made for
-
-    def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return multi_view(images, 1 + self.cfg.views, self.augment, generator)
-
-    def train(
-        self, views: torch.Tensor, lam: float, ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """One step on ``views`` (1+M, B, C, S, S) of the images ``ids`` (B,) (table rows, on the
-        device; None: unknown images, whose queue entries are no query's own)."""
-        m, b = self.cfg.views, views.shape[1]
-        if ids is None:
-            ids = torch.full((b,), -1, dtype=torch.long, device=self.queue.ids.device)
-        query = self.precision.layout(views[0])
-        keys_in = self.precision.layout(views[1:].flatten(0, 1))
-        if self.cuda_graphs:
-            self.capture(views.shape)
-        with self.precision.autocast():
-            q = self._student(query)
-            with torch.no_grad():
-                k = self._teacher_forward(keys_in)
-        keys = k.float().view(m, b, -1).transpose(0, 1)  # (B, M, D)
-        loss = jcl_loss(
-            q.float(),
-            keys,
-            self.queue.negatives(),
-            temperature=self.cfg.temperature,
-            lam=lam,
-            exclude=self.queue.own_entries(ids) if self.exclude_own_keys else None,
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.teacher.update(self.student)
-        average_buffers(self.student, self.teacher)
-        mu = keys.mean(dim=1)  # (B, D)
-        self.queue.enqueue(F.normalize(mu, dim=1) if self.cfg.queue_entries != "mean" else mu, ids)
-        return loss.detach()
-
-    def capture(self, shape: torch.Size) -> None:
-        """The networks' CUDA graphs for views (1+M, B, C, S, S) of ``shape``, once (the first
-        :meth:`train` call captures them too). No other thread may use the GPU meanwhile."""
-        if self._captured is None:
-            views = torch.zeros(shape, device=self.queue.queue.device)
-            query = self.precision.layout(views[0])
-            keys_in = self.precision.layout(views[1:].flatten(0, 1))
-            self._student = graphed_training_forward(self.student, query, self.precision)
-            self._teacher = GraphedInference(self.teacher, keys_in, self.precision)
-            self._captured = shape
-        elif shape != self._captured:
-            raise ValueError(
-                f"cuda_graphs: views of shape {tuple(shape)}, but the graphs were captured for "
-                f"{tuple(self._captured)} (every step must bring a full batch)"
-            )
-
-    def _teacher_forward(self, keys_in: torch.Tensor) -> torch.Tensor:
-        """Teacher embeddings (M·B, D) of the key views (M·B, C, S, S), shuffled BN if enabled."""
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return self._teacher(self.precision.layout(x))
-
-        if self.bn_groups > 1:
-            order, inverse = self._regrouping(keys_in)
-            return run(keys_in[order])[inverse]
-        if not self.shuffle_bn:
-            return run(keys_in)
-        if self.precision.dtype is not None:  # what autocast feeds the first conv: half the bytes
-            keys_in = keys_in.to(self.precision.dtype)
-        return shuffled_forward(run, keys_in, self.seed * 1_000_003 + self.teacher.steps)
-
-    def _regrouping(self, keys_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The key views' order for split batch norm and its inverse (made once, on the device)."""
-        if self._key_order is None or len(self._key_order[0]) != len(keys_in):
-            order = key_group_order(len(keys_in) // self.cfg.views, self.cfg.views, self.bn_groups)
-            self._key_order = order.to(keys_in.device), torch.argsort(order).to(keys_in.device)
-        return self._key_order
 
 
 def checked_queue_size(pc: PretrainConfig, images: int) -> int:
@@ -259,39 +102,6 @@ def checked_queue_size(pc: PretrainConfig, images: int) -> int:
             images,
         )
     return min(pc.queue_size, images)
-
-
-def resolve_bn_groups(pc: PretrainConfig, batch: int, world: int) -> int:
-    """The split-batch-norm groups G for a per-process ``batch`` (1: off).
-
-    ``pretrain.bn_groups`` 0 (auto) splits on one process (:func:`default_bn_groups`) and not
-    under torchrun, where batch-shuffle BN (``shuffle_bn``) or SyncBatchNorm protects instead.
-    """
-    if pc.bn_groups == 0:
-        return default_bn_groups(batch) if world == 1 else 1
-    if pc.bn_groups > 1 and world > 1:
-        raise ConfigError(
-            f"pretrain.bn_groups={pc.bn_groups}: split batch norm is for one process; with "
-            f"{world} processes use pretrain.shuffle_bn (or model.sync_bn) and bn_groups 0 or 1"
-        )
-    if batch % pc.bn_groups:
-        raise ConfigError(
-            f"pretrain.bn_groups={pc.bn_groups} must divide the batch of {batch} images"
-        )
-    return pc.bn_groups
-
-
-def build_optimizer(
-    net: torch.nn.Module, pc: PretrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """SGD over the student's parameters (:func:`optimizer_kernels` for ``device``)."""
-    return torch.optim.SGD(
-        net.parameters(),
-        lr=pc.lr,
-        momentum=pc.momentum,
-        weight_decay=pc.weight_decay,
-        **optimizer_kernels(device),
-    )
 
 
 def monitor_rows(data: PreparedData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -373,18 +183,20 @@ def _pretrain(
     batch = min(
         per_rank_batch(pc.batch_size, "pretrain.batch_size"), max(1, len(train_idx) // world)
     )
-    shuffle_bn = pc.shuffle_bn and not cfg.model.sync_bn and world > 1
-    bn_groups = resolve_bn_groups(pc, batch, world)
 
     net = pretrain_network(cfg.model, table.channels)
     precision = resolve_precision(cfg.precision, device, hint=not resume and is_main())
     check_compile(cfg.compile)
     check_tensorboard(cfg.tensorboard)
-    net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
-    teacher = EmaTeacher(net, decay=pc.ema, buffers=pc.ema_buffers)
-    queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
-    optimizer = build_optimizer(net, pc, device)
-    augment = build_augment("strong", table.channels, cfg.data.size, pc.augment)
+    step_fn = contrastive_step(
+        cfg, net, table.channels, device, precision, queue_size=queue_size, batch=batch
+    )
+    net, teacher, queue, optimizer = (
+        unwrap(step_fn.student),
+        step_fn.teacher,
+        step_fn.queue,
+        step_fn.optimizer,
+    )
 
     stream = IndexStream(train_idx, batch, cfg.seed, rank(), world)
     loader = BatchLoader(data.images(), stream, device, data.rows)
@@ -403,7 +215,7 @@ def _pretrain(
 
     start_epoch, rows = 0, []
     ckpt_path = out / "last.pt"
-    scaler = precision.scaler()
+    scaler = step_fn.scaler
     modules = {
         "student": net,
         "teacher": teacher,
@@ -415,24 +227,9 @@ def _pretrain(
         state = resume_training(ckpt_path, "pretrain", modules, config_to_dict(cfg))
         start_epoch, rows = state["epoch"], state["history"]
     log.info("precision %s on %s", precision.name, device)
+    bn_groups = step_fn.runner.bn_groups
     if bn_groups > 1:
         log.info("stage 1 split batch norm: %d groups of %d images", bn_groups, batch // bn_groups)
-    step_fn = ContrastiveStep(
-        wrap_ddp(net, device),
-        teacher,
-        queue,
-        optimizer,
-        augment,
-        pc,
-        precision,
-        scaler,
-        shuffle_bn=shuffle_bn,
-        seed=cfg.seed,
-        compile=cfg.compile,
-        cuda_graphs=uses_cuda_graphs(cfg.cuda_graphs, cfg.compile, device, world),
-        bn_groups=bn_groups,
-        exclude_own_keys=pc.exclude_own_keys,
-    )
     history = History(out, rows, cfg.tensorboard) if is_main() else None
     if is_main():
         write_run_info(out, cfg, command, device)
@@ -442,8 +239,10 @@ def _pretrain(
         if history is not None:
             history.add({"epoch": 0, "knn_mean_auc": random_score})
 
-    if step_fn.cuda_graphs:  # before the loader's thread starts pinning host memory
-        step_fn.capture(torch.Size((1 + pc.views, batch, table.channels, *[cfg.data.size] * 2)))
+    if step_fn.runner.cuda_graphs:  # before the loader's thread starts pinning host memory
+        step_fn.runner.capture(
+            torch.Size((1 + pc.views, batch, table.channels, *[cfg.data.size] * 2))
+        )
         log.info("stage 1 replays CUDA graphs (cuda_graphs: false launches kernels one by one)")
     clock = RunClock(start_epoch, pc.epochs)
     for epoch in range(start_epoch, pc.epochs):

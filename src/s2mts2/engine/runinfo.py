@@ -16,8 +16,8 @@ import yaml
 
 from s2mts2 import __version__
 from s2mts2.config import RunConfig, config_to_dict
-from s2mts2.engine.runtime import describe_device
 from s2mts2.files import write_text_atomic
+from s2mts2.runtime.device import describe_device
 
 LOG_FILE = "train.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"

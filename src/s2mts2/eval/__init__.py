@@ -1,4 +1,5 @@
-"""Evaluation: metrics (rank AUC, ISIC2018 / SRC-MT metrics, bootstrap CIs) and reports."""
+"""Evaluation: metrics (rank AUC, ISIC2018 / SRC-MT metrics, bootstrap CIs), reports, kNN; may
+import data, task and files."""
 
 from s2mts2.eval.metrics import (
     MetricAccumulator,

@@ -1,4 +1,5 @@
-"""Using a trained model: ``predict`` (PNG/JPEG/DICOM files and folders), Grad-CAM, ONNX export."""
+"""Using a trained model: predict (PNG/JPEG/DICOM files and folders), Grad-CAM, ONNX export, the
+web page; may import engine.evaluate/inference/checkpoint/builders, never a training loop."""
 
 from s2mts2.infer.export import ExportResult, export_model
 from s2mts2.infer.gradcam import CamResult, grad_cam

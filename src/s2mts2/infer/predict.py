@@ -42,13 +42,13 @@ from s2mts2.data.augment import BatchAugment
 from s2mts2.data.imageio import _is_dicom, read_image, resize_square
 from s2mts2.engine.builders import build_eval_transform
 from s2mts2.engine.evaluate import load_classifier, load_finetuned
-from s2mts2.engine.runtime import resolve_device
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.files import write_text_atomic
 from s2mts2.infer.gradcam import CamLayer, grad_cam, save_overlay, select_cam_layer
 from s2mts2.infer.onnx_packages import require_onnx_packages
 from s2mts2.losses.consistency import probabilities
 from s2mts2.models.heads import Network
+from s2mts2.runtime.device import resolve_device
 
 log = logging.getLogger("s2mts2")
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from s2mts2.data.table import Task
+from s2mts2.task import Task
 
 
 def probabilities(logits: torch.Tensor, task: Task) -> torch.Tensor:

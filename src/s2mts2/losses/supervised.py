@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from s2mts2.data.table import Task
+from s2mts2.task import Task
 
 MAX_POSITIVE_WEIGHT = 100.0
 

@@ -1,4 +1,1 @@
-"""Networks of both stages: torchvision backbones, heads, the EMA teacher and the negative queue.
-
-Import from the submodules: ``backbones``, ``heads``, ``ema``, ``queue``.
-"""
+"""Networks: backbones, heads, EMA teacher, negative queue; may import runtime, errors, files."""

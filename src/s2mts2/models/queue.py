@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from s2mts2.engine.distributed import all_gather_cat
+from s2mts2.runtime.distributed import all_gather_cat
 
 
 class NegativeQueue(nn.Module):

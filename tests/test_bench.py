@@ -11,12 +11,8 @@ import pytest
 import torch
 from spies import spy
 
-from s2mts2.cli import main
-from s2mts2.data.imageio import load_preprocessed
-from s2mts2.data.prepared import prepare_dataset
-from s2mts2.data.table import DatasetTable
-from s2mts2.engine import bench, runtime
-from s2mts2.engine.bench import (
+from s2mts2 import bench
+from s2mts2.bench import (
     QUICK_CPU,
     RESULT_KEYS,
     BenchSettings,
@@ -28,8 +24,13 @@ from s2mts2.engine.bench import (
     resolve_settings,
     run_bench,
 )
+from s2mts2.cli import main
+from s2mts2.data.imageio import load_preprocessed
+from s2mts2.data.prepared import prepare_dataset
+from s2mts2.data.table import DatasetTable
 from s2mts2.engine.builders import build_augment
 from s2mts2.errors import ConfigError, DataError
+from s2mts2.runtime import device as runtime
 
 TINY = dict(
     device="cpu",

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from s2mts2.engine.runtime import check_finite, resolve_device, setup_threads
+from s2mts2.engine.checkpoint import check_finite
 from s2mts2.errors import ConfigError, DivergenceError
+from s2mts2.runtime.device import resolve_device, setup_threads
 
 
 def test_cuda_without_a_gpu_is_a_config_error(monkeypatch):

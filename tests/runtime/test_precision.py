@@ -14,16 +14,16 @@ import torch
 from state_dicts import flat_tensors
 from step_settings import DATA, SETTINGS
 
-from s2mts2.engine import runtime
-from s2mts2.engine.bench import contrastive_step, mean_teacher_step
+from s2mts2.bench import contrastive_step, mean_teacher_step
 from s2mts2.engine.checkpoint import (
     load_checkpoint,
     resume_training,
     save_checkpoint,
     training_state,
 )
-from s2mts2.engine.runtime import Precision, resolve_precision
 from s2mts2.errors import ConfigError
+from s2mts2.runtime import device as runtime
+from s2mts2.runtime.device import Precision, resolve_precision
 
 CPU = torch.device("cpu")
 

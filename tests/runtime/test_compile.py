@@ -20,14 +20,14 @@ from toolchain import compiles
 
 import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
+from s2mts2.bench import contrastive_step, mean_teacher_step
 from s2mts2.config import load_config
-from s2mts2.engine import runtime
-from s2mts2.engine.bench import contrastive_step, mean_teacher_step
 from s2mts2.engine.builders import pretrain_network
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.errors import ConfigError
+from s2mts2.runtime import device as runtime
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.slow
@@ -122,13 +122,19 @@ def test_a_compiled_stage2_step_takes_the_eager_step():
 def test_only_the_engine_steps_of_the_bench_are_compiled():
     s = replace(SETTINGS, compile=True)
     engine = contrastive_step(s, 1, CPU)
-    assert engine._student is not engine.student and engine._teacher is not engine.teacher
+    assert (
+        engine.runner._student is not engine.student
+        and engine.runner._teacher is not engine.teacher
+    )
     reference = contrastive_step(s, 1, CPU, engine=False)
-    assert reference._student is reference.student and reference._teacher is reference.teacher
+    assert (
+        reference.runner._student is reference.student
+        and reference.runner._teacher is reference.teacher
+    )
     plain = mean_teacher_step(SETTINGS, DATA, CPU)[0]
-    assert plain._student is plain.student and plain._teacher is plain.teacher
+    assert plain.runner._student is plain.student and plain.runner._teacher is plain.teacher
     fast = mean_teacher_step(s, DATA, CPU)[0]
-    assert fast._student is not fast.student and fast._teacher is not fast.teacher
+    assert fast.runner._student is not fast.student and fast.runner._teacher is not fast.teacher
 
 
 def test_compile_without_a_compiler_stops_with_the_option_named(monkeypatch):

@@ -9,12 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 from state_dicts import flat_tensors
-from step_settings import SETTINGS
+from step_settings import SETTINGS, with_runner
 
+from s2mts2.bench import contrastive_step
 from s2mts2.config import RunConfig
-from s2mts2.engine.bench import contrastive_step
 from s2mts2.engine.checkpoint import RESUME_MAY_CHANGE
-from s2mts2.engine.graphs import uses_cuda_graphs
+from s2mts2.runtime.graphs import uses_cuda_graphs
 
 CUDA = torch.device("cuda")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -89,7 +89,7 @@ def test_cuda_graphs_take_effect_on_one_cuda_process_without_compile():
     assert not uses_cuda_graphs(True, True, CUDA, 1)  # torch.compile has its own
     assert not uses_cuda_graphs(True, False, CUDA, 2)  # DDP: launches its own collectives
     assert not uses_cuda_graphs(True, False, cpu, 1)
-    assert not _step("fp32", True, cpu).cuda_graphs  # the bench's builder asks the same
+    assert not _step("fp32", True, cpu).runner.cuda_graphs  # the bench's builder asks the same
     assert "cuda_graphs" in RESUME_MAY_CHANGE  # how a run launches kernels, not what it computes
 
 
@@ -97,4 +97,4 @@ def test_graphs_refuse_shuffled_batch_norm_and_compile():
     step = _step("fp32", False, torch.device("cpu"))
     for change in ({"shuffle_bn": True}, {"compile": True}):
         with pytest.raises(ValueError, match="cuda_graphs"):
-            replace(step, cuda_graphs=True, **change)
+            with_runner(step, cuda_graphs=True, **change)

@@ -4,7 +4,7 @@
 import torch
 from step_settings import DATA, SETTINGS
 
-from s2mts2.engine.bench import contrastive_step, mean_teacher_step
+from s2mts2.bench import contrastive_step, mean_teacher_step
 
 CPU = torch.device("cpu")
 

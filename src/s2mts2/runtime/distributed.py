@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from s2mts2.engine.runtime import resolve_device
 from s2mts2.errors import ConfigError
+from s2mts2.runtime.device import resolve_device
 
 log = logging.getLogger("s2mts2")
 
@@ -268,3 +268,8 @@ def wrap_ddp(net: nn.Module, device: torch.device) -> nn.Module:
         gradient_as_bucket_view=True,
         **{no_sync: False},
     )
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper, else ``net`` itself."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net

@@ -46,29 +46,28 @@ import torchvision.transforms as T
 from PIL import Image
 
 from s2mts2 import __version__
-from s2mts2.config import FinetuneConfig, ModelConfig, PretrainConfig
+from s2mts2.config import FinetuneConfig, ModelConfig, PretrainConfig, RunConfig
 from s2mts2.data.adapters.synthetic import make_synthetic
 from s2mts2.data.augment import AugmentConfig
 from s2mts2.data.cache import build_cache
 from s2mts2.data.imageio import read_image
 from s2mts2.data.loader import Batch, BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
-from s2mts2.engine.builders import build_augment, classifier_network, pretrain_network
-from s2mts2.engine.finetune import MeanTeacherStep, build_optimizer
-from s2mts2.engine.graphs import uses_cuda_graphs
-from s2mts2.engine.pretrain import ContrastiveStep, epoch_generator, resolve_bn_groups
-from s2mts2.engine.pretrain import build_optimizer as pretrain_optimizer
-from s2mts2.engine.runtime import (
+from s2mts2.engine.builders import classifier_network, pretrain_network
+from s2mts2.engine.builders import contrastive_step as build_contrastive_step
+from s2mts2.engine.builders import mean_teacher_step as build_mean_teacher_step
+from s2mts2.engine.schedule import epoch_generator
+from s2mts2.errors import ConfigError
+from s2mts2.files import write_text_atomic
+from s2mts2.methods.contrastive import ContrastiveStep
+from s2mts2.methods.mean_teacher import MeanTeacherStep
+from s2mts2.runtime.device import (
     Precision,
     check_compile,
     resolve_device,
     resolve_precision,
     setup_threads,
 )
-from s2mts2.errors import ConfigError
-from s2mts2.files import write_text_atomic
-from s2mts2.models.ema import EmaTeacher
-from s2mts2.models.queue import NegativeQueue
 
 log = logging.getLogger("s2mts2")
 
@@ -274,31 +273,22 @@ def time_steps(step: Callable[[], object], warmup: int, steps: int, device: torc
 def contrastive_step(
     s: BenchSettings, channels: int, device: torch.device, engine: bool = True
 ) -> ContrastiveStep:
-    """A fresh stage-1 step with the default config at the bench's model, batch and M.
+    """A fresh stage-1 step with the default config at the bench's model, batch and M, built as
+    training builds it (:func:`s2mts2.engine.builders.contrastive_step`).
 
     ``engine=False`` gives the step users run today: fp32, NCHW; else ``s.precision``.
     """
-    pc = PretrainConfig(batch_size=s.batch_size, views=s.views, queue_size=s.queue_size)
-    model = ModelConfig(backbone=s.model)
-    net = pretrain_network(model, channels)
-    precision = resolve_precision(s.precision, device) if engine else Precision(device.type)
-    student = precision.prepare(net, device)
-    teacher = EmaTeacher(student, decay=pc.ema, buffers=pc.ema_buffers)
-    queue = NegativeQueue(pc.queue_size, model.proj_dim).to(device)
-    optimizer = pretrain_optimizer(student, pc, device)
-    augment = build_augment("strong", channels, s.size, pc.augment)
-    return ContrastiveStep(
-        student=student,
-        teacher=teacher,
-        queue=queue,
-        optimizer=optimizer,
-        augment=augment,
-        cfg=pc,
-        precision=precision,
-        scaler=precision.scaler(),
+    cfg = RunConfig(
         compile=s.compile and engine,
-        cuda_graphs=engine and uses_cuda_graphs(s.cuda_graphs, s.compile, device, 1),
-        bn_groups=resolve_bn_groups(pc, s.batch_size, 1),
+        cuda_graphs=s.cuda_graphs and engine,
+        model=ModelConfig(backbone=s.model),
+        pretrain=PretrainConfig(batch_size=s.batch_size, views=s.views, queue_size=s.queue_size),
+    )
+    cfg.data.size = s.size
+    net = pretrain_network(cfg.model, channels)
+    precision = resolve_precision(s.precision, device) if engine else Precision(device.type)
+    return build_contrastive_step(
+        cfg, net, channels, device, precision, queue_size=s.queue_size, batch=s.batch_size
     )
 
 
@@ -306,26 +296,13 @@ def mean_teacher_step(
     s: BenchSettings, data: BenchData, device: torch.device
 ) -> tuple[MeanTeacherStep, int]:
     """A fresh stage-2 step (default config, mean teacher) and its unlabelled batch size."""
-    fc = FinetuneConfig(batch_size=s.batch_size)
-    model = ModelConfig(backbone=s.model)
-    net = classifier_network(model, data.channels, data.labels.shape[1])
+    cfg = RunConfig(compile=s.compile, model=ModelConfig(backbone=s.model))
+    cfg.data.size = s.size
+    cfg.finetune = FinetuneConfig(method="mean-teacher", batch_size=s.batch_size)
+    net = classifier_network(cfg.model, data.channels, data.labels.shape[1])
     precision = resolve_precision(s.precision, device)
-    student = precision.prepare(net, device)
-    teacher = EmaTeacher(student, decay=fc.ema, buffers=fc.ema_buffers)
-    augment = build_augment(fc.augment, data.channels, s.size, fc.augment_overrides)
-    step = MeanTeacherStep(
-        student=student,
-        teacher=teacher,
-        optimizer=build_optimizer(student, fc),
-        augment=augment,
-        task=data.task,
-        pos_weight=None,
-        independent_views=fc.independent_views,
-        precision=precision,
-        scaler=precision.scaler(),
-        compile=s.compile,
-    )
-    return step, max(1, round(s.batch_size * fc.unlabelled_ratio))
+    step = build_mean_teacher_step(cfg, net, data.channels, data.task, device, precision)
+    return step, max(1, round(s.batch_size * cfg.finetune.unlabelled_ratio))
 
 
 def reference_transform(config: AugmentConfig, size: int) -> T.Compose:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from s2mts2.engine.runtime import Precision
+from s2mts2.runtime.device import Precision
 
 
 def uses_cuda_graphs(enabled: bool, compile: bool, device: torch.device, world: int) -> bool:

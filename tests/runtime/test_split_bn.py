@@ -8,7 +8,7 @@ import torch
 from toolchain import compiles
 from torch import nn
 
-from s2mts2.models.split_bn import (
+from s2mts2.runtime.split_bn import (
     SplitBatchNorm2d,
     default_bn_groups,
     key_group_order,

@@ -1,11 +1,10 @@
-"""Device, precision and thread settings shared by the training loops."""
+"""Device, precision, threads, torch.compile and optimiser kernels: how the networks run."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
-import math
 import os
 import platform
 import shutil
@@ -16,7 +15,7 @@ from typing import Any
 
 import torch
 
-from s2mts2.errors import ConfigError, DivergenceError
+from s2mts2.errors import ConfigError
 
 log = logging.getLogger("s2mts2")
 
@@ -183,33 +182,3 @@ def check_compile(enabled: bool) -> None:
             "with one); none of g++, c++, clang++, cc was found: install one (e.g. gcc) or "
             "--set compile=false"
         )
-
-
-def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0) -> float:
-    """Linear warm-up then cosine decay to 0 over ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set each group's LR to ``lr`` times its ``lr_scale`` (default 1)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-def check_finite(losses: dict[str, float], stage: str, epoch: int, checkpoint: Path) -> None:
-    """Stop a diverged run (a NaN or infinite epoch loss) before it overwrites ``checkpoint``."""
-    bad = [f"{name} {value}" for name, value in losses.items() if not math.isfinite(value)]
-    if not bad:
-        return
-    kept = (
-        f"{checkpoint} still holds the last finished epoch ({epoch - 1})"
-        if checkpoint.exists()
-        else "no checkpoint was written"
-    )
-    raise DivergenceError(
-        f"{stage} epoch {epoch}: {', '.join(bad)}: training diverged; {kept}. Lower {stage}.lr "
-        "or, under bf16/fp16, try --set precision=fp32"
-    )

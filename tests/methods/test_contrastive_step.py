@@ -7,17 +7,17 @@ import dataclasses
 import pytest
 import torch
 from spies import spy
-from step_settings import SETTINGS
+from step_settings import SETTINGS, with_runner
 
-from s2mts2.engine.bench import contrastive_step
+from s2mts2.bench import contrastive_step
 from s2mts2.losses.jcl import jcl_loss
-from s2mts2.models.split_bn import set_bn_groups
+from s2mts2.runtime.split_bn import set_bn_groups
 
 
 @pytest.mark.parametrize("entries", ["mean", "normalised_mean"])
 def test_the_queue_receives_each_images_mean_key(entries):
     torch.manual_seed(0)
-    step = dataclasses.replace(contrastive_step(SETTINGS, 1, torch.device("cpu")), bn_groups=1)
+    step = with_runner(contrastive_step(SETTINGS, 1, torch.device("cpu")), bn_groups=1)
     step.cfg.queue_entries = entries
     views = torch.randn(
         1 + step.cfg.views, 8, 1, 32, 32, generator=torch.Generator().manual_seed(3)
@@ -55,7 +55,7 @@ def test_the_step_scores_the_students_query_against_each_images_own_teacher_keys
     the images i' ≡ i (mod G), and key view m of image i with the key views that the documented
     rule, (i mod G + i // G + m + 1) mod G, sends to the same group."""
     torch.manual_seed(0)
-    step = dataclasses.replace(contrastive_step(SETTINGS, 1, torch.device("cpu")), bn_groups=groups)
+    step = with_runner(contrastive_step(SETTINGS, 1, torch.device("cpu")), bn_groups=groups)
     step.cfg.temperature = 0.2
     m, b = step.cfg.views, 8
     assert m > 1  # with one key view per image, a mix-up of images and views would not show
@@ -92,11 +92,11 @@ def test_own_keys_are_negatives_only_when_asked():
 
 
 def test_shuffled_bn_draws_a_new_permutation_every_step(monkeypatch):
-    import s2mts2.engine.pretrain as pretrain_mod
+    import s2mts2.runtime.runner as runner_mod
 
-    calls = spy(monkeypatch, pretrain_mod, "shuffled_forward")
+    calls = spy(monkeypatch, runner_mod, "shuffled_forward")
     step = contrastive_step(SETTINGS, 1, torch.device("cpu"))
-    step = dataclasses.replace(step, shuffle_bn=True, seed=5, bn_groups=1)
+    step = with_runner(step, shuffle_bn=True, seed=5, bn_groups=1)
     views = torch.randn(
         1 + step.cfg.views, 8, 1, 32, 32, generator=torch.Generator().manual_seed(3)
     )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from spies import spy
 
-import s2mts2.engine.demo as demo
+import s2mts2.demo as demo
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.errors import ConfigError
 
