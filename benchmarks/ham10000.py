@@ -163,8 +163,8 @@ def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
                 "pretrain.monitor_every=10",
                 "pretrain.augment.hflip_p=0",
                 "pretrain.augment.vflip_p=0",
-                "finetune.augment_overrides.hflip_p=0",
-                "finetune.augment_overrides.vflip_p=0",
+                "finetune.augment.hflip_p=0",
+                "finetune.augment.vflip_p=0",
                 *SMALL_GREY,
             ),
         )

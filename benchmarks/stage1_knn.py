@@ -79,8 +79,18 @@ def _stage1(ckpt: Path, data_dir: str | None) -> tuple[dict[str, Any], Any, Prep
 def _knn(net: torch.nn.Module, cfg: Any, data: PreparedData, fit, score) -> np.ndarray:
     """(len(score), C) kNN class scores from ``net``'s backbone features."""
     device = torch.device("cpu")
-    size, k = cfg.data.size, cfg.pretrain.knn_k
-    return knn_probs(net.backbone, data, fit, score, size, device, Precision("cpu"), k).numpy()
+    pc, precision = cfg.pretrain, Precision("cpu")
+    return knn_probs(
+        net.backbone,
+        data,
+        fit,
+        score,
+        cfg.data.size,
+        device,
+        precision,
+        pc.knn_k,
+        pc.knn_temperature,
+    ).numpy()
 
 
 def _teacher(state: dict[str, Any], cfg: Any, channels: int) -> torch.nn.Module:

@@ -6,6 +6,7 @@ import yaml
 from s2mts2.config import (
     PRESET_DIR,
     DataConfig,
+    LabelledDraw,
     RunConfig,
     config_from_dict,
     config_to_dict,
@@ -34,7 +35,7 @@ def test_dotted_and_stage_relative_overrides():
     assert cfg.finetune.epochs == 5 and cfg.finetune.method == "supervised"
     cfg = load_config(None, ["augment.hue=0", "augment.vflip_p=0.5"], stage="pretrain")
     assert (cfg.pretrain.augment.hue, cfg.pretrain.augment.vflip_p) == (0.0, 0.5)
-    assert cfg.finetune.augment_overrides.hue is None
+    assert cfg.finetune.augment.hue is None
 
 
 def test_int_accepted_for_float_and_nested_sections():
@@ -100,7 +101,7 @@ def test_bad_overrides_name_the_key(override, words):
         ("finetune.momentum=1", r"in \[0, 0.9999\]"),
         ("threads=-3", "≥ 0"),
         ("data.labelled=0", r"in \(0, 1\]"),
-        ("finetune.augment_overrides.hflip_p=1.5", r"in \[0, 1\]"),
+        ("finetune.augment.hflip_p=1.5", r"in \[0, 1\]"),
         ("pretrain.augment.hue=0.6", r"in \[0, 0.5\]"),
         ("data.size=4", "≥ 8"),
         ("data.cache_size=4", "0 or ≥ 8"),
@@ -152,8 +153,10 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path):
 
 
 def test_a_count_of_one_replaces_the_fraction():
-    assert DataConfig(labelled_count=1, split_seed=2).labelled_draw() == (None, 1, 2, False)
-    assert DataConfig(labelled=0.3).labelled_draw() == (0.3, None, 0, False)
+    assert DataConfig(labelled_count=1, split_seed=2).labelled_draw() == LabelledDraw(
+        count=1, seed=2
+    )
+    assert DataConfig(labelled=0.3).labelled_draw() == LabelledDraw(fraction=0.3)
 
 
 def test_round_trip_and_parse_override():
@@ -237,7 +240,7 @@ def test_paper_presets_hold_the_released_settings(preset):
     assert sizes == PAPER_SIZES[preset]
     assert fc.independent_views is False  # one weak view for student and teacher
     assert (fc.consistency_ramp, fc.consistency_ramp_epochs) == ("linear", fc.epochs)
-    assert fc.augment == "weak" and fc.augment_overrides.crop_scale_min == 0.2
+    assert fc.augment_preset == "weak" and fc.augment.crop_scale_min == 0.2
     assert (cfg.model.backbone, cfg.model.init, cfg.pretrain.loss) == (
         "densenet121",
         "imagenet",
@@ -252,3 +255,46 @@ def test_paper_presets_hold_the_released_settings(preset):
 def test_other_presets_keep_independent_views():
     others = sorted({p.stem for p in PRESET_DIR.glob("*.yaml")} - set(PAPER_SIZES))
     assert others and all(load_config(name).finetune.independent_views for name in others)
+
+
+def _old_keys(values: dict) -> dict:
+    """``values`` (a config dict) as an earlier version named its stage-2 augmentation keys."""
+    fc = dict(values["finetune"])
+    fc["augment"], fc["augment_overrides"] = fc.pop("augment_preset"), fc.pop("augment")
+    return {**values, "finetune": fc}
+
+
+def test_renamed_keys_load_as_the_new_ones_and_name_them(tmp_path: Path, caplog):
+    new = load_config(None, ["finetune.augment_preset=strong", "finetune.augment.hue=0.1"])
+    (tmp_path / "old.yaml").write_text(
+        "finetune:\n  augment: strong\n  augment_overrides:\n    hue: 0.1\n"
+    )
+    with caplog.at_level("WARNING", logger="s2mts2"):
+        assert load_config(tmp_path / "old.yaml") == new
+    assert caplog.messages == [
+        "config: finetune.augment is now finetune.augment_preset",
+        "config: finetune.augment_overrides is now finetune.augment",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="s2mts2"):
+        old_set = ["finetune.augment=strong", "finetune.augment_overrides.hue=0.1"]
+        assert load_config(None, old_set) == new
+        assert load_config(None, ["augment=strong", "augment_overrides.hue=0.1"], "finetune") == new
+    assert caplog.messages[:2] == [
+        "config: finetune.augment is now finetune.augment_preset",
+        "config: finetune.augment_overrides is now finetune.augment",
+    ]
+    assert config_from_dict(_old_keys(config_to_dict(new))) == new  # a stored config
+
+
+def test_a_saved_config_uses_the_new_keys():
+    fc = config_to_dict(load_config("isic2018-paper"))["finetune"]
+    assert fc["augment_preset"] == "weak" and fc["augment"]["crop_scale_min"] == 0.2
+    assert "augment_overrides" not in fc
+
+
+def test_the_knn_temperature_is_a_setting():
+    assert RunConfig().pretrain.knn_temperature == 0.07
+    assert load_config(None, ["pretrain.knn_temperature=0.1"]).pretrain.knn_temperature == 0.1
+    with pytest.raises(ConfigError, match="knn_temperature"):
+        load_config(None, ["pretrain.knn_temperature=0"])

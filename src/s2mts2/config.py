@@ -26,6 +26,7 @@ Three seeds, three jobs:
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import types
 import typing
@@ -36,6 +37,19 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from s2mts2.errors import ConfigError
+
+log = logging.getLogger("s2mts2")
+
+
+@dataclass(frozen=True)
+class LabelledDraw:
+    """Which labelled subset ``PreparedData.labelled`` draws: a ``fraction`` of train per class
+    or an absolute ``count`` (exactly one is set), the draw's ``seed``, whole groups or not."""
+
+    fraction: float | None = None
+    count: int | None = None
+    seed: int = 0
+    by_group: bool = False
 
 
 @dataclass
@@ -59,11 +73,11 @@ class DataConfig:
         """Resolution of the cache to read for training at ``size`` px."""
         return self.cache_size or size
 
-    def labelled_draw(self) -> tuple[float | None, int | None, int, bool]:
-        """(fraction, count, seed, by_group) for ``PreparedData.labelled``; a count wins."""
-        if self.labelled_count:
-            return None, self.labelled_count, self.split_seed, self.labelled_by_group
-        return self.labelled, None, self.split_seed, self.labelled_by_group
+    def labelled_draw(self) -> LabelledDraw:
+        """The labelled subset these settings ask for; a count wins over the fraction."""
+        count = self.labelled_count or None
+        fraction = None if count else self.labelled
+        return LabelledDraw(fraction, count, self.split_seed, self.labelled_by_group)
 
 
 @dataclass
@@ -111,7 +125,9 @@ class PretrainConfig:
     queue_entries: Literal["mean", "normalised_mean"] = "mean"
     temperature: float = 0.07
     lam_max: float = 2.0  # λ ramps linearly to this value: λ_t = λ_max·(epoch+1)/epochs
-    ema: float = 0.999  # teacher momentum m
+    # teacher EMA momentum, per step, in both stages (the paper's m in stage 1, α in stage 2):
+    # θ' ← ema·θ' + (1−ema)·θ
+    ema: float = 0.999
     ema_buffers: Literal["own", "copy", "ema"] = "own"
     shuffle_bn: bool = True  # several processes: batch-shuffle BN for the teacher (MoCo)
     # one process: split batch norm in G groups, keys regrouped across them (MoCo's single-GPU
@@ -123,7 +139,8 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
     monitor_every: int = 5  # kNN representation check every N epochs (and at the end); 0 = end only
-    knn_k: int = 20
+    knn_k: int = 20  # neighbours of the kNN check
+    knn_temperature: float = 0.07  # T of its similarity weights exp(sim/T)
     augment: AugmentOverrides = field(default_factory=AugmentOverrides)
 
 
@@ -147,11 +164,11 @@ class FinetuneConfig:
     consistency: float = 1.0  # maximum weight of the consistency term
     consistency_ramp: Literal["linear", "sigmoid"] = "linear"
     consistency_ramp_epochs: float = 10.0  # w(t) reaches its maximum after this many epochs
-    ema: float = 0.999  # teacher EMA α per step
+    ema: float = 0.999  # teacher EMA momentum per step (as pretrain.ema)
     ema_buffers: Literal["own", "copy", "ema"] = "own"
     independent_views: bool = True  # student and teacher see independently augmented views
-    augment: Literal["weak", "strong"] = "weak"
-    augment_overrides: AugmentOverrides = field(default_factory=AugmentOverrides)
+    augment_preset: Literal["weak", "strong"] = "weak"
+    augment: AugmentOverrides = field(default_factory=AugmentOverrides)  # overrides of the preset
     pos_weight: bool = False  # per-class positive weights in the BCE (multi-label)
     select: Literal["val", "last"] = "val"  # model selection: best validation mean AUC, or last
     eval_every: int = 1  # validate every N epochs
@@ -259,6 +276,7 @@ _RANGES: dict[tuple[type, str], _Range] = {
     (PretrainConfig, "lam_max"): _NATURAL,
     (PretrainConfig, "monitor_every"): _NATURAL,
     (PretrainConfig, "knn_k"): _COUNT,
+    (PretrainConfig, "knn_temperature"): _POSITIVE,
     (FinetuneConfig, "size"): _IMAGE_SIZE_OR_DEFAULT,
     (FinetuneConfig, "steps_per_epoch"): _NATURAL,
     (FinetuneConfig, "unlabelled_ratio"): _POSITIVE,
@@ -331,6 +349,29 @@ RETIRED_KEYS: dict[str, tuple[Any, str]] = {
         "(stage 1 at 0.72x) and no faster on a CPU (benchmarks/README.md)",
     ),
 }
+
+
+# Settings renamed since earlier versions: old key -> (new key in the same section, the type of
+# the values the old key held; a value of another type is the new meaning of a reused name).
+RENAMED_KEYS: dict[str, tuple[str, type]] = {
+    "finetune.augment": ("finetune.augment_preset", str),  # "weak" | "strong"
+    "finetune.augment_overrides": ("finetune.augment", dict),
+}
+
+
+def renamed_keys(values: dict[str, Any], prefix: str = "", quiet: bool = False) -> dict[str, Any]:
+    """A copy of the nested ``values`` with the keys of :data:`RENAMED_KEYS` under their new
+    names; each renamed key is logged, naming its new key, unless ``quiet``."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if key in RENAMED_KEYS and isinstance(v, RENAMED_KEYS[key][1]):
+            new = RENAMED_KEYS[key][0]
+            if not quiet:
+                log.warning("config: %s is now %s", key, new)
+            key, k = new, new.rsplit(".", 1)[-1]
+        out[k] = renamed_keys(v, f"{key}.", quiet) if isinstance(v, dict) else v
+    return out
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "", stored: bool = False) -> None:
@@ -464,11 +505,11 @@ def load_config(
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
         try:
-            _apply(cfg, values)
+            _apply(cfg, renamed_keys(values))
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from e
     for text in overrides:
-        _apply(cfg, parse_override(text, stage))
+        _apply(cfg, renamed_keys(parse_override(text, stage)))
     _check_sizes(cfg, stage)
     return cfg
 
@@ -497,5 +538,5 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """The config stored by a run (checkpoint, run record), also one of an earlier version."""
     cfg = RunConfig()
-    _apply(cfg, values, stored=True)
+    _apply(cfg, renamed_keys(values, quiet=True), stored=True)
     return cfg

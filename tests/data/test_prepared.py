@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from s2mts2.config import LabelledDraw
 from s2mts2.data.prepared import PreparedData, prepare_dataset
 from s2mts2.data.splits import labelled_subset, save_labelled
 from s2mts2.errors import DataError
@@ -28,7 +29,7 @@ def _prepare(out, seed: int) -> PreparedData:
 
 
 def _labelled_splits(data: PreparedData) -> set[str]:
-    return set(data.table.split[data.labelled(0.2)].tolist())
+    return set(data.table.split[data.labelled(LabelledDraw(0.2))].tolist())
 
 
 def test_reprepare_with_another_split_draws_the_labelled_subset_again(tmp_path, caplog):
@@ -49,9 +50,9 @@ def test_reprepare_with_another_split_draws_the_labelled_subset_again(tmp_path, 
 def test_a_run_drawing_another_subset_than_prepare_is_told(tmp_path, caplog):
     data = _prepare(tmp_path / "data", seed=0)
     with caplog.at_level(logging.WARNING, logger="s2mts2"):
-        data.labelled(0.2)
+        data.labelled(LabelledDraw(0.2))
         assert caplog.text == ""
-        data.labelled(0.1)
+        data.labelled(LabelledDraw(0.1))
     assert "prepare drew the labelled subset labelled-f0.2-s0.txt" in caplog.text
     assert "this run draws labelled-f0.1-s0.txt" in caplog.text
     caplog.clear()
@@ -75,16 +76,16 @@ def test_a_stale_list_holding_a_non_training_image_is_refused(tmp_path):
     rows = np.concatenate([t.indices("train")[:3], t.indices("val")[:1]])
     save_labelled(tmp_path / "data" / "labelled" / "labelled-f0.3-s0.txt", t, rows)
     with pytest.raises(DataError, match="'val' split"):
-        data.labelled(0.3)
+        data.labelled(LabelledDraw(0.3))
 
 
 def test_by_group_draws_whole_groups(tmp_path):
     data = _prepare(tmp_path / "data", seed=0)
     t = data.table
-    got = data.labelled(0.2, by_group=True)
+    got = data.labelled(LabelledDraw(0.2, by_group=True))
     want = labelled_subset(t.labels, t.indices("train"), fraction=0.2, groups=t.groups)
     assert np.array_equal(got, want)
-    assert not np.array_equal(got, data.labelled(0.2))
+    assert not np.array_equal(got, data.labelled(LabelledDraw(0.2)))
 
 
 def test_an_unreadable_image_is_left_out_not_fatal(tmp_path):
@@ -115,7 +116,7 @@ def test_the_summary_counts_labelled_and_unlabelled_training_images(tmp_path):
     data = _prepare(tmp_path / "data", seed=0)
     summary = json.loads((tmp_path / "data" / "summary.json").read_text())
     n_train = len(data.table.indices("train"))
-    assert summary["labelled"] == len(data.labelled(0.2)) < n_train
+    assert summary["labelled"] == len(data.labelled(LabelledDraw(0.2))) < n_train
     assert summary["unlabelled"] == n_train - summary["labelled"]
     # without a fraction or count nothing is drawn yet: no count is claimed
     undrawn = prepare_dataset(

@@ -46,7 +46,7 @@ TINY = ("finetune.method=mean-teacher",)  # on top of the `tiny` preset
 # Every random choice of the augmentation switched off: views = the resized, normalised images.
 NO_AUGMENT = tuple(
     f"{section}.{key}={value}"
-    for section in ("pretrain.augment", "finetune.augment_overrides")
+    for section in ("pretrain.augment", "finetune.augment")
     for key, value in (
         ("crop_scale_min", 1.0),
         ("rotate_deg", 0.0),

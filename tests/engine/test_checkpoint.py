@@ -115,6 +115,16 @@ def test_the_labelled_draw_may_not_change_on_resume():
     ]
 
 
+def test_a_checkpoint_with_renamed_keys_compares_under_the_new_names():
+    saved = config_to_dict(load_config("tiny"))
+    fc = dict(saved["finetune"])
+    fc["augment"], fc["augment_overrides"] = fc.pop("augment_preset"), fc.pop("augment")
+    old = {**saved, "finetune": fc}  # as an earlier version stored it
+    assert config_changes(old, saved, "finetune") == []
+    now = config_to_dict(load_config("tiny", ["finetune.augment_preset=strong"]))
+    assert config_changes(old, now, "finetune") == ["finetune.augment_preset: 'weak' -> 'strong'"]
+
+
 def test_resume_refuses_the_other_stages_checkpoint(tmp_path: Path):
     net = torch.nn.Linear(2, 2)
     save_checkpoint(training_state("pretrain", {"student": net}, epoch=1), tmp_path / "a.pt")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from spies import spy
 from state_dicts import max_diff
 
@@ -24,9 +25,9 @@ import s2mts2.engine.finetune as finetune_mod
 import s2mts2.engine.pretrain as pretrain_mod
 import s2mts2.methods.contrastive as contrastive_mod
 from s2mts2.cli import main
-from s2mts2.config import load_config
+from s2mts2.config import LabelledDraw, load_config
 from s2mts2.data.prepared import PreparedData
-from s2mts2.engine.checkpoint import load_checkpoint
+from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
 from s2mts2.engine.evaluate import evaluate_checkpoint, load_classifier
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
@@ -87,7 +88,7 @@ def test_the_knn_monitor_fits_the_labelled_images_and_scores_others(data_dir):
     cfg = cfg_for(data_dir)
     data = PreparedData.open(data_dir, cfg.data.size)
     fit, score = pretrain_mod.monitor_rows(data, cfg)
-    assert np.array_equal(fit, data.labelled(*cfg.data.labelled_draw()))
+    assert np.array_equal(fit, data.labelled(cfg.data.labelled_draw()))
     assert np.array_equal(score, data.table.indices("val"))
     data.table.split[data.table.split == "val"] = "train"  # a dataset without a val split
     fit, score = pretrain_mod.monitor_rows(data, cfg)
@@ -198,7 +199,7 @@ def test_consistency_compares_student_with_teacher_and_trains_the_student(data_d
     cfg = cfg_for(data_dir)
     data = PreparedData.open(data_dir, 16)
     student = classifier_network(cfg.model, 1, len(data.table.classes))
-    teacher = EmaTeacher(student, decay=0.99)
+    teacher = EmaTeacher(student, ema=0.99)
     torch.nn.init.normal_(teacher.module.head.mlp[-1].weight)  # make them differ
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
     step = MeanTeacherStep(
@@ -316,7 +317,7 @@ def test_stage2_streams_are_the_labelled_subset_and_the_other_training_images(
     finetune(cfg, tmp_path / "run", progress=False)
     data = PreparedData.open(data_dir, cfg.data.size)
     labelled, unlabelled = (np.sort(s.rows) for s in streams)
-    assert np.array_equal(labelled, data.labelled(*cfg.data.labelled_draw()))
+    assert np.array_equal(labelled, data.labelled(cfg.data.labelled_draw()))
     train = data.table.indices("train")
     assert np.array_equal(unlabelled, np.setdiff1d(train, labelled))  # no val or test image
     assert [s.batch_size for s in streams] == [6, 9]  # unlabelled: ratio × labelled batch
@@ -383,7 +384,7 @@ def test_positive_weights_come_from_the_labelled_images_only(
     if not enabled:
         assert weights == [None]
         return
-    labelled = data.labelled(*cfg.data.labelled_draw())
+    labelled = data.labelled(cfg.data.labelled_draw())
     expected = positive_weights(data.table.labels[labelled])  # the unlabelled stay unseen
     assert not torch.equal(
         expected, positive_weights(data.table.labels[data.table.indices("train")])
@@ -483,8 +484,10 @@ def test_labelled_count_is_used_and_best_is_written_before_last(data_dir, tmp_pa
     monkeypatch.setattr(finetune_mod, "save_checkpoint", record)
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "data.labelled_count=30")
     data = PreparedData.open(data_dir, cfg.data.size)
-    by_count = data.labelled(None, 30)
-    assert len(by_count) != len(data.labelled(cfg.data.labelled))  # the two draws differ
+    by_count = data.labelled(LabelledDraw(count=30))
+    assert len(by_count) != len(
+        data.labelled(LabelledDraw(cfg.data.labelled))
+    )  # the two draws differ
     best = finetune(cfg, tmp_path / "n30", progress=False)
     assert load_checkpoint(best)["meta"]["labelled_images"] == len(by_count)
     assert np.array_equal(pretrain_mod.monitor_rows(data, cfg)[0], by_count)
@@ -728,6 +731,22 @@ def test_a_run_logs_to_train_log_and_resumes_with_only_its_folder(
     assert not any(c in log for c in "\r█▏▎▍▌▋▊▉") and "it/s" not in log  # no bars
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     assert json.loads((out / "run.json").read_text())["device"].startswith("cpu (")
+
+
+def test_a_run_whose_config_holds_renamed_keys_resumes(data_dir, tmp_path, caplog):
+    """OUT/config.yaml and last.pt of an earlier version name finetune.augment_overrides."""
+    out = tmp_path / "ft"
+    finetune(
+        cfg_for(data_dir, "finetune.method=supervised", "finetune.epochs=1"), out, progress=False
+    )
+    state = load_checkpoint(out / "last.pt")
+    fc = state["config"]["finetune"]
+    fc["augment"], fc["augment_overrides"] = fc.pop("augment_preset"), fc.pop("augment")
+    save_checkpoint(state, out / "last.pt")
+    (out / "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    with caplog.at_level(logging.INFO, logger="s2mts2"):
+        assert main(["finetune", "--out", str(out), "--resume"]) == 0
+    assert "config: finetune.augment_overrides is now finetune.augment" in caplog.messages
 
 
 def test_cli_errors_are_clear(data_dir, tmp_path, capsys):

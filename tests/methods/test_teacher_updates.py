@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 def _check_ema(step, run_step) -> None:
     # m = 0.5 and a teacher away from the student: the default m = 0.999 would hide the
     # difference between the student before and after its step in rounding
-    step.teacher.decay = m = 0.5
+    step.teacher.ema = m = 0.5
     with torch.no_grad():
         for p in step.teacher.module.parameters():
             p.add_(torch.randn_like(p) * 0.01)

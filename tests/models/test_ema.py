@@ -20,7 +20,7 @@ def _perturb(model: nn.Module) -> None:
 def test_update_is_exponential_moving_average():
     torch.manual_seed(0)
     student = _net()
-    teacher = EmaTeacher(student, decay=0.9)
+    teacher = EmaTeacher(student, ema=0.9)
     for _ in range(3):
         old = [p.clone() for p in teacher.module.parameters()]
         _perturb(student)
@@ -30,25 +30,25 @@ def test_update_is_exponential_moving_average():
     assert teacher.steps == 3
     old = [p.clone() for p in teacher.module.parameters()]
     _perturb(student)
-    teacher.update(student, decay=0.5)
+    teacher.update(student, ema=0.5)
     for t, o, s in zip(teacher.module.parameters(), old, student.parameters()):
         assert torch.allclose(t, 0.5 * o + 0.5 * s, rtol=1e-12, atol=1e-14)
 
 
-def test_warmup_decay():
-    teacher = EmaTeacher(_net(), decay=0.999, warmup=True)
-    assert teacher.current_decay() == pytest.approx(1 / 10)
+def test_warmup_momentum():
+    teacher = EmaTeacher(_net(), ema=0.999, warmup=True)
+    assert teacher.current_ema() == pytest.approx(1 / 10)
     teacher.steps = 10
-    assert teacher.current_decay() == pytest.approx(11 / 20)
+    assert teacher.current_ema() == pytest.approx(11 / 20)
     teacher.steps = 100_000
-    assert teacher.current_decay() == 0.999
-    assert EmaTeacher(_net(), decay=0.99).current_decay() == 0.99
+    assert teacher.current_ema() == 0.999
+    assert EmaTeacher(_net(), ema=0.99).current_ema() == 0.99
 
 
 def _run_student_and_teacher(policy: str):
     torch.manual_seed(1)
     student = _net()
-    teacher = EmaTeacher(student, decay=0.75, buffers=policy)
+    teacher = EmaTeacher(student, ema=0.75, buffers=policy)
     student.train()
     teacher.train()
     for _ in range(2):  # the student's BN has counted 2 batches, the teacher's 1
@@ -102,11 +102,11 @@ def test_teacher_gets_no_gradient():
 def test_state_dict_round_trip():
     torch.manual_seed(4)
     student = _net()
-    teacher = EmaTeacher(student, decay=0.5)
+    teacher = EmaTeacher(student, ema=0.5)
     _perturb(student)
     teacher.update(student)
     teacher.update(student)
-    restored = EmaTeacher(_net(), decay=0.5)
+    restored = EmaTeacher(_net(), ema=0.5)
     restored.load_state_dict(teacher.state_dict())
     assert restored.steps == 2
     for a, b in zip(restored.state_dict().values(), teacher.state_dict().values()):
@@ -117,5 +117,5 @@ def test_state_dict_round_trip():
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="policy"):
         EmaTeacher(_net(), buffers="mean")
-    with pytest.raises(ValueError, match="decay"):
-        EmaTeacher(_net(), decay=1.5)
+    with pytest.raises(ValueError, match="momentum"):
+        EmaTeacher(_net(), ema=1.5)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from s2mts2.config import LabelledDraw
 from s2mts2.data.adapters import load_dataset
 from s2mts2.data.cache import ImageCache, build_cache
 from s2mts2.data.splits import (
@@ -58,16 +59,10 @@ class PreparedData:
         cache = ImageCache.open(cdir)
         return cls(d, table, cache, cache.rows_for(table.paths))
 
-    def labelled(
-        self,
-        fraction: float | None,
-        count: int | None = None,
-        seed: int = 0,
-        by_group: bool = False,
-    ) -> np.ndarray:
-        """The labelled subset a training run uses (:meth:`draw_labelled`); the run is told when
-        it is another one than ``prepare`` drew."""
-        name = labelled_file_name(fraction, count, seed, by_group)
+    def labelled(self, draw: LabelledDraw) -> np.ndarray:
+        """The labelled subset ``draw`` a training run uses (:meth:`draw_labelled`); the run is
+        told when it is another one than ``prepare`` drew."""
+        name = labelled_file_name(draw.fraction, draw.count, draw.seed, draw.by_group)
         summary = self.dir / "summary.json"
         prepared = (
             json.loads(summary.read_text()).get("labelled_file") if summary.exists() else None
@@ -80,7 +75,7 @@ class PreparedData:
                 Path(prepared).name,
                 name,
             )
-        return self.draw_labelled(fraction, count, seed, by_group)
+        return self.draw_labelled(draw.fraction, draw.count, draw.seed, draw.by_group)
 
     def draw_labelled(
         self,

@@ -108,7 +108,7 @@ def contrastive_step(
     ``batch``). The undecorated network is ``step.teacher``'s student and the optimiser's."""
     pc, world = cfg.pretrain, world_size()
     net = precision.prepare(sync_batchnorm(net, cfg.model.sync_bn, device), device)
-    teacher = EmaTeacher(net, decay=pc.ema, buffers=pc.ema_buffers)
+    teacher = EmaTeacher(net, ema=pc.ema, buffers=pc.ema_buffers)
     queue = NegativeQueue(queue_size, cfg.model.proj_dim).to(device)
     optimizer = contrastive_optimizer(net, pc, device)
     augment = build_augment("strong", channels, cfg.data.size, pc.augment)
@@ -157,10 +157,10 @@ def mean_teacher_step(
     # keep BatchNorm statistics of its own: average the student's instead.
     semi = fc.method != "supervised"
     buffers = "ema" if not semi and fc.ema_buffers == "own" else fc.ema_buffers
-    teacher = EmaTeacher(net, decay=fc.ema, buffers=buffers)
+    teacher = EmaTeacher(net, ema=fc.ema, buffers=buffers)
     optimizer = mean_teacher_optimizer(net, fc)
     size = cfg.finetune_size()
-    augment = build_augment(fc.augment, channels, size, fc.augment_overrides)
+    augment = build_augment(fc.augment_preset, channels, size, fc.augment)
     student = wrap_ddp(net, device)
     return MeanTeacherStep(
         student,

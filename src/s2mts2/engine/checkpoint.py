@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from s2mts2.config import renamed_keys
 from s2mts2.errors import ConfigError, DataError, DivergenceError
 from s2mts2.files import read_torch_file, write_atomic
 
@@ -139,6 +140,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any], kind: str) ->
     a checkpoint was trained with and the current one (keys the checkpoint predates are skipped;
     the other stage's section and :data:`RESUME_MAY_CHANGE` are not compared)."""
     other = "finetune." if kind == "pretrain" else "pretrain."
+    saved = renamed_keys(saved, quiet=True)  # a checkpoint of an earlier version: today's names
     old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
     return [
         f"{key}: {old[key]!r} -> {new.get(key)!r}"

@@ -5,7 +5,8 @@ Per step (:mod:`s2mts2.methods.mean_teacher`): a labelled batch (x, y) and, for
 
     L = ℓ_sup(y, f_θ(x)) + w(t) · mean ‖σ(f_θ(u)) − σ(f_θ'(u'))‖²
 
-with u' = u (same view) or an independent view, θ' the EMA teacher (α per step), w(t) ramped.
+with u' = u (same view) or an independent view, θ' the EMA teacher (momentum ``ema`` per step),
+w(t) ramped.
 ``s2mts2`` starts student and teacher from a stage-1 student backbone with a new classifier head.
 Validation (teacher) picks ``best.pt``, the model a user ships (teacher weights, meta, config:
 :func:`~s2mts2.engine.checkpoint.model_state`); ``last.pt`` holds the full state for ``--resume``.
@@ -179,7 +180,7 @@ def _finetune(
     data = PreparedData.open(cfg.data.dir, cfg.data.cache_for(size))
     t = data.table
     with main_first():  # may write the labelled-subset file into the data folder
-        labelled = data.labelled(*cfg.data.labelled_draw())
+        labelled = data.labelled(cfg.data.labelled_draw())
     unlabelled = np.setdiff1d(t.indices("train"), labelled)
     if len(unlabelled) == 0:
         unlabelled = t.indices("train")

@@ -106,7 +106,7 @@ def checked_queue_size(pc: PretrainConfig, images: int) -> int:
 
 def monitor_rows(data: PreparedData, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     """Table rows to fit (labelled train) and score (val, else ≤2,000 unlabelled train) the kNN."""
-    fit = data.labelled(*cfg.data.labelled_draw())
+    fit = data.labelled(cfg.data.labelled_draw())
     score = data.table.indices("val")
     if len(score) == 0:
         rest = np.setdiff1d(data.table.indices("train"), fit)
@@ -123,8 +123,10 @@ def knn_probs(
     device: torch.device,
     precision: Precision,
     k: int,
+    temperature: float,
 ) -> torch.Tensor:
-    """(len(score), C) kNN class scores of the ``score`` rows from the labelled ``fit`` rows.
+    """(len(score), C) kNN class scores of the ``score`` rows from the labelled ``fit`` rows
+    (``k`` neighbours, similarity weights at ``temperature``).
 
     Features are the backbone's pooled outputs (eval mode, evaluation transform). Under DDP each
     rank embeds its shard of the rows; the features are all-gathered first.
@@ -140,7 +142,9 @@ def knn_probs(
         forward_rows(backbone, images, data.rows[shard(score)], transform, device, precision)
     )
     backbone.train(was_training)
-    return knn_scores(f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k)
+    return knn_scores(
+        f_fit, torch.from_numpy(data.table.labels[fit]), f_score, k=k, temperature=temperature
+    )
 
 
 def pretrain(
@@ -209,7 +213,15 @@ def _pretrain(
     def monitor(backbone: torch.nn.Module) -> float | None:
         """The representation check: mean AUC (eval classes) of the kNN classifier."""
         probs = knn_probs(
-            backbone, data, fit_rows, score_rows, cfg.data.size, device, precision, pc.knn_k
+            backbone,
+            data,
+            fit_rows,
+            score_rows,
+            cfg.data.size,
+            device,
+            precision,
+            pc.knn_k,
+            pc.knn_temperature,
         )
         return table_mean_auc(probs.numpy(), table.labels[score_rows], table)
 

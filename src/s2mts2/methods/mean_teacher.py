@@ -4,8 +4,8 @@ Per step: a labelled batch (x, y) and, for ``mean-teacher``/``s2mts2``, an unlab
 
     L = ℓ_sup(y, f_θ(x)) + w(t) · mean ‖σ(f_θ(u)) − σ(f_θ'(u'))‖²
 
-with u' = u (same view) or an independent view, θ' the EMA teacher (decay m per step), w(t) ramped
-by the engine. ``s2mts2`` is this step started from a stage-1 backbone; ``supervised`` is it
+with u' = u (same view) or an independent view, θ' the EMA teacher (momentum ``ema`` per step),
+w(t) ramped by the engine. ``s2mts2`` is this step started from a stage-1 backbone; ``supervised`` is it
 without u. How the networks run (precision, torch.compile, DDP) is the
 :class:`~s2mts2.runtime.runner.StepRunner`'s; the engine builds both
 (:func:`s2mts2.engine.builders.mean_teacher_step`) and runs the epochs.

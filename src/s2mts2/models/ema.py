@@ -1,7 +1,9 @@
 """Mean teacher: an exponential moving average of the student's parameters.
 
 After every optimiser step ``teacher.update(student)`` does θ' ← m·θ' + (1−m)·θ over all
-parameters at once (``torch._foreach_lerp_``). BatchNorm statistics follow one explicit policy:
+parameters at once (``torch._foreach_lerp_``). The momentum m is called ``ema`` in the code and
+the config (``pretrain.ema``, ``finetune.ema``); the paper writes it m in stage 1 and α in
+stage 2. BatchNorm statistics follow one explicit policy:
 
 - ``own`` (default, the released S²MTS²/MoCo behaviour): the teacher keeps the running statistics
   it accumulates in its own forward passes (it forwards in train mode during stage 1 and 2).
@@ -32,15 +34,15 @@ class EmaTeacher(nn.Module):
 
     Args:
         student: the network to copy (a DDP wrapper is unwrapped).
-        decay: m, the EMA momentum (0.999 in S²MTS²).
+        ema: m, the EMA momentum (0.999 in S²MTS²).
         buffers: buffer policy ``own`` | ``copy`` | ``ema`` (see the module docstring).
-        warmup: when True the decay used at update t is min(m, (1+t)/(10+t)).
+        warmup: when True the momentum used at update t is min(m, (1+t)/(10+t)).
 
     ``forward(x)`` runs the teacher. The update count is saved in ``state_dict()`` (extra state).
 
     Example:
         >>> student = nn.Linear(4, 2)
-        >>> teacher = EmaTeacher(student, decay=0.9)
+        >>> teacher = EmaTeacher(student, ema=0.9)
         >>> teacher.update(student)
         >>> teacher.steps
         1
@@ -49,20 +51,20 @@ class EmaTeacher(nn.Module):
     def __init__(
         self,
         student: nn.Module,
-        decay: float = 0.999,
+        ema: float = 0.999,
         buffers: BufferPolicy = "own",
         warmup: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
+        if not 0.0 <= ema <= 1.0:
+            raise ValueError(f"EMA momentum must lie in [0, 1], got {ema}")
         if buffers not in BUFFER_POLICIES:
             raise ValueError(
                 f"EMA buffers policy must be one of {BUFFER_POLICIES}, got {buffers!r}"
             )
         self.module = copy.deepcopy(_unwrap(student))
         self.module.requires_grad_(False)
-        self.decay = decay
+        self.ema = ema
         self.buffers_policy = buffers
         self.warmup = warmup
         self.steps = 0
@@ -70,17 +72,17 @@ class EmaTeacher(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
-    def current_decay(self) -> float:
-        """The decay the next ``update()`` uses (warm-up applied when enabled)."""
+    def current_ema(self) -> float:
+        """The momentum the next ``update()`` uses (warm-up applied when enabled)."""
         if self.warmup:
-            return min(self.decay, (1 + self.steps) / (10 + self.steps))
-        return self.decay
+            return min(self.ema, (1 + self.steps) / (10 + self.steps))
+        return self.ema
 
     @torch.no_grad()
-    def update(self, student: nn.Module, decay: float | None = None) -> None:
-        """θ' ← m·θ' + (1−m)·θ, then apply the buffer policy; ``decay`` overrides m (no warm-up)."""
+    def update(self, student: nn.Module, ema: float | None = None) -> None:
+        """θ' ← m·θ' + (1−m)·θ, then apply the buffer policy; ``ema`` overrides m (no warm-up)."""
         student = _unwrap(student)
-        m = self.current_decay() if decay is None else decay
+        m = self.current_ema() if ema is None else ema
         teacher_params = list(self.module.parameters())
         student_params = list(student.parameters())
         if len(teacher_params) != len(student_params):
