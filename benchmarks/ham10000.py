@@ -66,7 +66,7 @@ from s2mts2.engine.evaluate import (
 from s2mts2.engine.finetune import finetune
 from s2mts2.engine.pretrain import pretrain
 from s2mts2.errors import ConfigError, DataError
-from s2mts2.eval.metrics import evaluate_predictions, seeds_paired_auc_difference
+from s2mts2.eval.metrics import seeds_paired_auc_difference
 from s2mts2.eval.report import comparison_table, plot_comparison_bars, plot_metric_by_fraction
 from s2mts2.eval.shift import DERMOSCOPY_SHIFTS, ImageShift
 from s2mts2.files import write_atomic, write_text_atomic
@@ -412,16 +412,7 @@ def shifted_macro_auc(
 ) -> float | None:
     """Test macro AUC (as in the summary) of a checkpoint on the test images under ``shift``."""
     pred = split_predictions(best, "test", device=device, shift=shift)
-    t = pred.data.table
-    metrics = evaluate_predictions(
-        pred.probs,
-        pred.labels,
-        classes=t.classes,
-        eval_classes=t.eval_classes,
-        task=t.task,
-        n_boot=0,
-    )
-    return summary_metrics(metrics, min_positives).get("macro_auc")
+    return summary_metrics(pred.metrics(n_boot=0), min_positives).get("macro_auc")
 
 
 def save_probs(path: Path, pred: SplitPredictions) -> None:

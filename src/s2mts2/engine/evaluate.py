@@ -104,6 +104,20 @@ class SplitPredictions:
         """(N, C) labels of the rows: {0, 1, NaN} (multi-label) or one-hot (multi-class)."""
         return self.data.table.labels[self.rows]
 
+    def metrics(self, n_boot: int = 1000) -> dict[str, Any]:
+        """:func:`evaluate_predictions` of these rows with the table's classes, task and groups
+        (the bootstrap CI resamples whole groups; ``n_boot = 0`` skips it)."""
+        t = self.data.table
+        return evaluate_predictions(
+            self.probs,
+            self.labels,
+            classes=t.classes,
+            eval_classes=t.eval_classes,
+            task=t.task,
+            groups=t.groups[self.rows],
+            n_boot=n_boot,
+        )
+
     def images(self) -> ImagePredictions:
         """The rows' paths, groups, labels and probabilities (what ``predictions.csv`` holds)."""
         t = self.data.table
@@ -225,17 +239,9 @@ def evaluate_split(
     """Metrics of ``checkpoint``'s predictions ``pred``: writes metrics.json, report.md,
     predictions.csv, roc.png and, for a multi-class task, confusion.png. ``reference``
     (:func:`threshold_predictions`) chooses per-class Youden thresholds scored on ``pred``."""
-    probs, idx, meta, split = pred.probs, pred.rows, pred.meta, pred.split
+    probs, meta, split = pred.probs, pred.meta, pred.split
     t = pred.data.table
-    metrics = evaluate_predictions(
-        probs,
-        t.labels[idx],
-        classes=t.classes,
-        eval_classes=t.eval_classes,
-        task=t.task,
-        groups=t.groups[idx],
-        n_boot=n_boot,
-    )
+    metrics = pred.metrics(n_boot)
     metrics.update(
         checkpoint=str(checkpoint),
         data=str(pred.data.dir),
@@ -247,7 +253,7 @@ def evaluate_split(
     if reference is not None:
         metrics["thresholds"] = {
             **threshold_evaluation(
-                reference.probs, reference.labels, probs, t.labels[idx], t.classes
+                reference.probs, reference.labels, probs, pred.labels, t.classes
             ),
             **_threshold_source(reference, pred),
         }
@@ -259,7 +265,7 @@ def evaluate_split(
     written = ["metrics.json", "report.md", "predictions.csv", "roc.png"]
     write_predictions_csv(out / "predictions.csv", pred.images(), thresholds)
     plot_roc(
-        probs, t.labels[idx], t.classes, out / "roc.png", title=title, eval_classes=t.eval_classes
+        probs, pred.labels, t.classes, out / "roc.png", title=title, eval_classes=t.eval_classes
     )
     if "confusion_matrix" in metrics:
         plot_confusion_matrix(metrics["confusion_matrix"], t.classes, out / "confusion.png", title)
