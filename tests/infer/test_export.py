@@ -15,11 +15,12 @@ from s2mts2.config import ModelConfig
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.evaluate import load_classifier
+from s2mts2.engine.model_info import ModelInfo
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
 from s2mts2.files import ordinary_file_mode
 from s2mts2.infer import export
 from s2mts2.infer.export import PARITY_TOLERANCE
-from s2mts2.infer.predict import ModelInfo, run_predict
+from s2mts2.infer.predict import run_predict
 from s2mts2.models.heads import Network
 
 from .conftest import GREY_CLASSES, SIZE, teacher_weights

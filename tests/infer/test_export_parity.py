@@ -4,9 +4,9 @@ import json
 
 import torch
 
+from s2mts2.engine.model_info import ModelInfo
 from s2mts2.infer import export
 from s2mts2.infer.export import PARITY_TOLERANCE
-from s2mts2.infer.predict import ModelInfo
 from s2mts2.models.heads import Network
 
 

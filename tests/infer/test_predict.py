@@ -13,8 +13,9 @@ from s2mts2.data.imageio import load_preprocessed
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
 from s2mts2.engine.evaluate import evaluate_checkpoint, load_classifier
+from s2mts2.engine.model_info import ModelInfo
 from s2mts2.errors import ConfigError, DataError
-from s2mts2.infer.predict import ModelInfo, expand_inputs, run_predict
+from s2mts2.infer.predict import expand_inputs, run_predict
 
 from .conftest import GREY_CLASSES, RGB_CLASSES, png_bytes, teacher_weights
 

@@ -16,6 +16,7 @@ from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import classifier_network
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.inference import predict
+from s2mts2.engine.model_info import ModelInfo
 from s2mts2.errors import ConfigError, DataError
 from s2mts2.eval.metrics import evaluate_predictions, threshold_evaluation
 from s2mts2.eval.predictions import ImagePredictions, write_predictions_csv
@@ -41,8 +42,6 @@ def load_finetuned(path: Path) -> dict[str, Any]:
         config_from_dict(state["config"])
     except ConfigError as e:
         raise DataError(f"{path}: its config is damaged or edited: {e}") from e
-    from s2mts2.infer.predict import ModelInfo  # which builds on this module
-
     ModelInfo.from_mapping(state["meta"], path)  # a DataError naming what is damaged
     return state
 

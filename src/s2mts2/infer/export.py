@@ -36,10 +36,11 @@ import torch
 from torch import nn
 
 from s2mts2 import __version__
+from s2mts2.engine.model_info import ModelInfo
 from s2mts2.errors import ConfigError, DataError, S2MTS2Error
 from s2mts2.files import atomic_path
 from s2mts2.infer.onnx_packages import require_onnx_packages
-from s2mts2.infer.predict import CARD_FORMAT, ModelInfo, read_checkpoint
+from s2mts2.infer.predict import CARD_FORMAT, read_checkpoint
 from s2mts2.losses.consistency import probabilities
 
 PARITY_TOLERANCE = 1e-4

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from s2mts2.data.imageio import resize_square
+from s2mts2.engine.model_info import ModelInfo
 from s2mts2.errors import ConfigError
 from s2mts2.infer.gradcam import grad_cam
-from s2mts2.infer.predict import ModelInfo, OnnxModel, TorchModel, cam_layer_of, model_input
+from s2mts2.infer.predict import OnnxModel, TorchModel, cam_layer_of, model_input
 from s2mts2.losses.consistency import probabilities
 
 ONNX_NO_CAM = (
