@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 import s2mts2.engine.finetune as finetune_mod
+import s2mts2.engine.loop as loop_mod
 import s2mts2.engine.pretrain as pretrain_mod
 from s2mts2.config import ModelConfig, RunConfig, load_config
 from s2mts2.methods.contrastive import ContrastiveStep
@@ -102,10 +103,9 @@ class Interrupted(Exception):
 
 
 class InterruptAfterFirstEpoch:
-    """Context: the loop's end-of-epoch barrier raises ``Interrupted`` the first time."""
+    """Context: the epoch loop's end-of-epoch barrier raises ``Interrupted`` the first time."""
 
-    def __init__(self, module: Any) -> None:
-        self.module = module
+    module = loop_mod
 
     def __enter__(self) -> None:
         self.real = self.module.barrier
@@ -157,9 +157,9 @@ def run_job(name: str, run: Callable[[RunConfig, Path], Any], cfg: RunConfig, ou
     dump_step(last.step, out / f"{name}-rank{torch.distributed.get_rank()}.pt")
 
 
-def interrupted(run: Callable[..., Any], module: Any, cfg: RunConfig, folder: Path) -> None:
+def interrupted(run: Callable[..., Any], cfg: RunConfig, folder: Path) -> None:
     try:
-        with InterruptAfterFirstEpoch(module):
+        with InterruptAfterFirstEpoch():
             run(cfg, folder, progress=False)
     except Interrupted:
         return
@@ -204,13 +204,13 @@ def main(data_dir: Path, out: Path) -> None:
     plain = tiny_config(data_dir, *NO_AUGMENT)
     with TinyNetworks(batchnorm=False):
         run_job("pre", pretrain_mod.pretrain, plain, out)
-        interrupted(pretrain_mod.pretrain, pretrain_mod, plain, out / "pre-cut")
+        interrupted(pretrain_mod.pretrain, plain, out / "pre-cut")
         if rank == 0:
             shutil.copytree(out / "pre-cut", out / "pre-cut1")
         torch.distributed.barrier()
         pretrain_mod.pretrain(plain, out / "pre-cut", resume=True, progress=False)
         run_job("ft", finetune_mod.finetune, plain, out)
-        interrupted(finetune_mod.finetune, finetune_mod, plain, out / "ft-cut")
+        interrupted(finetune_mod.finetune, plain, out / "ft-cut")
     with_bn = tiny_config(data_dir, "pretrain.epochs=1", "finetune.epochs=1")
     with TinyNetworks(batchnorm=True):
         run_job("pre-bn", pretrain_mod.pretrain, with_bn, out)

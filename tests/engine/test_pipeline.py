@@ -22,6 +22,7 @@ from state_dicts import max_diff
 import s2mts2.engine.builders as builders_mod
 import s2mts2.engine.evaluate as evaluate_mod
 import s2mts2.engine.finetune as finetune_mod
+import s2mts2.engine.loop as loop_mod
 import s2mts2.engine.pretrain as pretrain_mod
 import s2mts2.methods.contrastive as contrastive_mod
 from s2mts2.cli import main
@@ -273,8 +274,8 @@ def test_each_epoch_continues_the_streams_and_the_schedule_where_the_last_one_st
             return super().steps(start, stop)
 
     monkeypatch.setattr(module, "BatchLoader", RecordingLoader)
-    monkeypatch.setattr(module, "set_lr", lambda optimizer, lr: lrs.append(lr))
-    generators = spy(monkeypatch, module, "epoch_generator")
+    monkeypatch.setattr(loop_mod, "set_lr", lambda optimizer, lr: lrs.append(lr))
+    generators = spy(monkeypatch, loop_mod, "epoch_generator")
     warmup = ["pretrain.warmup_epochs=1", "finetune.warmup_epochs=1"]
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", *warmup)
     run = pretrain if module is pretrain_mod else finetune

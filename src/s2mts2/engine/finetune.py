@@ -26,36 +26,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from s2mts2.config import RunConfig, config_to_dict
-from s2mts2.data.loader import BatchLoader, IndexStream
+from s2mts2.config import RunConfig
+from s2mts2.data.loader import Batch, BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_eval_transform, classifier_network, mean_teacher_step
 from s2mts2.engine.checkpoint import (
-    check_finite,
     check_new_run,
     load_checkpoint,
     model_state,
-    resume_training,
     save_checkpoint,
     seed_everything,
-    training_state,
 )
-from s2mts2.engine.history import History, RunClock, check_tensorboard
+from s2mts2.engine.history import check_tensorboard
 from s2mts2.engine.inference import predict
-from s2mts2.engine.runinfo import train_log, write_run_info
-from s2mts2.engine.schedule import cosine_lr, epoch_generator, set_lr
+from s2mts2.engine.loop import Schedule, epoch_state, run_epochs, start_run
+from s2mts2.engine.runinfo import train_log
 from s2mts2.errors import ConfigError
 from s2mts2.eval.metrics import table_mean_auc
 from s2mts2.losses.consistency import consistency_weight
 from s2mts2.losses.supervised import positive_weights
+from s2mts2.methods.mean_teacher import MeanTeacherStep
 from s2mts2.models.heads import Network, load_backbone_state
 from s2mts2.runtime.device import (
     check_compile,
@@ -63,11 +60,9 @@ from s2mts2.runtime.device import (
     setup_threads,
 )
 from s2mts2.runtime.distributed import (
-    barrier,
     distributed_session,
     is_main,
     main_first,
-    mean_over_ranks,
     per_rank_batch,
     rank,
     unwrap,
@@ -213,8 +208,7 @@ def _finetune(
     pos_weight = None
     if fc.pos_weight and t.task == "multilabel":
         pos_weight = positive_weights(t.labels[labelled]).to(device)
-    select_on_val = fc.select == "val" and len(val) > 0
-    if fc.select == "val" and not select_on_val and is_main():
+    if fc.select == "val" and len(val) == 0 and is_main():
         log.warning(
             "%s has no validation split: best.pt is the last epoch's (finetune.select: last)",
             cfg.data.dir,
@@ -227,22 +221,18 @@ def _finetune(
     l_stream = IndexStream(labelled, batch, cfg.seed, rank(), world)
     l_loader = BatchLoader(data.images(), l_stream, device, data.rows)
     u_stream = IndexStream(unlabelled, u_batch, cfg.seed + 1, rank(), world)
-    u_loader = BatchLoader(data.images(), u_stream, device, data.rows)
-    steps_per_epoch = fc.steps_per_epoch or l_stream.passes_to_steps(1.0)
-    total_steps = steps_per_epoch * fc.epochs
-    warmup_steps = steps_per_epoch * fc.warmup_epochs
-    labels = torch.from_numpy(t.labels)
-
-    start_epoch, rows, best = 0, [], None
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    scaler = step_fn.scaler
-    modules = {"student": net, "teacher": teacher, "optimizer": optimizer, "scaler": scaler}
-    if resume:
-        state = resume_training(last_path, "finetune", modules, config_to_dict(cfg))
-        start_epoch, rows, best = state["epoch"], state["history"], state["best_val"]
-    history = History(out, rows, cfg.tensorboard) if is_main() else None
-    if is_main():
-        write_run_info(out, cfg, command, device)
+    u_loader = BatchLoader(data.images(), u_stream, device, data.rows) if semi else None
+    schedule = Schedule(
+        fc.epochs,
+        fc.steps_per_epoch or l_stream.passes_to_steps(1.0),
+        fc.lr,
+        fc.warmup_epochs,
+        batch * world,
+    )
+    modules = {"student": net, "teacher": teacher, "optimizer": optimizer, "scaler": step_fn.scaler}
+    state, history = start_run(
+        cfg, out, "finetune", modules, resume=resume, device=device, command=command
+    )
     meta = checkpoint_meta(cfg, data, len(labelled))
     log.info(
         "finetune %s: %d labelled, %d unlabelled, %d val images; %d steps/epoch; precision %s",
@@ -250,97 +240,143 @@ def _finetune(
         len(labelled),
         len(unlabelled) if semi else 0,
         len(val),
-        steps_per_epoch,
+        schedule.steps_per_epoch,
         precision.name,
     )
 
-    clock = RunClock(start_epoch, fc.epochs)
-    for epoch in range(start_epoch, fc.epochs):
-        gen = epoch_generator(device, cfg.seed, epoch, stream=1, rank=rank())
-        first = epoch * steps_per_epoch
-        t0 = time.perf_counter()
-        u_iter = u_loader.steps(first, first + steps_per_epoch) if semi else None
-        bar = tqdm(
-            l_loader.steps(first, first + steps_per_epoch),
-            total=steps_per_epoch,
-            desc=f"finetune {epoch + 1}/{fc.epochs}",
-            disable=not (progress and is_main()),
-            leave=False,
+    def validate() -> float | None:
+        """Mean AUC (eval classes) of the teacher on the validation split."""
+        probs = predict(teacher.module, data, val, size, device, precision, t.task)
+        return table_mean_auc(probs, t.labels[val], t)
+
+    task = MeanTeacherEpochs(
+        cfg,
+        step_fn,
+        (l_loader, u_loader),
+        torch.from_numpy(t.labels),
+        schedule,
+        validate if len(val) else None,
+        modules,
+        meta,
+        out,
+        best=state.get("best_val"),
+    )
+    run_epochs(
+        task,
+        schedule,
+        optimizer,
+        start_epoch=state.get("epoch", 0),
+        history=history,
+        checkpoint=task.last_path,
+        device=device,
+        seed=cfg.seed,
+        stream=1,
+        log_every=cfg.log_every,
+        progress=progress,
+    )
+    return task.best_path
+
+
+class MeanTeacherEpochs:
+    """Stage 2's part of the epoch loop (:class:`~s2mts2.engine.loop.EpochTask`): a labelled
+    batch (and an unlabelled one, unless supervised) per step at the ramped consistency weight;
+    the teacher's validation score every ``finetune.eval_every`` epochs and after the last;
+    ``best.pt`` (the model) when it improves, then ``last.pt`` (the full state)."""
+
+    kind = "finetune"
+    losses = ("loss", "supervised", "consistency")
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        step_fn: MeanTeacherStep,
+        loaders: tuple[BatchLoader, BatchLoader | None],
+        labels: torch.Tensor,
+        schedule: Schedule,
+        validate: Callable[[], float | None] | None,
+        modules: dict[str, Any],
+        meta: dict[str, Any],
+        out: Path,
+        best: float | None,
+    ) -> None:
+        self.cfg, self.fc, self.step_fn = cfg, cfg.finetune, step_fn
+        self.l_loader, self.u_loader = loaders
+        self.labels, self.schedule, self.validate = labels, schedule, validate
+        self.modules, self.meta, self.best = modules, meta, best
+        self.last_path, self.best_path = out / "last.pt", out / "best.pt"
+        self.select_on_val = self.fc.select == "val" and validate is not None
+        self.weight = 0.0
+
+    def batches(
+        self, epoch: int, first: int, stop: int
+    ) -> Iterator[tuple[Batch, torch.Tensor | None]]:
+        """(labelled batch, unlabelled uint8 images or None) per step."""
+        u_iter = self.u_loader.steps(first, stop) if self.u_loader is not None else None
+        try:
+            for b in self.l_loader.steps(first, stop):
+                yield b, (next(u_iter).images if u_iter is not None else None)
+        finally:
+            if u_iter is not None:
+                u_iter.close()
+
+    def step(
+        self, step: int, batch: tuple[Batch, torch.Tensor | None], gen: torch.Generator
+    ) -> torch.Tensor:
+        fc = self.fc
+        self.weight = consistency_weight(
+            step / self.schedule.steps_per_epoch,
+            max_weight=fc.consistency,
+            ramp_epochs=fc.consistency_ramp_epochs,
+            kind=fc.consistency_ramp,
         )
-        sums = torch.zeros(3, device=device)
-        for i, b in enumerate(bar):
-            s = first + i
-            set_lr(optimizer, cosine_lr(fc.lr, s, total_steps, warmup_steps))
-            w = consistency_weight(
-                s / steps_per_epoch,
-                max_weight=fc.consistency,
-                ramp_epochs=fc.consistency_ramp_epochs,
-                kind=fc.consistency_ramp,
-            )
-            u_images = next(u_iter).images if u_iter is not None else None
-            x, us, ut = step_fn.views(b.images, u_images, gen)
-            y = labels[b.rows].to(device, non_blocking=True)
-            sums += torch.stack(step_fn.train(x, y, us, ut, w))
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-                avg = (sums / (i + 1)).tolist()
-                bar.set_postfix(
-                    loss=f"{avg[0]:.3f}", sup=f"{avg[1]:.3f}", cons=f"{avg[2]:.4f}", w=f"{w:.2f}"
-                )
-        if u_iter is not None:
-            u_iter.close()
-        avg = (mean_over_ranks(sums) / steps_per_epoch).tolist()
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": avg[0],
-            "supervised": avg[1],
-            "consistency": avg[2],
-            "weight": w,
-            "lr": cosine_lr(fc.lr, first + steps_per_epoch - 1, total_steps, warmup_steps),
-            "seconds": time.perf_counter() - t0,
+        b, u_images = batch
+        x, us, ut = self.step_fn.views(b.images, u_images, gen)
+        y = self.labels[b.rows].to(x.device, non_blocking=True)
+        return torch.stack(self.step_fn.train(x, y, us, ut, self.weight))
+
+    def postfix(self, means: list[float], rate: float) -> dict[str, str]:
+        return {
+            "loss": f"{means[0]:.3f}",
+            "sup": f"{means[1]:.3f}",
+            "cons": f"{means[2]:.4f}",
+            "w": f"{self.weight:.2f}",
         }
-        check_finite(
-            {k: row[k] for k in ("loss", "supervised", "consistency")},
-            "finetune",
-            epoch + 1,
-            last_path,
+
+    def row(self, epoch: int, means: list[float], lr: float, seconds: float) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "loss": means[0],
+            "supervised": means[1],
+            "consistency": means[2],
+            "weight": self.weight,
+            "lr": lr,
+            "seconds": seconds,
+        }
+
+    def evaluate(self, epoch: int, row: dict[str, Any], last: bool) -> bool:
+        if self.validate is None or not (last or epoch % max(1, self.fc.eval_every) == 0):
+            return False
+        score = self.validate()
+        row["val_mean_auc"] = score
+        if score is not None and (self.best is None or score > self.best):
+            self.best = score
+            return True
+        return False
+
+    def describe(self, row: dict[str, Any]) -> str:
+        score = row.get("val_mean_auc")
+        return (
+            f"finetune epoch {row['epoch']}/{self.fc.epochs} loss {row['loss']:.4f} "
+            f"(sup {row['supervised']:.4f}, cons {row['consistency']:.5f}, w {row['weight']:.2f})"
+            + (f" val mean AUC {score:.4f}" if score else "")
         )
-        last = epoch + 1 == fc.epochs
-        improved = False
-        if len(val) and (last or (epoch + 1) % max(1, fc.eval_every) == 0):
-            probs = predict(teacher.module, data, val, size, device, precision, t.task)
-            score = table_mean_auc(probs, t.labels[val], t)
-            row["val_mean_auc"] = score
-            if score is not None and (best is None or score > best):
-                best, improved = score, True
-        if history is not None:
-            history.add(row)
-            log.info(
-                "finetune epoch %d/%d loss %.4f (sup %.4f, cons %.5f, w %.2f)%s; %s",
-                epoch + 1,
-                fc.epochs,
-                avg[0],
-                avg[1],
-                avg[2],
-                w,
-                f" val mean AUC {row['val_mean_auc']:.4f}" if row.get("val_mean_auc") else "",
-                clock.left(epoch + 1),
-            )
-            state = training_state(
-                "finetune",
-                modules,
-                epoch=epoch + 1,
-                step=first + steps_per_epoch,
-                history=history.rows,
-                best_val=best,
-                config=config_to_dict(cfg),
-                meta=meta,
-            )
-            if (  # best first: last.pt's best_val must never name weights not yet on disk
-                (improved and select_on_val)
-                or (last and not select_on_val)
-                or (last and not best_path.exists())
-            ):
-                save_checkpoint(model_state(state), best_path)
-            save_checkpoint(state, last_path)
-        barrier()
-    return best_path
+
+    def save(self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool) -> None:
+        state = epoch_state(self, rows, epoch, best_val=self.best)
+        if (  # best first: last.pt's best_val must never name weights not yet on disk
+            (improved and self.select_on_val)
+            or (last and not self.select_on_val)
+            or (last and not self.best_path.exists())
+        ):
+            save_checkpoint(model_state(state), self.best_path)
+        save_checkpoint(state, self.last_path)

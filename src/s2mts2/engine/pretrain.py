@@ -34,33 +34,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from s2mts2.config import PretrainConfig, RunConfig, config_to_dict
-from s2mts2.data.loader import BatchLoader, IndexStream
+from s2mts2.config import PretrainConfig, RunConfig
+from s2mts2.data.loader import Batch, BatchLoader, IndexStream
 from s2mts2.data.prepared import PreparedData
 from s2mts2.engine.builders import build_eval_transform, contrastive_step, pretrain_network
 from s2mts2.engine.checkpoint import (
-    check_finite,
     check_new_run,
-    resume_training,
     save_checkpoint,
     seed_everything,
-    training_state,
 )
-from s2mts2.engine.history import History, RunClock, check_tensorboard
+from s2mts2.engine.history import check_tensorboard
 from s2mts2.engine.inference import forward_rows
-from s2mts2.engine.runinfo import train_log, write_run_info
-from s2mts2.engine.schedule import cosine_lr, epoch_generator, set_lr
+from s2mts2.engine.loop import Schedule, epoch_state, run_epochs, start_run
+from s2mts2.engine.runinfo import train_log
 from s2mts2.errors import ConfigError
 from s2mts2.eval.knn import knn_scores
 from s2mts2.eval.metrics import table_mean_auc
-from s2mts2.methods.contrastive import lambda_at
+from s2mts2.methods.contrastive import ContrastiveStep, lambda_at
 from s2mts2.runtime.device import (
     Precision,
     check_compile,
@@ -69,11 +66,9 @@ from s2mts2.runtime.device import (
 )
 from s2mts2.runtime.distributed import (
     all_gather_rows,
-    barrier,
     distributed_session,
     is_main,
     main_first,
-    mean_over_ranks,
     per_rank_batch,
     rank,
     shard,
@@ -204,9 +199,9 @@ def _pretrain(
 
     stream = IndexStream(train_idx, batch, cfg.seed, rank(), world)
     loader = BatchLoader(data.images(), stream, device, data.rows)
-    steps_per_epoch = stream.passes_to_steps(1.0)
-    total_steps = steps_per_epoch * pc.epochs
-    warmup_steps = steps_per_epoch * pc.warmup_epochs
+    schedule = Schedule(
+        pc.epochs, stream.passes_to_steps(1.0), pc.lr, pc.warmup_epochs, batch * world
+    )
     with main_first():  # may write the labelled-subset file into the data folder
         fit_rows, score_rows = monitor_rows(data, cfg)
 
@@ -225,26 +220,22 @@ def _pretrain(
         )
         return table_mean_auc(probs.numpy(), table.labels[score_rows], table)
 
-    start_epoch, rows = 0, []
     ckpt_path = out / "last.pt"
-    scaler = step_fn.scaler
     modules = {
         "student": net,
         "teacher": teacher,
         "queue": queue,
         "optimizer": optimizer,
-        "scaler": scaler,
+        "scaler": step_fn.scaler,
     }
-    if resume:
-        state = resume_training(ckpt_path, "pretrain", modules, config_to_dict(cfg))
-        start_epoch, rows = state["epoch"], state["history"]
+    state, history = start_run(
+        cfg, out, "pretrain", modules, resume=resume, device=device, command=command
+    )
+    start_epoch = state.get("epoch", 0)
     log.info("precision %s on %s", precision.name, device)
     bn_groups = step_fn.runner.bn_groups
     if bn_groups > 1:
         log.info("stage 1 split batch norm: %d groups of %d images", bn_groups, batch // bn_groups)
-    history = History(out, rows, cfg.tensorboard) if is_main() else None
-    if is_main():
-        write_run_info(out, cfg, command, device)
     if start_epoch == 0:
         random_score = monitor(teacher.module.backbone)
         log.info("kNN mean AUC of the randomly initialised network: %s", _fmt(random_score))
@@ -256,70 +247,94 @@ def _pretrain(
             torch.Size((1 + pc.views, batch, table.channels, *[cfg.data.size] * 2))
         )
         log.info("stage 1 replays CUDA graphs (cuda_graphs: false launches kernels one by one)")
-    clock = RunClock(start_epoch, pc.epochs)
-    for epoch in range(start_epoch, pc.epochs):
-        lam = lambda_at(pc, epoch)
-        gen = epoch_generator(device, cfg.seed, epoch, rank=rank())
-        t0 = time.perf_counter()
-        first = epoch * steps_per_epoch
-        bar = tqdm(
-            loader.steps(first, first + steps_per_epoch),
-            total=steps_per_epoch,
-            desc=f"pretrain {epoch + 1}/{pc.epochs}",
-            disable=not (progress and is_main()),
-            leave=False,
+    meta = {
+        "channels": table.channels,
+        "size": cfg.data.size,
+        "classes": table.classes,
+        "task": table.task,
+    }
+    task = ContrastiveEpochs(cfg, step_fn, loader, schedule, monitor, modules, meta, ckpt_path)
+    run_epochs(
+        task,
+        schedule,
+        optimizer,
+        start_epoch=start_epoch,
+        history=history,
+        checkpoint=ckpt_path,
+        device=device,
+        seed=cfg.seed,
+        stream=0,
+        log_every=cfg.log_every,
+        progress=progress,
+    )
+    return ckpt_path
+
+
+class ContrastiveEpochs:
+    """Stage 1's part of the epoch loop (:class:`~s2mts2.engine.loop.EpochTask`): the
+    contrastive step at the epoch's λ, the kNN check every ``pretrain.monitor_every`` epochs and
+    after the last, ``last.pt`` after every epoch."""
+
+    kind = "pretrain"
+    losses = ("loss",)
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        step_fn: ContrastiveStep,
+        loader: BatchLoader,
+        schedule: Schedule,
+        monitor: Callable[[torch.nn.Module], float | None],
+        modules: dict[str, Any],
+        meta: dict[str, Any],
+        path: Path,
+    ) -> None:
+        self.cfg, self.pc, self.step_fn, self.loader = cfg, cfg.pretrain, step_fn, loader
+        self.schedule, self.monitor, self.modules, self.meta, self.path = (
+            schedule,
+            monitor,
+            modules,
+            meta,
+            path,
         )
-        loss_sum = torch.zeros((), device=device)
-        for i, b in enumerate(bar):
-            set_lr(optimizer, cosine_lr(pc.lr, first + i, total_steps, warmup_steps))
-            loss_sum += step_fn.train(step_fn.views(b.images, gen), lam, b.ids)
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-                rate = (i + 1) * batch * world / (time.perf_counter() - t0)
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / (i + 1):.3f}", lam=f"{lam:.2f}", img_s=f"{rate:.0f}"
-                )
-        seconds = time.perf_counter() - t0
-        row = {
-            "epoch": epoch + 1,
-            "loss": mean_over_ranks(loss_sum).item() / steps_per_epoch,
-            "lambda": lam,
-            "lr": optimizer.param_groups[0]["lr"],
-            "img_s": steps_per_epoch * batch * world / seconds,
+        self.lam = 0.0
+
+    def batches(self, epoch: int, first: int, stop: int) -> Iterator[Batch]:
+        self.lam = lambda_at(self.pc, epoch)
+        return self.loader.steps(first, stop)
+
+    def step(self, step: int, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        views = self.step_fn.views(batch.images, gen)
+        return self.step_fn.train(views, self.lam, batch.ids).reshape(1)
+
+    def postfix(self, means: list[float], rate: float) -> dict[str, str]:
+        return {"loss": f"{means[0]:.3f}", "lam": f"{self.lam:.2f}", "img_s": f"{rate:.0f}"}
+
+    def row(self, epoch: int, means: list[float], lr: float, seconds: float) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "loss": means[0],
+            "lambda": self.lam,
+            "lr": lr,
+            "img_s": self.schedule.steps_per_epoch * self.schedule.images_per_step / seconds,
             "seconds": seconds,
         }
-        check_finite({"loss": row["loss"]}, "pretrain", epoch + 1, ckpt_path)
-        last = epoch + 1 == pc.epochs
-        if last or (pc.monitor_every > 0 and (epoch + 1) % pc.monitor_every == 0):
-            row["knn_mean_auc"] = monitor(teacher.module.backbone)
-        if history is not None:
-            history.add(row)
-            log.info(
-                "pretrain epoch %d/%d loss %.4f λ %.2f %.0f img/s%s; %s",
-                epoch + 1,
-                pc.epochs,
-                row["loss"],
-                lam,
-                row["img_s"],
-                f" kNN mean AUC {_fmt(row['knn_mean_auc'])}" if "knn_mean_auc" in row else "",
-                clock.left(epoch + 1),
-            )
-            state = training_state(
-                "pretrain",
-                modules,
-                epoch=epoch + 1,
-                step=(epoch + 1) * steps_per_epoch,
-                history=history.rows,
-                config=config_to_dict(cfg),
-                meta={
-                    "channels": table.channels,
-                    "size": cfg.data.size,
-                    "classes": table.classes,
-                    "task": table.task,
-                },
-            )
-            save_checkpoint(state, ckpt_path)
-        barrier()
-    return ckpt_path
+
+    def evaluate(self, epoch: int, row: dict[str, Any], last: bool) -> bool:
+        every = self.pc.monitor_every
+        if last or (every > 0 and epoch % every == 0):
+            row["knn_mean_auc"] = self.monitor(self.step_fn.teacher.module.backbone)
+        return False
+
+    def describe(self, row: dict[str, Any]) -> str:
+        return (
+            f"pretrain epoch {row['epoch']}/{self.pc.epochs} loss {row['loss']:.4f} "
+            f"λ {row['lambda']:.2f} {row['img_s']:.0f} img/s"
+            + (f" kNN mean AUC {_fmt(row['knn_mean_auc'])}" if "knn_mean_auc" in row else "")
+        )
+
+    def save(self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool) -> None:
+        save_checkpoint(epoch_state(self, rows, epoch), self.path)
 
 
 def _fmt(x: float | None) -> str:
