@@ -11,8 +11,8 @@ import torch
 
 from s2mts2.config import RunConfig
 from s2mts2.engine.history import History
-from s2mts2.engine.loop import Schedule, epoch_state, run_epochs
-from s2mts2.engine.schedule import cosine_lr
+from s2mts2.engine.loop import epoch_state, run_epochs
+from s2mts2.engine.schedule import Schedule, cosine_lr
 from s2mts2.errors import DivergenceError
 
 

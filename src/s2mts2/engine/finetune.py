@@ -46,8 +46,9 @@ from s2mts2.engine.checkpoint import (
 )
 from s2mts2.engine.history import check_tensorboard
 from s2mts2.engine.inference import predict
-from s2mts2.engine.loop import Schedule, epoch_state, run_epochs, start_run
+from s2mts2.engine.loop import epoch_state, run_epochs, start_run
 from s2mts2.engine.runinfo import train_log
+from s2mts2.engine.schedule import Schedule
 from s2mts2.errors import ConfigError
 from s2mts2.eval.metrics import table_mean_auc
 from s2mts2.losses.consistency import consistency_weight

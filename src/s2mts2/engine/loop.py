@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +21,7 @@ from s2mts2.config import RunConfig, config_to_dict
 from s2mts2.engine.checkpoint import check_finite, resume_training, training_state
 from s2mts2.engine.history import History, RunClock
 from s2mts2.engine.runinfo import write_run_info
-from s2mts2.engine.schedule import cosine_lr, epoch_generator, set_lr
+from s2mts2.engine.schedule import Schedule, epoch_generator, set_lr
 from s2mts2.runtime.distributed import barrier, is_main, mean_over_ranks, rank
 
 log = logging.getLogger("s2mts2")
@@ -106,25 +105,6 @@ def epoch_state(
         meta=task.meta,
         **values,
     )
-
-
-@dataclass
-class Schedule:
-    """The steps of a run and their learning rate (linear warm-up, cosine decay)."""
-
-    epochs: int
-    steps_per_epoch: int
-    lr: float
-    warmup_epochs: int = 0
-    images_per_step: int = 1  # global batch, for the progress bar's images per second
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-    def lr_at(self, step: int) -> float:
-        warmup = self.steps_per_epoch * self.warmup_epochs
-        return cosine_lr(self.lr, step, self.total_steps, warmup)
 
 
 def run_epochs(

@@ -52,8 +52,9 @@ from s2mts2.engine.checkpoint import (
 )
 from s2mts2.engine.history import check_tensorboard
 from s2mts2.engine.inference import forward_rows
-from s2mts2.engine.loop import Schedule, epoch_state, run_epochs, start_run
+from s2mts2.engine.loop import epoch_state, run_epochs, start_run
 from s2mts2.engine.runinfo import train_log
+from s2mts2.engine.schedule import Schedule
 from s2mts2.errors import ConfigError
 from s2mts2.eval.knn import knn_scores
 from s2mts2.eval.metrics import table_mean_auc

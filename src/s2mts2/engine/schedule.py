@@ -4,6 +4,7 @@ augmentation RNG of each epoch."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -30,3 +31,22 @@ def epoch_generator(
     return torch.Generator(device=device).manual_seed(
         (seed * 1_000_003 + epoch * 7919 + stream * 104_729 + rank * 15_485_863) % 2**63
     )
+
+
+@dataclass
+class Schedule:
+    """The steps of a run and their learning rate (linear warm-up, cosine decay)."""
+
+    epochs: int
+    steps_per_epoch: int
+    lr: float
+    warmup_epochs: int = 0
+    images_per_step: int = 1  # global batch, for the progress bar's images per second
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def lr_at(self, step: int) -> float:
+        warmup = self.steps_per_epoch * self.warmup_epochs
+        return cosine_lr(self.lr, step, self.total_steps, warmup)
