@@ -291,14 +291,9 @@ class ContrastiveEpochs:
         path: Path,
     ) -> None:
         self.cfg, self.pc, self.step_fn, self.loader = cfg, cfg.pretrain, step_fn, loader
-        self.schedule, self.monitor, self.modules, self.meta, self.path = (
-            schedule,
-            monitor,
-            modules,
-            meta,
-            path,
-        )
-        self.lam = 0.0
+        self.schedule, self.monitor = schedule, monitor
+        self.modules, self.meta, self.path = modules, meta, path
+        self.lam = 0.0  # λ of the current epoch, set by ``batches``
 
     def batches(self, epoch: int, first: int, stop: int) -> Iterator[Batch]:
         self.lam = lambda_at(self.pc, epoch)
