@@ -67,7 +67,6 @@ def _run(tmp_path: Path, task: ScriptedTask, start: int = 0, main: bool = True) 
     history = History(tmp_path, []) if main else None
     run_epochs(
         task,
-        task.schedule,
         task.optimizer,
         start_epoch=start,
         history=history,

@@ -264,7 +264,6 @@ def _finetune(
     )
     run_epochs(
         task,
-        schedule,
         optimizer,
         start_epoch=state.get("epoch", 0),
         history=history,

@@ -109,7 +109,6 @@ def epoch_state(
 
 def run_epochs(
     task: EpochTask,
-    schedule: Schedule,
     optimizer: torch.optim.Optimizer,
     *,
     start_epoch: int,
@@ -121,11 +120,12 @@ def run_epochs(
     log_every: int,
     progress: bool,
 ) -> None:
-    """Train epochs ``start_epoch`` .. ``schedule.epochs - 1`` of ``task``.
+    """Train epochs ``start_epoch`` .. ``task.schedule.epochs - 1`` of ``task``.
 
     ``stream`` separates the stages' augmentation RNGs (:func:`epoch_generator`); ``checkpoint``
     is the file a diverged epoch's error names as still holding the last good state.
     """
+    schedule = task.schedule
     n = schedule.steps_per_epoch
     clock = RunClock(start_epoch, schedule.epochs)
     for epoch in range(start_epoch, schedule.epochs):

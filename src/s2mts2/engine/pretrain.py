@@ -257,7 +257,6 @@ def _pretrain(
     task = ContrastiveEpochs(cfg, step_fn, loader, schedule, monitor, modules, meta, ckpt_path)
     run_epochs(
         task,
-        schedule,
         optimizer,
         start_epoch=start_epoch,
         history=history,
