@@ -192,6 +192,10 @@ class RunConfig:
     cuda_graphs: bool = True
     threads: int = 0  # torch CPU threads (0 = all cores)
     log_every: int = 10  # steps between progress-bar metric refreshes (no per-step host sync)
+    # seconds between checkpoint writes (last.pt, with best.pt when the best changed); 0 = after
+    # every epoch. The final epoch is always written; a resumed run replays the epochs since the
+    # last write. For epochs of a second or two, where a write (~0.5 s) is a large share
+    checkpoint_interval: float = 0.0
     tensorboard: bool = False  # also write the per-epoch metrics to OUT/tensorboard (the tb extra)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -252,6 +256,7 @@ _EITHER_STAGE = {  # keys of both training stages
 _RANGES: dict[tuple[type, str], _Range] = {
     (RunConfig, "threads"): _NATURAL,
     (RunConfig, "log_every"): _COUNT,
+    (RunConfig, "checkpoint_interval"): _NATURAL,
     (DataConfig, "size"): _IMAGE_SIZE,
     (DataConfig, "cache_size"): _IMAGE_SIZE_OR_DEFAULT,
     (DataConfig, "labelled"): _FRACTION,

@@ -57,8 +57,10 @@ class ScriptedTask:
     def describe(self, row: dict[str, Any]) -> str:
         return f"epoch {row['epoch']}"
 
-    def save(self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool) -> None:
-        self.calls.append(("save", epoch, improved, last, len(rows)))
+    def save(
+        self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool, write: bool
+    ) -> None:
+        self.calls.append(("save", epoch, improved, last, len(rows), write))
         self.state = epoch_state(self, rows, epoch, best_val=1.0)
 
 
@@ -94,10 +96,10 @@ def test_the_loop_sums_schedules_evaluates_records_and_saves_each_epoch(tmp_path
     assert task.calls == [
         ("batches", 1, 4, 8),
         ("evaluate", 2, False),
-        ("save", 2, False, False, 1),  # saved after the row is in the history
+        ("save", 2, False, False, 1, True),  # saved after the row is in the history
         ("batches", 2, 8, 12),
         ("evaluate", 3, True),
-        ("save", 3, True, True, 2),
+        ("save", 3, True, True, 2, True),
     ]
     state = task.state
     assert (state["kind"], state["epoch"], state["step"], state["best_val"]) == (
@@ -122,3 +124,30 @@ def test_ranks_other_than_the_first_record_and_save_nothing(tmp_path):
     _run(tmp_path, task, main=False)
     assert [c[0] for c in task.calls] == ["batches", "evaluate"] * 2
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_a_checkpoint_interval_writes_when_it_has_passed_and_always_after_the_last_epoch(
+    tmp_path, monkeypatch
+):
+    """``checkpoint_interval`` seconds: the loop asks for a write once that much time has passed
+    since the last one (the clock is scripted: 4 s per epoch), and after the final epoch."""
+    import s2mts2.engine.loop as loop_mod
+
+    task = ScriptedTask(Schedule(epochs=6, steps_per_epoch=2, lr=0.1))
+    clock = {"now": 100.0}
+    step = task.step
+
+    def timed_step(*args):  # every step takes 2 s of the scripted clock
+        clock["now"] += 2.0
+        return step(*args)
+
+    task.step = timed_step
+    monkeypatch.setattr(loop_mod, "monotonic", lambda: clock["now"])
+    task.cfg.checkpoint_interval = 7.0
+    _run(tmp_path, task)
+    writes = [c[5] for c in task.calls if c[0] == "save"]
+    # 4 s, 8 s (write), 4 s, 8 s (write), 4 s, the last epoch (write)
+    assert writes == [False, True, False, True, False, True]
+    task = ScriptedTask(Schedule(epochs=3, steps_per_epoch=1, lr=0.1))  # default: 0 = each epoch
+    _run(tmp_path / "default", task)
+    assert [c[5] for c in task.calls if c[0] == "save"] == [True, True, True]

@@ -499,6 +499,42 @@ def test_labelled_count_is_used_and_best_is_written_before_last(data_dir, tmp_pa
     assert all(n in (["best.pt", "last.pt"], ["last.pt"]) for n in names.values()), names
 
 
+def test_a_checkpoint_interval_holds_the_best_epoch_until_the_final_write(
+    data_dir, tmp_path, monkeypatch
+):
+    """With ``checkpoint_interval`` longer than the run, nothing is written before the last
+    epoch; then best.pt (the held copy of the best epoch's teacher, taken before training moved
+    the weights on) and last.pt, the same files as a run that writes after every epoch."""
+    runs = {}
+    for name, interval in (("every", 0), ("end", 1e9)):
+        scores = iter([0.9, 0.5, 0.4])  # epoch 1 is the best
+        monkeypatch.setattr(finetune_mod, "table_mean_auc", lambda *args, s=scores: next(s))
+        writes = []
+        real = finetune_mod.save_checkpoint
+
+        def record(state, path, writes=writes, real=real):
+            writes.append((state["epoch"], Path(path).name))
+            real(state, path)
+
+        monkeypatch.setattr(finetune_mod, "save_checkpoint", record)
+        cfg = cfg_for(
+            data_dir,
+            "finetune.method=mean-teacher",
+            "finetune.epochs=3",
+            f"checkpoint_interval={interval}",
+        )
+        best = load_checkpoint(finetune(cfg, tmp_path / name, progress=False))
+        runs[name] = (writes, best, load_checkpoint(tmp_path / name / "last.pt"))
+        monkeypatch.undo()
+    assert runs["every"][0] == [(1, "best.pt"), (1, "last.pt"), (2, "last.pt"), (3, "last.pt")]
+    assert runs["end"][0] == [(1, "best.pt"), (3, "last.pt")]  # both after the last epoch
+    (_, best_every, last_every), (_, best_end, last_end) = runs["every"], runs["end"]
+    assert best_end["epoch"] == best_every["epoch"] == 1 and best_end["best_val"] == 0.9
+    assert max_diff(best_end["teacher"], best_every["teacher"]) == 0
+    assert max_diff(best_end["teacher"], last_end["teacher"]) > 0  # not the last epoch's
+    assert max_diff(last_end["student"], last_every["student"]) == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_an_interrupted_cuda_run_resumes(data_dir, tmp_path, monkeypatch, stage):

@@ -115,6 +115,7 @@ RESUME_MAY_CHANGE = frozenset(
         "cuda_graphs",
         "threads",
         "log_every",
+        "checkpoint_interval",
         "tensorboard",
         "data.dir",
         "model.weights",

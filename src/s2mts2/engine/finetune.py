@@ -25,6 +25,7 @@ gets the score of the whole set. Rank 0 alone logs and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -306,6 +307,7 @@ class MeanTeacherEpochs:
         self.last_path, self.best_path = out / "last.pt", out / "best.pt"
         self.select_on_val = self.fc.select == "val" and validate is not None
         self.weight = 0.0
+        self.unwritten_best: dict[str, Any] | None = None  # best.pt's content not yet on disk
 
     def batches(
         self, epoch: int, first: int, stop: int
@@ -371,12 +373,19 @@ class MeanTeacherEpochs:
             + (f" val mean AUC {score:.4f}" if score else "")
         )
 
-    def save(self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool) -> None:
+    def save(
+        self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool, write: bool
+    ) -> None:
         state = epoch_state(self, rows, epoch, best_val=self.best)
-        if (  # best first: last.pt's best_val must never name weights not yet on disk
-            (improved and self.select_on_val)
-            or (last and not self.select_on_val)
-            or (last and not self.best_path.exists())
-        ):
-            save_checkpoint(model_state(state), self.best_path)
+        if (improved and self.select_on_val) or (last and not self.select_on_val):
+            # held until the next write: a copy, as training goes on changing the weights
+            best = model_state(state)
+            self.unwritten_best = best if write else copy.deepcopy(best)
+        if not write:
+            return
+        if last and self.unwritten_best is None and not self.best_path.exists():
+            self.unwritten_best = model_state(state)  # no score to select by: the last epoch
+        if self.unwritten_best is not None:  # best first: last.pt's best_val must never name
+            save_checkpoint(self.unwritten_best, self.best_path)  # weights not yet on disk
+            self.unwritten_best = None
         save_checkpoint(state, self.last_path)

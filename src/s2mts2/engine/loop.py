@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from time import monotonic
 from typing import Any, Protocol
 
 import torch
@@ -66,8 +67,11 @@ class EpochTask(Protocol):
         """The epoch's log line, without the time left."""
         ...
 
-    def save(self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool) -> None:
-        """Write the checkpoints after ``epoch`` (rank 0 only), ``rows`` the whole history."""
+    def save(
+        self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool, write: bool
+    ) -> None:
+        """After ``epoch`` (rank 0 only; ``rows`` the whole history): write the checkpoints when
+        ``write``, else keep in memory what they would have to hold (the best weights)."""
         ...
 
 
@@ -128,6 +132,8 @@ def run_epochs(
     schedule = task.schedule
     n = schedule.steps_per_epoch
     clock = RunClock(start_epoch, schedule.epochs)
+    interval = task.cfg.checkpoint_interval
+    written = monotonic()  # when the checkpoints were last written
     for epoch in range(start_epoch, schedule.epochs):
         gen = epoch_generator(device, seed, epoch, stream=stream, rank=rank())
         first = epoch * n
@@ -155,5 +161,8 @@ def run_epochs(
         if history is not None:
             history.add(row)
             log.info("%s; %s", task.describe(row), clock.left(epoch + 1))
-            task.save(history.rows, epoch + 1, improved, last)
+            write = last or monotonic() - written >= interval
+            task.save(history.rows, epoch + 1, improved, last, write)
+            if write:
+                written = monotonic()
         barrier()

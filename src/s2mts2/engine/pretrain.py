@@ -328,8 +328,11 @@ class ContrastiveEpochs:
             + (f" kNN mean AUC {_fmt(row['knn_mean_auc'])}" if "knn_mean_auc" in row else "")
         )
 
-    def save(self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool) -> None:
-        save_checkpoint(epoch_state(self, rows, epoch), self.path)
+    def save(
+        self, rows: list[dict[str, Any]], epoch: int, improved: bool, last: bool, write: bool
+    ) -> None:
+        if write:
+            save_checkpoint(epoch_state(self, rows, epoch), self.path)
 
 
 def _fmt(x: float | None) -> str:
