@@ -28,7 +28,8 @@ the fraction) and ``.md`` (the tables) add, when the invocation ends or with
 fraction (per seed, and their mean with a 95 % CI that resamples seeds and test lesions).
 Every HAM10000 cell is also scored on the test images under the fixed colour, contrast and
 gamma changes of ``s2mts2.eval.shift.DERMOSCOPY_SHIFTS`` (``shifted_macro_auc`` in its
-result.json).
+result.json), and the validation images likewise (``val_shifted_macro_auc``: what a choice
+between recipes reads, beside ``val_mean_auc``).
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
 
 from s2mts2.config import RunConfig, config_from_dict, config_to_dict, load_config
+from s2mts2.data.digits import CSV_OPTIONS as DIGITS_CSV_OPTIONS
+from s2mts2.data.digits import write_digits_folder
 from s2mts2.data.prepared import PreparedData, prepare_dataset
 from s2mts2.engine.checkpoint import load_checkpoint
 from s2mts2.engine.evaluate import (
@@ -150,7 +151,7 @@ def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
             "digits",
             "csv",
             None,
-            {"csv": "labels.csv", "class_column": "digit", "channels": 1},
+            dict(DIGITS_CSV_OPTIONS),
             make_root=write_digits_folder,
             # set before any run, from what the images are (no tuning): 8x8 digits upscaled to
             # 32 px; few labels (5 % of training, ~7 per class); a flip turns one digit into
@@ -169,26 +170,6 @@ def benchmark_for(dataset: str, split: str, data_root: Path) -> Benchmark:
             ),
         )
     raise ConfigError(f"--dataset {dataset!r}: expected ham10000, nih-sample or digits")
-
-
-def write_digits_folder(data_dir: Path) -> Path:
-    """scikit-learn's bundled handwritten digits (the UCI test set, 1,797 8x8 images of 43
-    writers, values 0..16) as a user brings images: ``<data_dir>/digits-images/`` with
-    ``images/digit-NNNN.png`` (grey, 0..16 scaled to 0..255) and ``labels.csv`` (path,digit).
-    Kept when ``labels.csv`` exists (written last)."""
-    folder = data_dir / "digits-images"
-    if (folder / "labels.csv").is_file():
-        return folder
-    digits = load_digits()
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rows = ["path,digit"]
-    for i, (image, digit) in enumerate(zip(digits.images, digits.target)):
-        name = f"images/digit-{i:04d}.png"
-        pixels = np.rint(image * (255 / 16)).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / name)
-        rows.append(f"{name},{digit}")
-    write_text_atomic(folder / "labels.csv", "\n".join(rows) + "\n")
-    return folder
 
 
 @dataclass
@@ -408,10 +389,10 @@ def summary_metrics(metrics: dict[str, Any], min_positives: int) -> dict[str, fl
 
 
 def shifted_macro_auc(
-    best: Path, shift: ImageShift, device: str, min_positives: int
+    best: Path, shift: ImageShift, device: str, min_positives: int, split: str = "test"
 ) -> float | None:
-    """Test macro AUC (as in the summary) of a checkpoint on the test images under ``shift``."""
-    pred = split_predictions(best, "test", device=device, shift=shift)
+    """Macro AUC (as in the summary) of a checkpoint on the ``split`` images under ``shift``."""
+    pred = split_predictions(best, split, device=device, shift=shift)
     return summary_metrics(pred.metrics(n_boot=0), min_positives).get("macro_auc")
 
 
@@ -457,6 +438,11 @@ def run_cell(
         "metrics": summary_metrics(metrics, min_positives),
         "shifted_macro_auc": {
             shift.name: shifted_macro_auc(best, shift, c.device, min_positives)
+            for shift in plan.bench.shifts
+        },
+        # the same shifts on validation: what a choice between recipes may read
+        "val_shifted_macro_auc": {
+            shift.name: shifted_macro_auc(best, shift, c.device, 0, split="val")
             for shift in plan.bench.shifts
         },
         "mean_auc_ci95": metrics.get("mean_auc_ci95"),

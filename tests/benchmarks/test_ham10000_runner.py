@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
+from spies import spy
 
 from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
 
@@ -138,31 +138,14 @@ def test_changed_recipe_is_refused(runner, tmp_path):
         runner.run_benchmark(plan)
 
 
-def test_digits_folder_is_read_by_the_csv_adapter(runner, tmp_path):
-    """The digits benchmark's folder: every bundled image, pixel for pixel, with its digit."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from s2mts2.data.adapters.csvfolder import load_csv
+def test_digits_benchmark_reads_the_digits_folder_with_the_csv_adapter(runner, tmp_path):
+    """The digits benchmark prepares the folder of ``s2mts2.data.digits`` with its CSV options,
+    on the stratified split only."""
+    from s2mts2.data import digits
 
     bench = runner.benchmark_for("digits", "stratified", tmp_path)
-    folder = bench.make_root(tmp_path)
-    assert folder == tmp_path / "digits-images"
-    table = load_csv(folder, **bench.options)
-    digits = load_digits()
-    assert table.classes == [str(d) for d in range(10)] and table.task == "multiclass"
-    assert table.channels == 1 and table.missing == 0
-    assert len(table.paths) == len(digits.target) == 1797
-    assert (table.labels.argmax(1) == digits.target).all()  # CSV rows keep sklearn's order
-    for i in (0, 1, 1796):
-        pixels = np.asarray(Image.open(table.paths[i]))
-        assert pixels.shape == (8, 8) and pixels.dtype == np.uint8
-        np.testing.assert_array_equal(pixels, np.rint(digits.images[i] * 255 / 16))
-    for split in ("train", "val", "test"):  # stratified: every digit in every split
-        assert set(table.labels[table.split == split].argmax(1)) == set(range(10))
-    (folder / "images" / "digit-0000.png").unlink()
-    assert runner.write_digits_folder(tmp_path) == folder  # kept once labels.csv exists
-    assert not (folder / "images" / "digit-0000.png").exists()
+    assert bench.adapter == "csv" and bench.make_root is digits.write_digits_folder
+    assert bench.options == digits.CSV_OPTIONS
     with pytest.raises(runner.ConfigError, match="stratified"):
         runner.benchmark_for("digits", "grouped", tmp_path)
 
@@ -181,6 +164,7 @@ def test_fractions_study_pairs_cells_shares_stage1_and_writes_its_tables(
     plan.fractions, plan.seeds, plan.n_boot = (0.3, 0.6), (0,), 20
     plan.runs_dir = tmp_path / "runs" / plan.stem
     assert plan.stem == "synthetic-fractions"
+    scored = spy(monkeypatch, runner, "split_predictions")
     summary = runner.run_benchmark(plan)
 
     names = sorted(p.parent.name for p in plan.runs_dir.glob("*/result.json"))
@@ -196,6 +180,14 @@ def test_fractions_study_pairs_cells_shares_stage1_and_writes_its_tables(
         for c in cells:
             assert c["shifted_macro_auc"]["identity"] == c["metrics"]["macro_auc"]
             assert c["shifted_macro_auc"]["low-contrast"] != c["metrics"]["macro_auc"]
+            # validation under the same shifts: the identity gives the selected epoch's score
+            val = c["val_shifted_macro_auc"]
+            assert val["identity"] == pytest.approx(c["val_mean_auc"], abs=1e-6)
+            assert set(val) == {"identity", "low-contrast"}
+    # per cell: test, test under each shift, validation under each shift
+    splits = [(args[1], kwargs.get("shift")) for args, kwargs in scored]
+    for shift in (identity, plan.bench.shifts[1]):
+        assert splits.count(("test", shift)) == splits.count(("val", shift)) == 4
     data_dir = Path(cells[0]["config"]["data"]["dir"])
     lists = sorted(p.name for p in (data_dir / "labelled").glob("*.txt"))
     assert lists == ["labelled-f0.3-s0.txt", "labelled-f0.6-s0.txt"]  # + stage 1's (0.3)
