@@ -392,9 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, required=True, help="write the result to this JSON file")
 
-    p = command("demo", help="the whole pipeline on generated data, a few minutes on a CPU")
+    p = command(
+        "demo",
+        help="the whole pipeline on generated X-ray-like images and the bundled digits, "
+        "minutes on a CPU",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder")
-    p.add_argument("--quick", action="store_true", help="fewer epochs (under 5 minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (about 2 minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
