@@ -11,7 +11,8 @@ mean-teacher fine-tuning). Methods without stage 1 train their backbone at the f
 (``finetune.backbone_lr_scale=1``); the pre-trained ones use the preset's scale.
 
 Every cell (method × seed) lives in ``RUNS/<benchmark>/<method>-s<seed>/`` and is finished when its
-``result.json`` exists; an interrupted cell resumes from its ``last.pt``. One stage-1 checkpoint
+``result.json`` exists; an interrupted cell resumes from its ``last.pt`` (removed once the cell
+is finished: ``best.pt`` stays). One stage-1 checkpoint
 per loss (``RUNS/<benchmark>/stage1-<loss>/``, preset seed) is shared by the seeds: stage 1 sees no
 labels, the seed drives the labelled subset, the initialisation of the head and the augmentation
 of stage 2. Re-running skips what is finished, so the table can be built over several runs; the
@@ -454,6 +455,9 @@ def run_cell(
     }
     _write_json(result_path, result)
     _keep(plan, [best, out / "metrics.csv", result_path])
+    # finished: best.pt is what evaluations read; the training state (~180 MB for a ResNet-18
+    # with its optimiser, ~17 GB over a whole study) is no longer needed to resume
+    last.unlink(missing_ok=True)
     return result
 
 

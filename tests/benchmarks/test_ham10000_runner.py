@@ -1,12 +1,14 @@
 """The benchmark runner on generated data: cells, stage-1 reuse, skipping and resume, JSON schema."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from spies import spy
 
-from s2mts2.engine.checkpoint import load_checkpoint, save_checkpoint
+import s2mts2.engine.finetune as finetune_mod
+from s2mts2.engine.checkpoint import load_checkpoint
 
 TINY = (
     "data.size=16",
@@ -107,16 +109,28 @@ def test_runner_cells_resume_and_schema(runner, tmp_path, monkeypatch):
     assert calls == []
     assert again["methods"] == summary["methods"]
 
-    # a cell interrupted after its first epoch resumes from last.pt; nothing else reruns
+    # a finished cell keeps best.pt and its result, not the training state
     cell = plan.runs_dir / "supervised-s1"
-    (cell / "result.json").unlink()
-    (cell / "best.pt").unlink()
-    state = load_checkpoint(cell / "last.pt")
-    state["epoch"], state["history"] = 1, state["history"][:1]
-    save_checkpoint(state, cell / "last.pt")
+    assert (cell / "best.pt").is_file() and not (cell / "last.pt").exists()
+    # a cell interrupted after its first epoch resumes from last.pt; nothing else reruns
+    shutil.rmtree(cell)
+    plan.overrides = (*plan.overrides, "checkpoint_interval=0")  # a write after every epoch
+    real_save = finetune_mod.save_checkpoint
+
+    def save_then_stop(state, path):
+        real_save(state, path)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune_mod, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_benchmark(plan)
+    assert load_checkpoint(cell / "last.pt")["epoch"] == 1
     calls.clear()
     runner.run_benchmark(plan)
     assert calls == [("supervised-s1", True)]
+    assert (cell / "result.json").is_file() and not (cell / "last.pt").exists()
 
 
 def test_changed_recipe_is_refused(runner, tmp_path):
