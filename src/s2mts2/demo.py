@@ -139,15 +139,17 @@ def _prepare(task: DemoTask, folder: Path, cfg: Any, progress: bool) -> dict[str
     """Prepare ``task``'s images into ``folder / "data"``; returns ``summary.json``."""
     data = folder / "data"
     root = task.write_images(folder) if task.write_images is not None else data
+    draw = cfg.data.labelled_draw()
     log.info("demo %s: preparing the %s dataset in %s", task.name, task.dataset, data)
     summary = prepare_dataset(
         task.dataset,
         root,
         data,
         size=cfg.data.size,
-        labelled=None if cfg.data.labelled_count else cfg.data.labelled,
-        labelled_count=cfg.data.labelled_count or None,
-        seed=cfg.data.split_seed,
+        labelled=draw.fraction,
+        labelled_count=draw.count,
+        seed=draw.seed,
+        by_group=draw.by_group,
         progress=progress,
         options=dict(task.options),
     )
