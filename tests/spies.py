@@ -1,5 +1,6 @@
 """Test helpers that record the calls of a function: ``spy`` still runs it, ``stub`` does not."""
 
+from pathlib import Path
 from typing import Any
 
 
@@ -23,3 +24,19 @@ def spy(monkeypatch, owner: Any, name: str) -> list[tuple[tuple, dict]]:
 def stub(monkeypatch, owner: Any, name: str, result: Any) -> list[tuple[tuple, dict]]:
     """Like ``spy``, but the original is not run: every call returns ``result``."""
     return _record(monkeypatch, owner, name, lambda *args, **kwargs: result)
+
+
+def interrupt_after_first_checkpoint(monkeypatch, module: Any) -> list[Path]:
+    """Make ``module.save_checkpoint`` write, then raise KeyboardInterrupt after its first
+    ``last.pt`` (a run stopped by Ctrl-C with one epoch on disk); returns the paths written."""
+    real = module.save_checkpoint
+    calls: list[Path] = []
+
+    def save_then_stop(state, path):
+        real(state, path)
+        calls.append(path)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
+    return calls

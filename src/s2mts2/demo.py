@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s2mts2.config import load_config, preset_path
+from s2mts2.config import RunConfig, load_config, preset_path
 from s2mts2.data.digits import CSV_OPTIONS as DIGITS_CSV_OPTIONS
 from s2mts2.data.digits import write_digits_folder
 from s2mts2.data.prepared import prepare_dataset
@@ -135,7 +135,7 @@ def paired_differences(
     return out
 
 
-def _prepare(task: DemoTask, folder: Path, cfg: Any, progress: bool) -> dict[str, Any]:
+def _prepare(task: DemoTask, folder: Path, cfg: RunConfig, progress: bool) -> dict[str, Any]:
     """Prepare ``task``'s images into ``folder / "data"``; returns ``summary.json``."""
     data = folder / "data"
     root = task.write_images(folder) if task.write_images is not None else data

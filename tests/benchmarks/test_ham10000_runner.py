@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from spies import spy
+from spies import interrupt_after_first_checkpoint, spy
 
 import s2mts2.engine.finetune as finetune_mod
 from s2mts2.engine.checkpoint import load_checkpoint
@@ -115,15 +115,8 @@ def test_runner_cells_resume_and_schema(runner, tmp_path, monkeypatch):
     # a cell interrupted after its first epoch resumes from last.pt; nothing else reruns
     shutil.rmtree(cell)
     plan.overrides = (*plan.overrides, "checkpoint_interval=0")  # a write after every epoch
-    real_save = finetune_mod.save_checkpoint
-
-    def save_then_stop(state, path):
-        real_save(state, path)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(finetune_mod, "save_checkpoint", save_then_stop)
+        interrupt_after_first_checkpoint(patch, finetune_mod)
         with pytest.raises(KeyboardInterrupt):
             runner.run_benchmark(plan)
     assert load_checkpoint(cell / "last.pt")["epoch"] == 1

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from spies import spy
+from spies import interrupt_after_first_checkpoint, spy
 from state_dicts import max_diff
 
 import s2mts2.engine.builders as builders_mod
@@ -58,20 +58,6 @@ def pretrained(data_dir, tmp_path_factory) -> Path:
     return pretrain(cfg_for(data_dir), out, progress=False)
 
 
-def _interrupt_after_first_checkpoint(monkeypatch, module):
-    real = module.save_checkpoint
-    calls = []
-
-    def save_then_stop(state, path):
-        real(state, path)
-        calls.append(path)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
-    return calls
-
-
 def test_pretrain_writes_full_state(pretrained: Path):
     state = load_checkpoint(pretrained)
     assert state["kind"] == "pretrain" and state["epoch"] == 2
@@ -101,7 +87,7 @@ def test_pretrain_resume_matches_uninterrupted_run(
     data_dir, pretrained, tmp_path, monkeypatch, caplog
 ):
     out = tmp_path / "pre"
-    _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
+    interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg_for(data_dir), out, progress=False)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
@@ -245,7 +231,7 @@ def test_finetune_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypat
     cfg = cfg_for(data_dir, "finetune.method=mean-teacher", "finetune.select=last")
     finetune(cfg, tmp_path / "full", progress=False)
     full = load_checkpoint(tmp_path / "full" / "last.pt")
-    _interrupt_after_first_checkpoint(monkeypatch, finetune_mod)
+    interrupt_after_first_checkpoint(monkeypatch, finetune_mod)
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, tmp_path / "cut", progress=False)
     monkeypatch.undo()
@@ -548,7 +534,7 @@ def test_an_interrupted_cuda_run_resumes(data_dir, tmp_path, monkeypatch, stage)
     """
     module = pretrain_mod if stage == "pretrain" else finetune_mod
     cfg = cfg_for(data_dir, "device=cuda", "finetune.method=mean-teacher", "finetune.select=last")
-    _interrupt_after_first_checkpoint(monkeypatch, module)
+    interrupt_after_first_checkpoint(monkeypatch, module)
     with pytest.raises(KeyboardInterrupt):
         getattr(module, stage)(cfg, tmp_path, progress=False)
     monkeypatch.undo()
@@ -575,7 +561,7 @@ def test_both_stages_run_and_resume_in_mixed_precision(data_dir, tmp_path, monke
     assert all(math.isfinite(r["loss"]) and r["consistency"] > 0 for r in rows)
 
     fp16 = cfg_for(data_dir, "precision=fp16", "pretrain.epochs=2")
-    _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
+    interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
     with pytest.raises(KeyboardInterrupt):
         pretrain(fp16, tmp_path / "fp16", progress=False)
     monkeypatch.undo()
@@ -754,7 +740,7 @@ def test_a_run_logs_to_train_log_and_resumes_with_only_its_folder(
     """train.log: the console's messages without the progress bars, appended on resume, with
     the command and the interruption; --resume needs only --out; run.json names the device."""
     out = tmp_path / "pre"
-    _interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
+    interrupt_after_first_checkpoint(monkeypatch, pretrain_mod)
     start = ["pretrain", "--config", "tiny", "--data", str(data_dir), "--out", str(out)]
     with caplog.at_level(logging.INFO, logger="s2mts2"):
         assert main(start) == 130  # interrupted after epoch 1
